@@ -1,0 +1,1 @@
+"""The ``ledger`` command: runs stages, the dev stack, verify, audit and bench."""

@@ -1,0 +1,1 @@
+"""The three pipeline stages; each imports only ``shared``, never another stage."""

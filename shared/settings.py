@@ -1,0 +1,106 @@
+"""One typed, frozen settings object per process, loaded once from the environment.
+
+The runbook's environment names stay valid (``VAULT_ADDR``, ``VAULT_TOKEN``,
+``VAULT_TRANSIT_KEY``, ``CRDB_DSN``, ``REKOR_SERVER_URL``); everything else is prefixed
+``LEDGER_``. :meth:`Settings.from_env` is the only place that reads ``os.environ``; the
+settings object is then passed down explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import ConfigError
+
+__all__ = ["ENV_NAMES", "Settings"]
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # --- services the pipeline talks to -------------------------------------------------
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    database_dsn: str = "postgresql://ledger@127.0.0.1:5432/ledger"
+    vault_addr: str = "http://127.0.0.1:8200"
+    vault_token: str = Field(default="", repr=False)
+    vault_transit_mount: str = "transit"
+    vault_transit_key: str = "ledger-ed25519"
+    vault_anchor_key: str = "ledger-anchor"
+    rekor_server_url: str = "http://127.0.0.1:3000"
+    rekor_public_key: str = ""  # a PEM file path or the PEM itself; empty: pin on first use
+    rekor_timeout_s: float = Field(default=20.0, gt=0)
+
+    # --- topics ---------------------------------------------------------------------------
+    topic_append: str = "ledger.append"
+    topic_signed: str = "ledger.signed"
+    topic_anchored: str = "ledger.anchored"
+
+    # --- ingest ---------------------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    max_payload_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_meta_bytes: int = Field(default=16 * 1024, gt=0)
+    max_meta_depth: int = Field(default=8, gt=0)
+    meta_schema_path: str = ""
+    append_wait_ms: int = Field(default=5000, ge=0)
+    tokens_file: str = ""
+    auth_disabled: bool = False
+
+    # --- signer ---------------------------------------------------------------------------
+    signer_group: str = "ledger-signer"
+    signer_batch_max: int = Field(default=200, gt=0, le=200)
+    signer_batch_ms: int = Field(default=20, ge=0)
+
+    # --- anchorer -------------------------------------------------------------------------
+    anchorer_group: str = "ledger-anchorer"
+    anchor_batch_max: int = Field(default=1000, gt=0)
+    anchor_batch_ms: int = Field(default=2000, ge=0)
+    sweeper_interval_s: float = Field(default=30.0, gt=0)
+    sweeper_age_s: float = Field(default=60.0, gt=0)
+
+    # --- operations -----------------------------------------------------------------------
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no separate metrics server
+    log_level: str = "INFO"
+    shutdown_grace_s: float = Field(default=15.0, gt=0)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from environment variables (see :data:`ENV_NAMES`).
+
+        A bad value raises :class:`ConfigError` naming the variable and what is wrong.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field_name, env_name in ENV_NAMES.items():
+            if env_name in env and env[env_name] != "":
+                values[field_name] = env[env_name]
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                field_name = str(err["loc"][0]) if err["loc"] else "?"
+                env_name = ENV_NAMES.get(field_name, field_name)
+                problems.append(f"{env_name}: {err['msg']} (got {err.get('input')!r})")
+            raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+#: field name → environment variable
+ENV_NAMES: dict[str, str] = {
+    name: f"LEDGER_{name.upper()}" for name in Settings.model_fields
+}
+ENV_NAMES.update(
+    {
+        "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+        "database_dsn": "CRDB_DSN",
+        "vault_addr": "VAULT_ADDR",
+        "vault_token": "VAULT_TOKEN",
+        "vault_transit_key": "VAULT_TRANSIT_KEY",
+        "rekor_server_url": "REKOR_SERVER_URL",
+    }
+)
