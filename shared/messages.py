@@ -1,0 +1,186 @@
+"""Message contracts of the Kafka topics, versioned, with JSON Schema published in ``schemas/``.
+
+| topic              | model            | key     |
+|--------------------|------------------|---------|
+| ``ledger.append``  | AppendRequest    | subject |
+| ``ledger.signed``  | SignedEntry      | subject |
+| ``ledger.anchored``| AnchoredEntry    | subject |
+
+Every message is a JSON object with a ``version`` field. A consumer that meets a version it
+does not know dead-letters the message rather than guessing. Producers in other languages
+conform to the JSON Schema files, which ``ledger schemas`` regenerates and a test keeps in
+sync with these models.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.errors import InvalidMessage
+
+__all__ = [
+    "REQUEST_ID_PATTERN",
+    "SUBJECT_PATTERN",
+    "AnchoredEntry",
+    "AppendRequest",
+    "BatchInfo",
+    "ReceiptInfo",
+    "SignedEntry",
+    "decode",
+    "write_schemas",
+]
+
+SUBJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+=-]{0,255}$"
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+SHA256_HEX_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class AppendRequest(_Message):
+    """``ledger.append``: a request to append one entry (the payload's hash, never the payload)."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_extra={"$id": "ledger.append.v1"}
+    )
+
+    version: Literal[1] = 1
+    request_id: str = Field(pattern=REQUEST_ID_PATTERN, description="idempotency key")
+    subject: str = Field(pattern=SUBJECT_PATTERN, description="what the entry is about")
+    payload_sha256: str = Field(pattern=SHA256_HEX_PATTERN, description="lowercase hex SHA-256")
+    meta: dict[str, Any] = Field(default_factory=dict, description="a JSON object")
+    submitted_at: datetime = Field(description="RFC 3339 with a time zone")
+
+    @field_validator("submitted_at")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("submitted_at needs a time zone (e.g. 2026-01-01T00:00:00Z)")
+        return v
+
+
+class SignedEntry(_Message):
+    """``ledger.signed``: a stored entry with its Ed25519 signature, ready to be anchored."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_extra={"$id": "ledger.signed.v1"}
+    )
+
+    version: Literal[1] = 1
+    entry_id: uuid.UUID
+    request_id: str = Field(pattern=REQUEST_ID_PATTERN)
+    subject: str = Field(pattern=SUBJECT_PATTERN)
+    payload_sha256: str = Field(pattern=SHA256_HEX_PATTERN)
+    meta: dict[str, Any]
+    submitted_at: datetime
+    created_at: datetime
+    statement: str = Field(description="base64 of the exact RFC 8785 bytes that were signed")
+    signature: str = Field(description="Vault Transit signature, vault:v<N>:<base64>")
+    key_name: str
+    key_version: int = Field(ge=1)
+    public_key: str = Field(description="PEM of the Ed25519 key version that signed")
+
+
+class BatchInfo(_Message):
+    batch_id: uuid.UUID
+    size: int = Field(ge=1)
+    root: str = Field(pattern=SHA256_HEX_PATTERN)
+    manifest: str = Field(description="base64 of the canonical manifest bytes")
+    manifest_sha256: str = Field(pattern=SHA256_HEX_PATTERN)
+    anchor_signature: str = Field(description="base64 ASN.1 ECDSA P-256 signature")
+    anchor_key_version: int = Field(ge=1)
+    anchor_public_key: str = Field(description="PEM of the anchor key version")
+
+
+class ReceiptInfo(_Message):
+    """A Rekor v1 receipt, as verified by the anchorer before it was trusted."""
+
+    uuid: str
+    log_index: int = Field(ge=0, description="global log index (signed by the SET)")
+    tree_index: int = Field(ge=0, description="index inside the tree (used by the proof)")
+    log_id: str
+    integrated_time: int
+    body: str = Field(description="base64 canonical entry body as Rekor returned it")
+    signed_entry_timestamp: str = Field(description="base64 SET")
+    tree_size: int = Field(ge=1)
+    root_hash: str
+    hashes: list[str]
+    checkpoint: str
+
+
+class AnchoredEntry(_Message):
+    """``ledger.anchored``: everything needed to verify an entry offline, years later.
+
+    Identical for every emission of the same entry; consumers de-duplicate by ``entry_id``.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_extra={"$id": "ledger.anchored.v1"}
+    )
+
+    version: Literal[1] = 1
+    entry: SignedEntry
+    leaf_index: int = Field(ge=0)
+    audit_path: list[str] = Field(description="hex sibling hashes, leaf to root (RFC 6962)")
+    batch: BatchInfo
+    receipt: ReceiptInfo
+    anchored_at: datetime
+
+
+M = TypeVar("M", bound=BaseModel)
+
+_TOPIC_MODELS: dict[str, type[_Message]] = {
+    "ledger.append": AppendRequest,
+    "ledger.signed": SignedEntry,
+    "ledger.anchored": AnchoredEntry,
+}
+
+
+def decode(model: type[M], raw: bytes | None) -> M:
+    """Parse a Kafka value into ``model``; any problem raises :class:`InvalidMessage`."""
+    if raw is None:
+        raise InvalidMessage("empty message", detail="the message has no value")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidMessage("not JSON", detail=str(exc)[:200]) from None
+    if not isinstance(obj, dict):
+        raise InvalidMessage("not a JSON object", detail=type(obj).__name__)
+    if obj.get("version") != 1:
+        raise InvalidMessage("unsupported version", detail=f"version={obj.get('version')!r}")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidMessage("invalid fields", detail=problems[:500]) from None
+
+
+def schema_documents() -> dict[str, dict[str, Any]]:
+    """File name → JSON Schema document for every topic."""
+    return {
+        f"{topic}.v1.schema.json": model.model_json_schema()
+        for topic, model in _TOPIC_MODELS.items()
+    }
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, doc in schema_documents().items():
+        path = directory / name
+        path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written

@@ -1,0 +1,119 @@
+"""What gets signed and what gets hashed into the Merkle tree.
+
+* The **statement** is the exact byte string Vault signs with the Ed25519 ledger key: RFC 8785
+  canonical JSON of the statement version, request id, subject, payload hash, meta and the
+  submission time. Storing these bytes next to the signature lets anyone re-verify an entry
+  without trusting how we serialise JSON.
+* The **leaf** of an entry commits to its id, the statement (by hash), the signature and the
+  key version; it is what the anchorer's RFC 6962 tree is built over.
+* The **manifest** names one batch: its id, size, Merkle root and creation time. Its SHA-256
+  is signed with the ECDSA P-256 anchor key and that is what goes to Rekor.
+* The **content hash** is what idempotency compares: the same request id with the same
+  subject, payload hash and meta is the same request, whatever its submission time.
+
+Nothing here does I/O; auditors use it offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import rfc8785
+
+__all__ = [
+    "ENTRY_ID_NAMESPACE",
+    "STATEMENT_VERSION",
+    "canonical_json",
+    "content_sha256",
+    "entry_id_for",
+    "format_time",
+    "leaf_bytes",
+    "manifest_bytes",
+    "parse_time",
+    "statement_bytes",
+]
+
+STATEMENT_VERSION = 1
+#: entry ids are UUIDv5 of the request id in this namespace, so every stage (and the client)
+#: can name an entry before it is stored, and a replay can never mint a second id.
+ENTRY_ID_NAMESPACE = uuid.UUID("6f1c2b1e-0c57-4b7e-9c55-2f3b8f4c1a10")
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 (JCS) canonical JSON."""
+    return rfc8785.dumps(value)
+
+
+def format_time(ts: datetime) -> str:
+    """The one textual form of a timestamp inside signed data: UTC, microseconds, ``Z``."""
+    if ts.tzinfo is None:
+        raise ValueError("timestamps in signed data must be timezone-aware")
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def entry_id_for(request_id: str) -> uuid.UUID:
+    return uuid.uuid5(ENTRY_ID_NAMESPACE, request_id)
+
+
+def statement_bytes(
+    *,
+    request_id: str,
+    subject: str,
+    payload_sha256: str,
+    meta: dict[str, Any],
+    submitted_at: datetime,
+) -> bytes:
+    return canonical_json(
+        {
+            "v": STATEMENT_VERSION,
+            "request_id": request_id,
+            "subject": subject,
+            "payload_sha256": payload_sha256,
+            "meta": meta,
+            "submitted_at": format_time(submitted_at),
+        }
+    )
+
+
+def content_sha256(*, subject: str, payload_sha256: str, meta: dict[str, Any]) -> str:
+    body = canonical_json({"subject": subject, "payload_sha256": payload_sha256, "meta": meta})
+    return hashlib.sha256(body).hexdigest()
+
+
+def leaf_bytes(
+    *, entry_id: uuid.UUID, statement: bytes, signature: str, key_name: str, key_version: int
+) -> bytes:
+    """The Merkle leaf data of an entry (the tree hashes it as ``SHA256(0x00 || leaf)``)."""
+    return canonical_json(
+        {
+            "v": 1,
+            "entry_id": str(entry_id),
+            "statement_sha256": hashlib.sha256(statement).hexdigest(),
+            "signature": signature,
+            "key": key_name,
+            "key_version": key_version,
+        }
+    )
+
+
+def manifest_bytes(
+    *, batch_id: uuid.UUID, size: int, root_hex: str, created_at: datetime
+) -> bytes:
+    return canonical_json(
+        {
+            "v": 1,
+            "type": "signed-ledger/batch",
+            "batch_id": str(batch_id),
+            "size": size,
+            "tree": "rfc6962-sha256",
+            "root": root_hex,
+            "created_at": format_time(created_at),
+        }
+    )
