@@ -1,0 +1,459 @@
+"""Kafka adapter: an acknowledged, idempotent producer, a manually committed consumer, DLQ.
+
+The only module that imports aiokafka. Every aiokafka error (and the OS/timeout errors under
+it) becomes :class:`KafkaUnavailable`: the caller pauses, backs off and tries again, and
+since nothing is committed before the work is durable, a retry never loses a message. The
+one exception: a record the broker refuses as too large raises :class:`InvalidMessage`.
+
+* :class:`Producer`: ``acks=all``, idempotent, short linger; :meth:`Producer.send` returns
+  only once the broker acknowledged the record.
+* :class:`Consumer`: a consumer group with auto-commit off, ``earliest`` reset and
+  ``read_committed`` isolation. It commits exactly the next-offsets it is given, never
+  anything else.
+* :func:`dead_letter` republishes a message's original key and value to ``<topic>.dlq``
+  with headers saying where it came from and why.
+
+This module never decodes message values: they are bytes in and bytes out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka.structs import TopicPartition
+
+from shared.errors import ConfigError, InvalidMessage, KafkaUnavailable
+from shared.settings import Settings
+
+__all__ = [
+    "DLQ_HEADERS",
+    "DLQ_SUFFIX",
+    "Consumer",
+    "Delivery",
+    "Headers",
+    "Producer",
+    "Record",
+    "TopicPartition",
+    "dead_letter",
+    "dlq_topic",
+    "ensure_topics",
+    "make_consumer",
+    "make_producer",
+]
+
+DLQ_SUFFIX: Final = ".dlq"
+#: Header names :func:`dead_letter` adds (values are UTF-8 text).
+DLQ_HEADERS: Final = (
+    "dlq.stage",
+    "dlq.reason",
+    "dlq.attempts",
+    "dlq.source.topic",
+    "dlq.source.partition",
+    "dlq.source.offset",
+    "dlq.ts",
+)
+_MAX_REASON_BYTES: Final = 2048
+
+#: Headers as given by callers: a mapping or pairs; ``str`` values are sent as UTF-8.
+Headers = Mapping[str, bytes | str] | Sequence[tuple[str, bytes | str]]
+#: Called with the partitions just assigned or about to be revoked.
+RebalanceHook = Callable[[set[TopicPartition]], Awaitable[None]]
+
+_TRANSLATED: Final = (KafkaError, OSError, TimeoutError)
+_TOO_LARGE: Final = (MessageSizeTooLargeError, RecordTooLargeError)
+
+
+def _unavailable(exc: BaseException, action: str) -> KafkaUnavailable:
+    return KafkaUnavailable(f"Kafka failed to {action}: {type(exc).__name__}: {exc}")
+
+
+def _encode_headers(headers: Headers | None) -> list[tuple[str, bytes]]:
+    if not headers:
+        return []
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return [(k, v.encode("utf-8") if isinstance(v, str) else bytes(v)) for k, v in pairs]
+
+
+def dlq_topic(topic: str) -> str:
+    """The dead-letter topic of ``topic``."""
+    return topic + DLQ_SUFFIX
+
+
+# --- values --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed message. ``offset + 1`` is what to commit once it is done."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int
+
+    @property
+    def tp(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of header ``name``, or None."""
+        found = None
+        for key, value in self.headers:
+            if key == name:
+                found = value
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where the broker stored a produced record."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+# --- producer ------------------------------------------------------------------------------
+
+
+class Producer:
+    """A started producer; build with :func:`make_producer`, :meth:`close` at shutdown."""
+
+    def __init__(self, producer: Any, *, send_timeout_s: float) -> None:
+        self._producer = producer
+        self._send_timeout_s = send_timeout_s
+        self._closed = False
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | str | None,
+        value: bytes,
+        headers: Headers | None = None,
+    ) -> Delivery:
+        """Send one record and wait for the broker's acknowledgement from all in-sync replicas."""
+        raw_key = key.encode("utf-8") if isinstance(key, str) else key
+        try:
+            meta = await asyncio.wait_for(
+                self._producer.send_and_wait(
+                    topic, value=value, key=raw_key, headers=_encode_headers(headers)
+                ),
+                self._send_timeout_s,
+            )
+        except _TOO_LARGE as exc:
+            # Retrying cannot help: the caller dead-letters or rejects the message.
+            raise InvalidMessage("message too large", detail=f"{topic}: {exc}") from None
+        except _TRANSLATED as exc:
+            raise _unavailable(exc, f"produce to {topic}") from None
+        return Delivery(topic=meta.topic, partition=meta.partition, offset=meta.offset)
+
+    async def send_many(
+        self, records: Iterable[tuple[str, bytes | str | None, bytes, Headers | None]]
+    ) -> list[Delivery]:
+        """Send several ``(topic, key, value, headers)`` at once; wait for every ack."""
+        return list(await asyncio.gather(*(self.send(*r) for r in records)))
+
+    async def flush(self) -> None:
+        try:
+            await asyncio.wait_for(self._producer.flush(), self._send_timeout_s)
+        except _TRANSLATED as exc:
+            raise _unavailable(exc, "flush") from None
+
+    async def close(self) -> None:
+        """Flush and stop; safe to call twice. Errors while closing are not raised."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(*_TRANSLATED):
+            await asyncio.wait_for(self._producer.stop(), self._send_timeout_s)
+
+
+async def make_producer(
+    settings: Settings,
+    *,
+    client_id: str,
+    linger_ms: int = 5,
+    request_timeout_ms: int = 30_000,
+    start_timeout_s: float = 30.0,
+) -> Producer:
+    """Start an idempotent ``acks=all`` producer; :class:`KafkaUnavailable` if it can't."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=linger_ms,
+        request_timeout_ms=request_timeout_ms,
+    )
+    try:
+        await asyncio.wait_for(producer.start(), start_timeout_s)
+    except _TRANSLATED as exc:
+        await _quiet_stop(producer)
+        raise _unavailable(exc, "start a producer") from None
+    return Producer(producer, send_timeout_s=request_timeout_ms / 1000 + 5)
+
+
+async def _quiet_stop(client: Any) -> None:
+    with contextlib.suppress(*_TRANSLATED):
+        await asyncio.wait_for(client.stop(), 10)
+
+
+# --- consumer ------------------------------------------------------------------------------
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, on_assigned: RebalanceHook | None, on_revoked: RebalanceHook | None):
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        if self._on_revoked is not None:
+            await self._on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        if self._on_assigned is not None:
+            await self._on_assigned(set(assigned))
+
+
+class Consumer:
+    """A started group consumer; build with :func:`make_consumer`, :meth:`close` at shutdown."""
+
+    def __init__(self, consumer: Any, *, timeout_s: float) -> None:
+        self._consumer = consumer
+        self._timeout_s = timeout_s
+        self._closed = False
+
+    async def getmany(
+        self, timeout_ms: int = 1000, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Record]]:
+        """Fetch what is available (waiting up to ``timeout_ms``), by partition, in order."""
+        try:
+            batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except _TRANSLATED as exc:
+            raise _unavailable(exc, "fetch") from None
+        return {
+            tp: [
+                Record(
+                    topic=m.topic,
+                    partition=m.partition,
+                    offset=m.offset,
+                    key=m.key,
+                    value=m.value,
+                    headers=tuple((k, bytes(v)) for k, v in (m.headers or ())),
+                    timestamp_ms=m.timestamp,
+                )
+                for m in messages
+            ]
+            for tp, messages in batches.items()
+        }
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit exactly these next-offsets (last processed offset + 1) for the group.
+
+        Fails with :class:`KafkaUnavailable` when the group rebalanced meanwhile: the
+        messages will then be redelivered to the new owner, which is safe.
+        """
+        if not offsets:
+            return
+        try:
+            await asyncio.wait_for(self._consumer.commit(dict(offsets)), self._timeout_s)
+        except _TRANSLATED as exc:
+            raise _unavailable(exc, "commit offsets") from None
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed next-offset for ``tp`` (None if nothing was committed)."""
+        try:
+            value = await asyncio.wait_for(self._consumer.committed(tp), self._timeout_s)
+        except _TRANSLATED as exc:
+            raise _unavailable(exc, "read committed offsets") from None
+        return None if value is None else int(value)
+
+    async def seek_to_committed(self, *tps: TopicPartition) -> None:
+        """Rewind to the committed offsets (all assigned partitions if none given)."""
+        try:
+            await asyncio.wait_for(self._consumer.seek_to_committed(*tps), self._timeout_s)
+        except _TRANSLATED as exc:
+            raise _unavailable(exc, "seek to committed offsets") from None
+
+    def pause(self, *tps: TopicPartition) -> None:
+        """Stop fetching from these partitions (all assigned if none given)."""
+        self._consumer.pause(*(tps or tuple(self.assignment())))
+
+    def resume(self, *tps: TopicPartition) -> None:
+        """Fetch again from these partitions (all paused if none given)."""
+        self._consumer.resume(*(tps or tuple(self._consumer.paused())))
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._consumer.paused())
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._consumer.assignment())
+
+    async def lag(self) -> dict[TopicPartition, int]:
+        """Per assigned partition: end offset (last stable, read_committed) minus position."""
+        tps = list(self.assignment())
+        if not tps:
+            return {}
+        try:
+            ends = await asyncio.wait_for(self._consumer.end_offsets(tps), self._timeout_s)
+            positions = {
+                tp: await asyncio.wait_for(self._consumer.position(tp), self._timeout_s)
+                for tp in tps
+            }
+        except _TRANSLATED as exc:
+            raise _unavailable(exc, "measure lag") from None
+        return {tp: max(0, int(ends[tp]) - int(positions[tp])) for tp in tps}
+
+    async def close(self) -> None:
+        """Leave the group and stop; safe to call twice. Uncommitted work is redelivered."""
+        if self._closed:
+            return
+        self._closed = True
+        await _quiet_stop(self._consumer)
+
+
+async def make_consumer(
+    settings: Settings,
+    *,
+    group_id: str,
+    topics: Sequence[str],
+    client_id: str,
+    on_assigned: RebalanceHook | None = None,
+    on_revoked: RebalanceHook | None = None,
+    session_timeout_ms: int = 10_000,
+    max_poll_interval_ms: int = 300_000,
+    request_timeout_ms: int = 30_000,
+    start_timeout_s: float = 30.0,
+) -> Consumer:
+    """Start a consumer in ``group_id`` subscribed to ``topics``.
+
+    Auto-commit is off, a group without committed offsets starts at the earliest record and
+    only committed transactional data is read. ``on_revoked`` runs before partitions are
+    taken away (the last chance to commit finished work); ``on_assigned`` after new ones
+    arrive.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=client_id,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=max(100, session_timeout_ms // 3),
+        max_poll_interval_ms=max_poll_interval_ms,
+        request_timeout_ms=request_timeout_ms,
+    )
+    try:
+        await asyncio.wait_for(consumer.start(), start_timeout_s)
+        consumer.subscribe(list(topics), listener=_Listener(on_assigned, on_revoked))
+    except _TRANSLATED as exc:
+        await _quiet_stop(consumer)
+        raise _unavailable(exc, f"start a consumer for group {group_id}") from None
+    return Consumer(consumer, timeout_s=request_timeout_ms / 1000 + 5)
+
+
+# --- dead letters --------------------------------------------------------------------------
+
+
+async def dead_letter(
+    producer: Producer,
+    source: Record,
+    *,
+    stage: str,
+    reason: str,
+    attempts: int,
+    clock: Callable[[], float] = time.time,
+) -> Delivery:
+    """Publish ``source``'s original key, value and headers to ``<topic>.dlq``, plus why.
+
+    The added headers are :data:`DLQ_HEADERS`; ``reason`` is cut to 2 KiB.
+    """
+    reason_bytes = reason.encode("utf-8")[:_MAX_REASON_BYTES]
+    extra = dict(
+        zip(
+            DLQ_HEADERS,
+            (
+                stage.encode("utf-8"),
+                reason_bytes,
+                str(attempts).encode(),
+                source.topic.encode("utf-8"),
+                str(source.partition).encode(),
+                str(source.offset).encode(),
+                str(int(clock() * 1000)).encode(),
+            ),
+            strict=True,
+        )
+    )
+    headers = [(k, v) for k, v in source.headers if k not in extra] + list(extra.items())
+    return await producer.send(dlq_topic(source.topic), source.key, source.value or b"", headers)
+
+
+# --- admin ---------------------------------------------------------------------------------
+
+
+async def ensure_topics(
+    settings: Settings,
+    names: Iterable[str],
+    partitions: int,
+    *,
+    replication_factor: int = 1,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names this call created.
+
+    Existing topics are left as they are (their partition count is not changed).
+    """
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        return []
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id="ledger-admin",
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        existing = set(await asyncio.wait_for(admin.list_topics(), timeout_s))
+        missing = [n for n in wanted if n not in existing]
+        response = None
+        if missing:
+            response = await asyncio.wait_for(
+                admin.create_topics(
+                    [NewTopic(n, partitions, replication_factor) for n in missing],
+                    timeout_ms=int(timeout_s * 1000),
+                ),
+                timeout_s * 2,
+            )
+    except _TRANSLATED as exc:
+        raise _unavailable(exc, "create topics") from None
+    finally:
+        with contextlib.suppress(*_TRANSLATED):
+            await asyncio.wait_for(admin.close(), 10)
+    created = []
+    for error in response.topic_errors if response is not None else ():
+        name, code = error[0], error[1]
+        message = error[2] if len(error) > 2 else ""
+        if code == 0:
+            created.append(name)
+        elif code in _TOPIC_CONFIG_ERRORS:
+            raise ConfigError(f"Kafka refused to create topic {name}: {code} {message}")
+        elif code != _TOPIC_ALREADY_EXISTS:
+            raise KafkaUnavailable(f"Kafka could not create topic {name}: {code} {message}")
+    return created
+
+
+_TOPIC_ALREADY_EXISTS: Final = 36
+# INVALID_TOPIC_EXCEPTION, INVALID_PARTITIONS, INVALID_REPLICATION_FACTOR, INVALID_CONFIG
+_TOPIC_CONFIG_ERRORS: Final = frozenset({17, 37, 38, 40})
