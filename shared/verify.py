@@ -1,0 +1,565 @@
+"""Offline verification of Rekor v1 receipts and of the anchor (manifest) signature.
+
+A *receipt* is what Rekor v1 answers for one entry (``{uuid: {body, integratedTime, logID,
+logIndex, verification: {inclusionProof, signedEntryTimestamp}}}``). :func:`verify_receipt`
+checks it against the pinned log public key, in this order, and raises
+:class:`ReceiptVerificationError` (a :class:`shared.errors.VerificationError`) naming the first
+check that fails (its ``check`` attribute is one of :data:`CHECKS`):
+
+``log_id``      the entry's logID is the SHA-256 of the pinned key's DER SubjectPublicKeyInfo
+``uuid``        the uuid ends with the leaf hash ``SHA256(0x00 ‖ body)``
+``set``         the signed entry timestamp: the log key's signature over RFC 8785 JSON of
+                ``{"body","integratedTime","logID","logIndex"}`` (global logIndex)
+``inclusion``   the audit path at the tree-local index leads to ``rootHash``
+``checkpoint``  the signed note is signed by the log key (signature line chosen by the
+                4-byte key hint = first bytes of the logID) and names the same size and root
+``body``        the body is the hashedrekord we submitted (hash, signature, key as DER)
+
+Also here: :class:`RekorReceipt`, the frozen, JSON-round-tripping form stored in the
+database; checkpoint parsing; and the helper that checks the ECDSA P-256 manifest signature.
+
+This module must never do I/O: an auditor runs it offline. It imports nothing that talks to
+a network.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import VerificationError
+from shared.merkle import leaf_hash, root_from_inclusion_proof
+
+__all__ = [
+    "CHECKS",
+    "Checkpoint",
+    "ExpectedEntry",
+    "LogKey",
+    "NoteSignature",
+    "ReceiptVerificationError",
+    "RekorReceipt",
+    "VerifiedReceipt",
+    "check_body",
+    "load_log_key",
+    "load_public_key_der",
+    "parse_checkpoint",
+    "v1_response_from_bundle_entry",
+    "verify_checkpoint",
+    "verify_inclusion_proof",
+    "verify_manifest_signature",
+    "verify_receipt",
+    "verify_set",
+]
+
+Check = Literal["receipt", "log_id", "uuid", "set", "inclusion", "checkpoint", "body"]
+#: The names of the checks, in the order :func:`verify_receipt` runs them.
+CHECKS: tuple[Check, ...] = ("receipt", "log_id", "uuid", "set", "inclusion", "checkpoint", "body")
+
+
+class ReceiptVerificationError(VerificationError):
+    """A receipt check failed; ``check`` names which one (see :data:`CHECKS`)."""
+
+    def __init__(self, check: Check, detail: str) -> None:
+        super().__init__(f"{check}: {detail}")
+        self.check: Check = check
+        self.detail = detail
+
+
+def _fail(check: Check, detail: str) -> ReceiptVerificationError:
+    return ReceiptVerificationError(check, detail)
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+_PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+
+
+def load_public_key_der(key: bytes | str) -> bytes:
+    """DER SubjectPublicKeyInfo of a PEM (``PUBLIC KEY``) or DER public key.
+
+    Raises VerificationError when it is not a public key.
+    """
+    data = key.encode() if isinstance(key, str) else key
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            pub = serialization.load_pem_public_key(data)
+        else:
+            pub = serialization.load_der_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise VerificationError(f"not a public key: {exc}") from None
+    return pub.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LogKey:
+    """A transparency log's public key and its log id (hex SHA-256 of the DER SPKI)."""
+
+    key: _PublicKey
+    der: bytes
+    log_id: str
+
+    @property
+    def key_hint(self) -> bytes:
+        """The 4-byte hint that Rekor v1 puts in front of checkpoint signatures."""
+        return bytes.fromhex(self.log_id)[:4]
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        """Verify a signature over ``data`` the way Rekor v1 signs (SET, checkpoints).
+
+        ECDSA uses the hash matching the curve (P-256→SHA-256, P-384→SHA-384,
+        P-521→SHA-512); Ed25519 is pure; RSA is PKCS#1 v1.5 with SHA-256.
+        Raises ``InvalidSignature``.
+        """
+        key = self.key
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, data, ec.ECDSA(_EC_HASH[key.curve.name]))
+        elif isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, data)
+        else:
+            key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+
+
+_EC_HASH: dict[str, hashes.HashAlgorithm] = {
+    "secp256r1": hashes.SHA256(),
+    "secp384r1": hashes.SHA384(),
+    "secp521r1": hashes.SHA512(),
+}
+
+
+def load_log_key(key: bytes | str) -> LogKey:
+    """Parse a log public key (PEM or DER; ECDSA P-256/P-384/P-521, Ed25519 or RSA)."""
+    der = load_public_key_der(key)
+    pub = serialization.load_der_public_key(der)
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        if pub.curve.name not in _EC_HASH:
+            raise VerificationError(f"unsupported log key curve {pub.curve.name}")
+    elif not isinstance(pub, ed25519.Ed25519PublicKey | rsa.RSAPublicKey):
+        raise VerificationError(f"unsupported log key type {type(pub).__name__}")
+    return LogKey(key=pub, der=der, log_id=hashlib.sha256(der).hexdigest())
+
+
+# --- the stored receipt -----------------------------------------------------------------------
+
+
+class RekorReceipt(BaseModel):
+    """Everything needed to re-verify a Rekor v1 entry offline; stored as JSON on the batch.
+
+    ``log_index`` is the global index (signed by the SET); ``tree_index`` the index inside the
+    tree the inclusion proof is for. Hashes are lowercase hex; ``body`` and
+    ``signed_entry_timestamp`` are base64 exactly as Rekor returned them.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    uuid: str
+    log_index: int = Field(ge=0)
+    tree_index: int = Field(ge=0)
+    log_id: str
+    integrated_time: int
+    body: str
+    signed_entry_timestamp: str
+    inclusion_hashes: tuple[str, ...]
+    root_hash: str
+    tree_size: int = Field(ge=1)
+    checkpoint: str | None = None
+
+    @classmethod
+    def from_v1_response(cls, response: Mapping[str, Any]) -> RekorReceipt:
+        """Build from a Rekor v1 answer ``{uuid: entry}`` holding exactly one entry."""
+        if len(response) != 1:
+            raise _fail("receipt", f"expected one entry in the response, got {len(response)}")
+        ((uuid, entry),) = response.items()
+        try:
+            verification = entry["verification"]
+            proof = verification["inclusionProof"]
+            return cls(
+                uuid=uuid,
+                log_index=entry["logIndex"],
+                tree_index=proof["logIndex"],
+                log_id=entry["logID"],
+                integrated_time=entry["integratedTime"],
+                body=entry["body"],
+                signed_entry_timestamp=verification["signedEntryTimestamp"],
+                inclusion_hashes=tuple(proof["hashes"]),
+                root_hash=proof["rootHash"],
+                tree_size=proof["treeSize"],
+                checkpoint=proof.get("checkpoint"),
+            )
+        except (KeyError, TypeError, ValidationError) as exc:
+            raise _fail("receipt", f"malformed Rekor entry: {exc!r}") from None
+
+    def to_v1_response(self) -> dict[str, Any]:
+        """The Rekor v1 answer shape (what sigstore-python's ``_from_v1_response`` takes)."""
+        proof: dict[str, Any] = {
+            "hashes": list(self.inclusion_hashes),
+            "logIndex": self.tree_index,
+            "rootHash": self.root_hash,
+            "treeSize": self.tree_size,
+        }
+        if self.checkpoint is not None:
+            proof["checkpoint"] = self.checkpoint
+        return {
+            self.uuid: {
+                "body": self.body,
+                "integratedTime": self.integrated_time,
+                "logID": self.log_id,
+                "logIndex": self.log_index,
+                "verification": {
+                    "inclusionProof": proof,
+                    "signedEntryTimestamp": self.signed_entry_timestamp,
+                },
+            }
+        }
+
+    def body_bytes(self) -> bytes:
+        try:
+            return base64.b64decode(self.body, validate=True)
+        except binascii.Error:
+            raise _fail("receipt", "body is not valid base64") from None
+
+    def body_json(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.body_bytes())
+        except ValueError:
+            raise _fail("receipt", "body is not JSON") from None
+        if not isinstance(value, dict):
+            raise _fail("receipt", "body is not a JSON object")
+        return value
+
+
+class VerifiedReceipt(RekorReceipt):
+    """A :class:`RekorReceipt` that :func:`verify_receipt` has checked.
+
+    Only :func:`verify_receipt` should build one. Serialized, it is a plain RekorReceipt;
+    read back from storage it must be verified again to become a VerifiedReceipt.
+    """
+
+
+def v1_response_from_bundle_entry(tlog_entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Convert a Sigstore bundle's ``tlogEntries[i]`` (protobuf JSON) to the v1 answer shape.
+
+    Bundles carry base64 hashes and logId, decimal strings for integers, and no uuid; the
+    uuid becomes the leaf hash in hex (Rekor's shard-less form).
+    """
+    try:
+        proof = tlog_entry["inclusionProof"]
+        body = tlog_entry["canonicalizedBody"]
+        out_proof: dict[str, Any] = {
+            "hashes": [base64.b64decode(h).hex() for h in proof["hashes"]],
+            "logIndex": int(proof["logIndex"]),
+            "rootHash": base64.b64decode(proof["rootHash"]).hex(),
+            "treeSize": int(proof["treeSize"]),
+        }
+        if "checkpoint" in proof:
+            out_proof["checkpoint"] = proof["checkpoint"]["envelope"]
+        uuid = leaf_hash(base64.b64decode(body)).hex()
+        return {
+            uuid: {
+                "body": body,
+                "integratedTime": int(tlog_entry["integratedTime"]),
+                "logID": base64.b64decode(tlog_entry["logId"]["keyId"]).hex(),
+                "logIndex": int(tlog_entry["logIndex"]),
+                "verification": {
+                    "inclusionProof": out_proof,
+                    "signedEntryTimestamp": tlog_entry["inclusionPromise"]["signedEntryTimestamp"],
+                },
+            }
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _fail("receipt", f"malformed bundle tlog entry: {exc!r}") from None
+
+
+# --- SET ------------------------------------------------------------------------------------
+
+
+def _set_payload(receipt: RekorReceipt) -> bytes:
+    return rfc8785.dumps(
+        {
+            "body": receipt.body,
+            "integratedTime": receipt.integrated_time,
+            "logID": receipt.log_id,
+            "logIndex": receipt.log_index,
+        }
+    )
+
+
+def verify_set(receipt: RekorReceipt, log_key: LogKey) -> None:
+    """Check the signed entry timestamp (Rekor's promise to include the entry)."""
+    try:
+        sig = base64.b64decode(receipt.signed_entry_timestamp, validate=True)
+    except binascii.Error:
+        raise _fail("set", "signed entry timestamp is not valid base64") from None
+    try:
+        log_key.verify(sig, _set_payload(receipt))
+    except InvalidSignature:
+        raise _fail("set", "signed entry timestamp does not verify with the log key") from None
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NoteSignature:
+    name: str
+    key_hint: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A parsed signed note: the signed text and its signature lines."""
+
+    origin: str
+    size: int
+    root_hash: bytes
+    other_lines: tuple[str, ...]
+    signed_text: bytes
+    signatures: tuple[NoteSignature, ...]
+
+
+_SIG_LINE = re.compile(r"^\u2014 (?P<name>[^ ]+) (?P<sig>[A-Za-z0-9+/=]+)$")
+
+
+def parse_checkpoint(note: str) -> Checkpoint:
+    """Parse a Rekor v1 checkpoint (a signed note). Raises VerificationError if malformed.
+
+    Format: ``origin\\nsize\\nb64(root)\\n[other lines\\n]\\n— name b64(hint ‖ sig)\\n…``;
+    the signature covers everything up to and including the newline before the blank line.
+    """
+    text, sep, sig_block = note.partition("\n\n")
+    if not sep:
+        raise _fail("checkpoint", "no blank line between the note text and its signatures")
+    lines = text.split("\n")
+    if len(lines) < 3:
+        raise _fail("checkpoint", "note text needs origin, size and root hash")
+    origin, size_s, root_b64, *other = lines
+    if not origin:
+        raise _fail("checkpoint", "empty origin")
+    if not size_s.isdigit() or (size_s != "0" and size_s.startswith("0")):
+        raise _fail("checkpoint", f"bad tree size {size_s!r}")
+    try:
+        root = base64.b64decode(root_b64, validate=True)
+    except binascii.Error:
+        raise _fail("checkpoint", "root hash is not valid base64") from None
+    if len(root) != 32:
+        raise _fail("checkpoint", f"root hash has {len(root)} bytes, not 32")
+    if not sig_block.endswith("\n"):
+        raise _fail("checkpoint", "signature block does not end with a newline")
+    signatures = []
+    for line in sig_block[:-1].split("\n"):
+        m = _SIG_LINE.match(line)
+        if m is None:
+            raise _fail("checkpoint", f"malformed signature line {line!r}")
+        try:
+            raw = base64.b64decode(m["sig"], validate=True)
+        except binascii.Error:
+            raise _fail("checkpoint", "signature is not valid base64") from None
+        if len(raw) < 5:
+            raise _fail("checkpoint", "signature too short")
+        signatures.append(NoteSignature(name=m["name"], key_hint=raw[:4], signature=raw[4:]))
+    return Checkpoint(
+        origin=origin,
+        size=int(size_s),
+        root_hash=root,
+        other_lines=tuple(other),
+        signed_text=(text + "\n").encode(),
+        signatures=tuple(signatures),
+    )
+
+
+def verify_checkpoint(note: str, log_key: LogKey) -> Checkpoint:
+    """Parse a checkpoint and check its signature by ``log_key`` (chosen by key hint)."""
+    cp = parse_checkpoint(note)
+    hint = log_key.key_hint
+    candidates = [s for s in cp.signatures if s.key_hint == hint]
+    if not candidates:
+        raise _fail(
+            "checkpoint",
+            f"no signature line with the log key's hint {hint.hex()} "
+            f"(hints present: {', '.join(s.key_hint.hex() for s in cp.signatures)})",
+        )
+    for sig in candidates:
+        try:
+            log_key.verify(sig.signature, cp.signed_text)
+        except InvalidSignature:
+            continue
+        return cp
+    raise _fail("checkpoint", "signature does not verify with the log key")
+
+
+# --- inclusion --------------------------------------------------------------------------------
+
+
+def _hex32(value: str, what: str, check: Check) -> bytes:
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise _fail(check, f"{what} is not hex") from None
+    if len(raw) != 32:
+        raise _fail(check, f"{what} has {len(raw)} bytes, not 32")
+    return raw
+
+
+def verify_inclusion_proof(receipt: RekorReceipt) -> bytes:
+    """Check that the body's leaf is at ``tree_index`` under ``root_hash``; return the leaf hash."""
+    leaf = leaf_hash(receipt.body_bytes())
+    hashes_ = [_hex32(h, "proof hash", "inclusion") for h in receipt.inclusion_hashes]
+    root = _hex32(receipt.root_hash, "root hash", "inclusion")
+    try:
+        computed = root_from_inclusion_proof(receipt.tree_index, receipt.tree_size, leaf, hashes_)
+    except VerificationError as exc:
+        raise _fail("inclusion", str(exc)) from None
+    if computed != root:
+        raise _fail(
+            "inclusion",
+            f"audit path for index {receipt.tree_index} of {receipt.tree_size} leads to "
+            f"{computed.hex()}, not the proof's root hash {receipt.root_hash}",
+        )
+    return leaf
+
+
+# --- body -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedEntry:
+    """What we submitted as a hashedrekord: the digest, the DER signature, the public key."""
+
+    digest_hex: str
+    signature: bytes
+    public_key: bytes | str  # PEM or DER
+
+    @classmethod
+    def for_message(
+        cls, message: bytes, signature: bytes, public_key: bytes | str
+    ) -> ExpectedEntry:
+        """The expectation for a signature over ``message`` (hashed here with SHA-256)."""
+        return cls(hashlib.sha256(message).hexdigest(), signature, public_key)
+
+
+def check_body(body: Mapping[str, Any], expected: ExpectedEntry) -> None:
+    """Compare a hashedrekord body with what was submitted, by meaning.
+
+    Rekor re-encodes the key PEM, so keys are compared as DER; the digest in lowercase hex.
+    """
+    if body.get("kind") != "hashedrekord":
+        raise _fail("body", f"kind is {body.get('kind')!r}, not 'hashedrekord'")
+    if body.get("apiVersion") != "0.0.1":
+        raise _fail("body", f"apiVersion is {body.get('apiVersion')!r}, not '0.0.1'")
+    try:
+        spec = body["spec"]
+        h = spec["data"]["hash"]
+        algorithm, value = h["algorithm"], h["value"]
+        sig_b64 = spec["signature"]["content"]
+        key_b64 = spec["signature"]["publicKey"]["content"]
+    except (KeyError, TypeError):
+        raise _fail("body", "not a hashedrekord v0.0.1 body") from None
+    if algorithm != "sha256":
+        raise _fail("body", f"hash algorithm is {algorithm!r}, not 'sha256'")
+    if not isinstance(value, str) or value.lower() != expected.digest_hex.lower():
+        raise _fail("body", f"data hash {value} is not the submitted {expected.digest_hex}")
+    try:
+        sig = base64.b64decode(sig_b64, validate=True)
+        key_pem = base64.b64decode(key_b64, validate=True)
+    except (binascii.Error, TypeError):
+        raise _fail("body", "signature or public key is not valid base64") from None
+    if sig != expected.signature:
+        raise _fail("body", "signature is not the submitted signature")
+    try:
+        key_der = load_public_key_der(key_pem)
+    except VerificationError:
+        raise _fail("body", "public key is not a PEM public key") from None
+    try:
+        expected_der = load_public_key_der(expected.public_key)
+    except VerificationError as exc:
+        raise _fail("body", f"expected public key: {exc}") from None
+    if key_der != expected_der:
+        raise _fail("body", "public key is not the submitted public key")
+
+
+# --- the whole receipt --------------------------------------------------------------------------
+
+
+def verify_receipt(
+    response: Mapping[str, Any] | RekorReceipt,
+    log_key: LogKey | bytes | str,
+    *,
+    expected: ExpectedEntry | None = None,
+) -> VerifiedReceipt:
+    """Verify a Rekor v1 entry completely, offline; see the module docstring for the checks.
+
+    ``response`` is Rekor's answer ``{uuid: entry}`` (from a create or a get) or a stored
+    :class:`RekorReceipt`. ``log_key`` is the pinned log key (a :class:`LogKey`, or PEM/DER).
+    Without ``expected`` only the log's promises are checked, not what the body holds.
+    """
+    receipt = (
+        response if isinstance(response, RekorReceipt) else RekorReceipt.from_v1_response(response)
+    )
+    key = log_key if isinstance(log_key, LogKey) else load_log_key(log_key)
+
+    if receipt.log_id.lower() != key.log_id:
+        raise _fail("log_id", f"entry logID {receipt.log_id} is not the log key's id {key.log_id}")
+
+    leaf = leaf_hash(receipt.body_bytes())
+    if not receipt.uuid.lower().endswith(leaf.hex()):
+        raise _fail("uuid", f"uuid {receipt.uuid} does not end with the leaf hash {leaf.hex()}")
+
+    verify_set(receipt, key)
+    verify_inclusion_proof(receipt)
+
+    if receipt.checkpoint is None:
+        raise _fail("checkpoint", "missing")
+    cp = verify_checkpoint(receipt.checkpoint, key)
+    if cp.size != receipt.tree_size:
+        raise _fail(
+            "checkpoint",
+            f"tree size {cp.size} is not the inclusion proof's tree size {receipt.tree_size}",
+        )
+    if cp.root_hash.hex() != receipt.root_hash.lower():
+        raise _fail(
+            "checkpoint",
+            f"root hash {cp.root_hash.hex()} is not the inclusion proof's root hash "
+            f"{receipt.root_hash}",
+        )
+
+    if expected is not None:
+        check_body(receipt.body_json(), expected)
+
+    return VerifiedReceipt.model_validate(receipt.model_dump())
+
+
+# --- the anchor signature ------------------------------------------------------------------------
+
+
+def verify_manifest_signature(
+    public_key: bytes | str, manifest_sha256: bytes, signature_der: bytes
+) -> None:
+    """Check an ECDSA P-256 signature (ASN.1 DER) over a SHA-256 prehash of the manifest.
+
+    ``public_key`` is PEM or DER; raises VerificationError when the key is not P-256 or the
+    signature does not verify.
+    """
+    if len(manifest_sha256) != 32:
+        raise VerificationError("manifest digest must be 32 bytes (SHA-256)")
+    pub = serialization.load_der_public_key(load_public_key_der(public_key))
+    if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
+        raise VerificationError("anchor key is not an ECDSA P-256 key")
+    try:
+        pub.verify(signature_der, manifest_sha256, ec.ECDSA(Prehashed(hashes.SHA256())))
+    except InvalidSignature:
+        raise VerificationError("manifest signature does not verify with the anchor key") from None
