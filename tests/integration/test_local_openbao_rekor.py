@@ -1,0 +1,354 @@
+"""Smoke tests: the local OpenBao and Rekor services come up, answer, and keep their state.
+
+They run a private PostgreSQL + OpenBao + Rekor in their own stack directory under the
+session's run directory (not the session stack's services), so they can stop and restart
+them freely. (Not under pytest's tmp_path: pytest keeps /tmp/pytest-of-<user> at mode 700,
+which the PostgreSQL server's OS user cannot traverse.) The first run builds rekor-server
+and Trillian with ``go install`` (minutes); later runs reuse ``<cache>/go-bin``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rfc8785
+import yaml
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from deploy.local.base import default_cache_dir
+from deploy.local.openbao import (
+    ANCHOR_KEY,
+    OPENBAO_ENV_NAMES,
+    SIGNING_KEY,
+    OpenBao,
+    find_bao_binary,
+)
+from deploy.local.postgres import Postgres
+from deploy.local.process import ManagedProcess, free_port, wait_until
+from deploy.local.rekor import REKOR_ENV_NAMES, REKOR_METRICS_PORT, Rekor, non_loopback_listeners
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+SLOW_START = pytest.mark.timeout(1800)  # the first run builds the Go programs
+
+
+def _progress(message: str) -> None:
+    print(message, flush=True)
+
+
+def _request(
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def _der(pem: bytes) -> bytes:
+    return serialization.load_pem_public_key(pem).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack_dir(stack_run_dir: Path) -> Path:
+    path = stack_run_dir / "openbao-rekor-smoke"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def postgres(stack_dir: Path) -> Iterator[Postgres]:
+    service = Postgres(stack_dir, default_cache_dir())
+    service.install(_progress)
+    service.start(_progress)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def openbao(stack_dir: Path) -> Iterator[OpenBao]:
+    service = OpenBao(stack_dir, default_cache_dir())
+    service.install(_progress)
+    service.start(_progress)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def rekor(stack_dir: Path, postgres: Postgres) -> Iterator[Rekor]:
+    service = Rekor(stack_dir, default_cache_dir(), postgres=postgres)
+    service.install(_progress)
+    service.start(_progress)
+    yield service
+    service.stop()
+
+
+# --- OpenBao ---------------------------------------------------------------------------------
+
+
+def _bao(openbao: OpenBao, method: str, path: str, body: Any = None,
+         token: str | None = None) -> tuple[int, dict[str, Any]]:
+    env = openbao.endpoints()
+    headers = {"X-Vault-Token": token if token is not None else env["VAULT_TOKEN"]}
+    status, _, raw = _request(method, f"{env['VAULT_ADDR']}/v1/{path}", body, headers)
+    return status, (json.loads(raw) if raw else {})
+
+
+def test_openbao_is_persistent_and_signs_with_the_pipeline_token(openbao: OpenBao) -> None:
+    env = openbao.endpoints()
+    assert set(env) == set(OPENBAO_ENV_NAMES)
+    assert env["VAULT_ADDR"].startswith("http://127.0.0.1:")
+    assert env["VAULT_TOKEN"] and env["VAULT_TOKEN"] != openbao.root_token
+    assert stat.S_IMODE(os.stat(openbao.init_path).st_mode) == 0o600
+    for proc in openbao.processes():
+        assert non_loopback_listeners(proc.pid) == []
+
+    status, _, _ = _request("GET", f"{env['VAULT_ADDR']}/v1/sys/health")
+    assert status == 200
+
+    # Ed25519 (pure) with the policy-limited token, checked locally
+    message = b"ledger statement"
+    status, answer = _bao(openbao, "POST", f"transit/sign/{SIGNING_KEY}",
+                          {"input": base64.b64encode(message).decode()})
+    assert status == 200, answer
+    signature = answer["data"]["signature"]
+    assert signature.startswith("vault:v1:")
+    public = serialization.load_pem_public_key(openbao.public_key(SIGNING_KEY))
+    assert isinstance(public, ed25519.Ed25519PublicKey)
+    public.verify(base64.b64decode(signature.split(":", 2)[2]), message)
+
+    # ECDSA P-256, prehashed SHA-256, ASN.1: what the anchorer sends to Rekor
+    digest = hashlib.sha256(message).digest()
+    status, answer = _bao(openbao, "POST", f"transit/sign/{ANCHOR_KEY}", {
+        "input": base64.b64encode(digest).decode(), "prehashed": True,
+        "hash_algorithm": "sha2-256", "marshaling_algorithm": "asn1"})
+    assert status == 200, answer
+    anchor_public = serialization.load_pem_public_key(openbao.public_key(ANCHOR_KEY))
+    assert isinstance(anchor_public, ec.EllipticCurvePublicKey)
+    anchor_public.verify(base64.b64decode(answer["data"]["signature"].split(":", 2)[2]),
+                         message, ec.ECDSA(hashes.SHA256()))
+
+    # the pipeline token can do nothing else
+    assert _bao(openbao, "GET", "sys/mounts")[0] == 403
+    assert _bao(openbao, "POST", "transit/keys/other", {"type": "ed25519"})[0] == 403
+    assert _bao(openbao, "POST", f"transit/keys/{SIGNING_KEY}/rotate")[0] == 403
+    assert _bao(openbao, "GET", f"transit/export/signing-key/{SIGNING_KEY}")[0] == 403
+
+    # keys, address and token survive a restart (raft storage, unseal from init.json)
+    before = {k: openbao.public_key(k) for k in (SIGNING_KEY, ANCHOR_KEY)}
+    openbao.stop()
+    openbao.stop()  # safe twice
+    openbao.start(_progress)
+    assert openbao.endpoints() == env
+    assert {k: openbao.public_key(k) for k in (SIGNING_KEY, ANCHOR_KEY)} == before
+    status, answer = _bao(openbao, "POST", f"transit/verify/{SIGNING_KEY}", {
+        "input": base64.b64encode(message).decode(), "signature": signature})
+    assert status == 200 and answer["data"]["valid"] is True
+
+
+# --- Rekor -----------------------------------------------------------------------------------
+
+
+def _hashedrekord(key: ec.EllipticCurvePrivateKey, artifact: bytes, signed: bytes) -> dict[str, Any]:
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    signature = key.sign(signed, ec.ECDSA(hashes.SHA256()))
+    return {
+        "kind": "hashedrekord",
+        "apiVersion": "0.0.1",
+        "spec": {
+            "signature": {
+                "content": base64.b64encode(signature).decode(),
+                "publicKey": {"content": base64.b64encode(pem).decode()},
+            },
+            "data": {"hash": {"algorithm": "sha256",
+                              "value": hashlib.sha256(artifact).hexdigest()}},
+        },
+    }
+
+
+@SLOW_START
+def test_rekor_answers_with_our_log_key(rekor: Rekor) -> None:
+    env = rekor.endpoints()
+    assert set(env) == set(REKOR_ENV_NAMES)
+    url = env["REKOR_SERVER_URL"]
+    assert url.startswith("http://127.0.0.1:")
+    status, _, body = _request("GET", f"{url}/api/v1/log")
+    assert status == 200
+    info = json.loads(body)
+    assert int(info["treeID"]) == rekor.tree_id
+    status, _, served = _request("GET", f"{url}/api/v1/log/publicKey")
+    assert status == 200
+    assert _der(served) == _der(Path(env["REKOR_PUBLIC_KEY"]).read_bytes())
+    assert stat.S_IMODE(os.stat(rekor.signer_path).st_mode) == 0o600
+
+
+@SLOW_START
+def test_rekor_listens_on_loopback_only(rekor: Rekor) -> None:
+    procs = rekor.processes()
+    assert {p.name for p in procs} == {"trillian-log-server", "trillian-log-signer",
+                                       "rekor-server"}
+    for proc in procs:
+        assert non_loopback_listeners(proc.pid) == [], proc.name
+    # rekor-server's hard-coded ":2112" metrics listener must not have come up
+    # (only our guard socket on 127.0.0.1 may hold it)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            addr, port = fields[1].split(":")
+            if fields[3] == "0A" and int(port, 16) == REKOR_METRICS_PORT:
+                assert table.endswith("tcp") and addr == "0100007F", f"{table}: {line}"
+
+
+@SLOW_START
+def test_hashedrekord_created_duplicate_and_bad_signature(rekor: Rekor) -> None:
+    url = rekor.endpoints()["REKOR_SERVER_URL"]
+    key = ec.generate_private_key(ec.SECP256R1())
+    artifact = os.urandom(32)
+    entry = _hashedrekord(key, artifact, artifact)
+
+    status, _, body = _request("POST", f"{url}/api/v1/log/entries", entry)
+    assert status == 201, body
+    ((uuid, created),) = json.loads(body).items()
+    assert uuid.startswith(f"{rekor.tree_id:016x}")
+    assert "signedEntryTimestamp" in created["verification"]
+    assert "inclusionProof" in created["verification"]
+
+    status, headers, body = _request("POST", f"{url}/api/v1/log/entries", entry)
+    assert status == 409, body
+    assert uuid in body.decode() or uuid in headers.get("Location", "")
+
+    bad = _hashedrekord(key, os.urandom(32), b"something else")
+    status, _, body = _request("POST", f"{url}/api/v1/log/entries", bad)
+    assert status == 400, body
+
+    # the rekor signature checks out against our public key file (SET over the entry)
+    public = serialization.load_pem_public_key(rekor.public_key_path.read_bytes())
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    payload = rfc8785.dumps({k: created[k] for k in ("body", "integratedTime", "logID",
+                                                       "logIndex")})
+    try:
+        public.verify(base64.b64decode(created["verification"]["signedEntryTimestamp"]),
+                      payload, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:  # pragma: no cover - reported as a failure
+        pytest.fail("the SET does not verify with the log public key file")
+
+    # restart every Rekor process: same tree, same key, the entry is still there
+    tree_id, log_key = rekor.tree_id, rekor.public_key_path.read_bytes()
+    rekor.stop()
+    rekor.stop()  # safe twice
+    rekor.start(_progress)
+    assert rekor.tree_id == tree_id
+    assert rekor.public_key_path.read_bytes() == log_key
+    assert rekor.endpoints()["REKOR_SERVER_URL"] == url
+    status, _, served = _request("GET", f"{url}/api/v1/log/publicKey")
+    assert _der(served) == _der(log_key)
+    status, _, body = _request("GET", f"{url}/api/v1/log/entries/{uuid}")
+    assert status == 200, body
+    assert json.loads(body)[uuid]["body"] == created["body"]
+    status, _, body = _request("POST", f"{url}/api/v1/log/entries", entry)
+    assert status == 409, body
+
+
+# --- docker-compose.yml's OpenBao, checked with the real binary (no Docker needed) -------------
+
+
+def test_compose_openbao_config_and_init_job_work(stack_dir: Path) -> None:
+    """The compose file's OpenBao config (raft + static seal) and its init job's script, run
+    against the real ``bao``: initialises, creates the keys, the policy and the pipeline token;
+    is idempotent; and after a restart the server unseals itself and keeps the keys."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    job = compose["services"]["openbao-init"]
+    script = job["command"][0].replace("$$", "$")
+    pipeline_token = "compose-test-pipeline-token"
+
+    workdir = stack_dir / "compose-openbao"
+    (workdir / "raft").mkdir(parents=True, exist_ok=True)
+    (workdir / "bin").mkdir(exist_ok=True)
+    bao_link = workdir / "bin" / "bao"
+    if not bao_link.exists():
+        bao_link.symlink_to(find_bao_binary())
+    port, cluster_port = free_port(), free_port()
+    config = (
+        compose["configs"]["openbao-config"]["content"]
+        .replace("/openbao/file", str(workdir / "raft"))
+        .replace("0.0.0.0:8200", f"127.0.0.1:{port}")
+        .replace("0.0.0.0:8201", f"127.0.0.1:{cluster_port}")
+        .replace("http://openbao:8200", f"http://127.0.0.1:{port}")
+        .replace("https://openbao:8201", f"https://127.0.0.1:{cluster_port}")
+    )
+    assert "0.0.0.0" not in config and "openbao:" not in config
+    (workdir / "config.hcl").write_text(config)
+    addr = f"http://127.0.0.1:{port}"
+    server = ManagedProcess(
+        name="compose-openbao",
+        argv=[str(find_bao_binary()), "server", f"-config={workdir / 'config.hcl'}"],
+        stack_dir=stack_dir,
+        env={"LEDGER_BAO_SEAL_KEY": os.urandom(32).hex()},
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{workdir / 'bin'}:{os.environ['PATH']}",
+        "BAO_ADDR": addr,
+        "BAO_INIT_FILE": str(workdir / "init.json"),
+        "VAULT_TOKEN": pipeline_token,
+    }
+    env.pop("BAO_TOKEN", None)
+    env.pop("VAULT_ADDR", None)
+
+    def health() -> int:
+        return _request("GET", f"{addr}/v1/sys/health")[0]
+
+    def sign() -> tuple[int, dict[str, Any]]:
+        status, _, raw = _request(
+            "POST", f"{addr}/v1/transit/sign/{SIGNING_KEY}",
+            {"input": base64.b64encode(b"x").decode()}, {"X-Vault-Token": pipeline_token})
+        return status, json.loads(raw)
+
+    server.start()
+    try:
+        wait_until(lambda: health() in (200, 501, 503), timeout=60, what="bao", proc=server)
+        for _ in range(2):  # the second run must be a no-op
+            result = subprocess.run(["sh", "-c", script], env=env, capture_output=True,
+                                    text=True, timeout=180, check=False)
+            assert result.returncode == 0, result.stdout + result.stderr
+        assert stat.S_IMODE(os.stat(workdir / "init.json").st_mode) == 0o600
+        status, first = sign()
+        assert status == 200, first
+        status, _, _ = _request("GET", f"{addr}/v1/sys/mounts", None,
+                                {"X-Vault-Token": pipeline_token})
+        assert status == 403
+        server.stop()
+        server.start()  # static seal: unsealed again without anyone's help
+        wait_until(lambda: health() == 200, timeout=60, what="bao auto-unseal", proc=server)
+        status, second = sign()
+        assert status == 200, second
+        assert second["data"]["signature"] == first["data"]["signature"]  # same Ed25519 key
+    finally:
+        server.stop()

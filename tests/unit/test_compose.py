@@ -1,0 +1,203 @@
+"""docker-compose.yml and deploy/Dockerfile agree with the local process stack.
+
+No Docker needed: the files are parsed and compared with the local services' own code
+(endpoints(), key names, flags), so the two ways of running the stack cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deploy.local.kafka import TOPICS, Kafka
+from deploy.local.openbao import (
+    ANCHOR_KEY,
+    ANCHOR_KEY_TYPE,
+    OPENBAO_ENV_NAMES,
+    PIPELINE_POLICY,
+    SIGNING_KEY,
+    SIGNING_KEY_TYPE,
+    OpenBao,
+    pipeline_policy_hcl,
+)
+from deploy.local.postgres import Postgres
+from deploy.local.rekor import (
+    CHECKPOINT_HOSTNAME,
+    LOG_PUBLIC_KEY_FILE,
+    REKOR_API_ENDPOINTS,
+    REKOR_ENV_NAMES,
+    REKOR_VERSION,
+    SIGNER_KEY_FILE,
+    TRILLIAN_VERSION,
+    Rekor,
+)
+from shared.settings import ENV_NAMES
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINE = ("ingest", "signer", "anchorer")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = compose["services"]
+    return found
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _command_text(service: dict[str, Any]) -> str:
+    command = service.get("command", [])
+    return command if isinstance(command, str) else "\n".join(map(str, command))
+
+
+def _local_endpoint_names(tmp_path: Path) -> set[str]:
+    """Env names that the local stack's services hand to clients, from their endpoints().
+
+    A fake state.json (ports, no running process) is enough for endpoints().
+    """
+
+    class _NoDatabases:
+        def create_database(self, name: str) -> str:
+            raise AssertionError("not called")
+
+    names: set[str] = set()
+    for service in (
+        Kafka(tmp_path, tmp_path / "cache"),
+        Postgres(tmp_path, tmp_path / "cache"),
+        OpenBao(tmp_path, tmp_path / "cache"),
+        Rekor(tmp_path, tmp_path / "cache", postgres=_NoDatabases()),
+    ):
+        service.save_state({"ports": {"port": 1}, "password": "x"})
+        names |= set(service.endpoints())
+    return names
+
+
+def test_same_services_as_the_local_stack(services: dict[str, Any]) -> None:
+    for local_name in (Kafka.name, Postgres.name, OpenBao.name, Rekor.name):
+        assert any(name.startswith(local_name) for name in services), local_name
+    assert any(name.startswith("trillian-log-server") for name in services)
+    assert any(name.startswith("trillian-log-signer") for name in services)
+    assert any("createtree" in name for name in services)
+    for name in PIPELINE:
+        assert name in services
+
+
+def test_pipeline_gets_every_env_var_of_the_local_stack(
+    services: dict[str, Any], tmp_path: Path
+) -> None:
+    local = _local_endpoint_names(tmp_path)
+    assert set(OPENBAO_ENV_NAMES) <= local
+    assert set(REKOR_ENV_NAMES) <= local
+    assert {"KAFKA_BOOTSTRAP_SERVERS", "CRDB_DSN", "VAULT_ADDR", "VAULT_TOKEN",
+            "VAULT_TRANSIT_KEY", "REKOR_SERVER_URL"} <= local
+    for name in PIPELINE:
+        env = _env(services[name])
+        missing = local - set(env)
+        assert not missing, f"{name} lacks {sorted(missing)}"
+        assert env["VAULT_TRANSIT_KEY"] == SIGNING_KEY
+        assert env["LEDGER_VAULT_ANCHOR_KEY"] == ANCHOR_KEY
+        assert env["REKOR_PUBLIC_KEY"].endswith("/" + LOG_PUBLIC_KEY_FILE)
+        # every name is one the pipeline's settings read (REKOR_PUBLIC_KEY: the brief's name)
+        assert set(env) - set(ENV_NAMES.values()) <= {"REKOR_PUBLIC_KEY"}
+
+
+def test_pipeline_services_share_one_image_and_run_ledger_commands(
+    services: dict[str, Any],
+) -> None:
+    images = {services[name]["image"] for name in PIPELINE}
+    assert len(images) == 1
+    for name in PIPELINE:
+        assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert services[name]["command"] == [name]
+
+
+def test_ports_published_on_loopback_only(services: dict[str, Any]) -> None:
+    published = 0
+    for name, service in services.items():
+        assert service.get("network_mode") != "host", name
+        for port in service.get("ports", []):
+            published += 1
+            if isinstance(port, dict):
+                assert port.get("host_ip") == "127.0.0.1", (name, port)
+            else:
+                assert str(port).startswith("127.0.0.1:"), (name, port)
+    assert published >= 5  # kafka, postgres, openbao, rekor, ingest
+
+
+def test_dockerfile_entrypoint_is_the_ledger_console_script() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "ledger" in scripts
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\s*$", text, re.M)
+    assert "pip install -c constraints.txt ." in text
+    entrypoints = re.findall(r"^ENTRYPOINT\s+(.+)$", text, re.M)
+    assert len(entrypoints) == 1
+    assert json.loads(entrypoints[0]) == ["ledger"]
+
+
+def test_kafka_topics_match_the_local_stack(services: dict[str, Any]) -> None:
+    assert _env(services["kafka"])["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert services["kafka"]["image"].startswith("apache/kafka:4.")
+    created = _command_text(services["kafka-init"])
+    for topic in TOPICS:
+        assert re.search(rf"(^|\s){re.escape(topic)}(\s|;|$)", created), topic
+
+
+def test_openbao_matches_the_local_stack(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    assert services["openbao"]["image"].startswith("openbao/openbao:")
+    config = compose["configs"]["openbao-config"]["content"]
+    assert 'storage "raft"' in config  # persistent, like the local stack
+    assert 'seal "static"' in config
+    script = _command_text(services["openbao-init"])
+    assert f"transit/keys/{SIGNING_KEY} type={SIGNING_KEY_TYPE}" in script
+    assert f"transit/keys/{ANCHOR_KEY} type={ANCHOR_KEY_TYPE}" in script
+    assert f"policy write {PIPELINE_POLICY}" in script
+    assert f"-policy={PIPELINE_POLICY}" in script
+    for rule in pipeline_policy_hcl().splitlines():
+        assert rule in script, rule
+    pipeline_token = _env(services["signer"])["VAULT_TOKEN"]
+    assert _env(services["openbao-init"])["VAULT_TOKEN"] == pipeline_token
+
+
+def test_rekor_matches_the_local_stack(services: dict[str, Any]) -> None:
+    rekor = services["rekor-server"]
+    assert rekor["image"].endswith(f"/rekor-server:{REKOR_VERSION}")
+    for name in ("trillian-log-server", "trillian-log-signer"):
+        assert services[name]["image"].endswith(f":{TRILLIAN_VERSION}")
+        flags = services[name]["command"]
+        assert "--storage_system=postgresql" in flags
+    assert "--force_master" in services["trillian-log-signer"]["command"]
+    flags = rekor["command"]
+    assert "--enable_retrieve_api=false" in flags
+    assert f"--enabled_api_endpoints={','.join(REKOR_API_ENDPOINTS)}" in flags
+    assert "--enable_attestation_storage=false" in flags
+    assert f"--rekor_server.hostname={CHECKPOINT_HOSTNAME}" in flags
+    assert f"--rekor_server.signer=/rekor-keys/{SIGNER_KEY_FILE}" in flags
+    assert any(f.startswith("--config=") for f in flags)  # carries the tree id
+    assert f"createtree@{TRILLIAN_VERSION}" in _command_text(services["trillian-createtree"])
+    assert f"trillian@{TRILLIAN_VERSION}" in _command_text(services["trillian-schema"])
+    assert rekor["depends_on"]["trillian-createtree"]["condition"] == (
+        "service_completed_successfully"
+    )
