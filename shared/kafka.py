@@ -195,6 +195,9 @@ async def make_producer(
         enable_idempotence=True,
         linger_ms=linger_ms,
         request_timeout_ms=request_timeout_ms,
+        # ~1 KB events sent hundreds at a time: the 16 KB default made sends queue behind
+        # each other (profiled in the signer: ~1.5x throughput with 1 MiB).
+        max_batch_size=1024 * 1024,
     )
     try:
         await asyncio.wait_for(producer.start(), start_timeout_s)

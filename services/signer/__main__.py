@@ -1,0 +1,27 @@
+"""``python -m services.signer``: run the signer with settings from the environment."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from shared.errors import ConfigError
+from shared.settings import Settings
+from shared.telemetry import configure_logging
+
+from .app import run_signer
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"ledger signer: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    asyncio.run(run_signer(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

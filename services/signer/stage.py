@@ -1,0 +1,423 @@
+"""The signer stage: append requests in, signed and stored entries out.
+
+For one consumed batch (:meth:`SignerStage.process_batch`):
+
+1. resolve every request against the database and the batch itself: a request id already
+   stored with the same content is the *existing* entry, with other content an
+   :class:`IdempotencyConflict` (dead-lettered); duplicates inside the batch are collapsed
+   before signing (Ed25519 is deterministic: signing twice gives the same bytes, and one
+   row per request id is all we may store);
+2. sign the new statements with one Vault ``batch_input`` call per ≤ ``signer_batch_max``
+   items; :meth:`shared.vault.TransitSigner.sign_batch` verifies every signature with the
+   public key of the exact key version Vault used (a failure raises, nothing is stored), and
+   that key's PEM is what is stored next to the signature;
+3. insert all new rows in one transaction, idempotent on ``request_id``
+   (``INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING``), then read back the rows
+   another signer stored first and resolve them like step 1;
+4. publish ``ledger.signed`` for every entry of the batch, new or existing, and wait for
+   Kafka's acknowledgements. Only then does the consumer loop commit the offsets.
+
+Vault or the database failing raises :class:`DependencyError`: the loop pauses and retries
+the same batch, and because steps 1 to 4 are idempotent a retry (or a replay after a crash)
+stores nothing twice. This stage never sees or logs a payload: requests carry only its
+SHA-256, and logs carry ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from shared.consumer import Message, Rejection
+from shared.db import Database, QueryError, Row, Tx
+from shared.errors import (
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    InvalidMessage,
+    VaultError,
+    VaultUnavailable,
+    VerificationError,
+)
+from shared.kafka import Record
+from shared.messages import AppendRequest, SignedEntry, decode
+from shared.statement import content_sha256, entry_id_for, statement_bytes
+from shared.telemetry import Metrics, log_context
+from shared.vault import PublicKey, Signature
+
+__all__ = [
+    "EntryStore",
+    "SignRequest",
+    "SignedPublisher",
+    "Signer",
+    "SignerStage",
+    "VaultRefused",
+    "decode_append",
+]
+
+log = logging.getLogger("ledger.signer")
+_T = TypeVar("_T")
+
+STAGE = "signer"
+#: Kafka headers copied from the append request to the signed event (trace context).
+TRACE_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
+
+
+class VaultRefused(VaultUnavailable):
+    """Vault answered but would not sign (permission, unknown key) or signed wrongly.
+
+    No message can be at fault (the input is our own canonical JSON), so the stage pauses
+    and retries instead of dead-lettering valid requests; an operator fixes Vault.
+    """
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SignRequest:
+    """A valid append request with everything derived from it."""
+
+    request: AppendRequest
+    entry_id: uuid.UUID
+    statement: bytes
+    content_sha256: str
+    trace_headers: tuple[tuple[str, bytes], ...]
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def decode_append(record: Record) -> SignRequest:
+    """Decode a ``ledger.append`` record; anything unusable raises :class:`InvalidMessage`."""
+    request = decode(AppendRequest, record.value)
+    if _has_nul(request.meta):
+        # PostgreSQL's JSONB cannot store U+0000; refusing it here keeps the partition moving.
+        raise InvalidMessage("invalid fields", detail="meta: strings must not contain U+0000")
+    try:
+        statement = statement_bytes(
+            request_id=request.request_id,
+            subject=request.subject,
+            payload_sha256=request.payload_sha256,
+            meta=request.meta,
+            submitted_at=request.submitted_at,
+        )
+    except Exception as exc:  # noqa: BLE001 - rfc8785 refuses NaN, huge ints, ...
+        raise InvalidMessage(
+            "invalid fields", detail=f"meta cannot be canonicalised: {type(exc).__name__}"
+        ) from None
+    return SignRequest(
+        request=request,
+        entry_id=entry_id_for(request.request_id),
+        statement=statement,
+        content_sha256=content_sha256(
+            subject=request.subject, payload_sha256=request.payload_sha256, meta=request.meta
+        ),
+        trace_headers=tuple(
+            (k, v) for k, v in (record.headers or ()) if k in TRACE_HEADERS
+        ),
+    )
+
+
+# --- the ports this stage uses -----------------------------------------------------------------
+
+
+class Signer(Protocol):
+    """Vault Transit, as :class:`shared.vault.TransitSigner` offers it."""
+
+    async def sign_batch(self, key: str, inputs: Sequence[bytes]) -> list[Signature]: ...
+    async def public_key(self, key: str, version: int) -> PublicKey: ...
+
+
+class SignedPublisher(Protocol):
+    """Publishes ``ledger.signed`` events and returns once Kafka acknowledged all of them."""
+
+    async def publish_signed(
+        self, events: Sequence[tuple[SignedEntry, Sequence[tuple[str, bytes]]]]
+    ) -> None: ...
+
+
+# --- storage -----------------------------------------------------------------------------------
+
+_COLUMNS = (
+    "id, subject, payload_hash, sig, pubkey, meta::text AS meta, created_at, request_id, "
+    "key_name, key_version, statement, submitted_at, content_sha256"
+)
+
+# Built from constants only; every value is a bind parameter.
+_INSERT = f"""
+INSERT INTO ledger.entries
+    (id, subject, payload_hash, sig, pubkey, meta, request_id, key_name, key_version,
+     statement, submitted_at, content_sha256)
+SELECT u.id, u.subject, u.payload_hash, u.sig, u.pubkey, u.meta::jsonb, u.request_id,
+       u.key_name, u.key_version, u.statement, u.submitted_at, u.content_sha256
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::int[], $10::bytea[], $11::timestamptz[],
+            $12::text[])
+     AS u(id, subject, payload_hash, sig, pubkey, meta, request_id, key_name, key_version,
+          statement, submitted_at, content_sha256)
+ON CONFLICT (request_id) DO NOTHING
+RETURNING {_COLUMNS}
+"""  # noqa: S608
+
+_SELECT_BY_REQUEST_ID = (
+    f"SELECT {_COLUMNS} FROM ledger.entries WHERE request_id = ANY($1::text[])"  # noqa: S608
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewRow:
+    sign: SignRequest
+    signature: Signature
+    public_key_pem: str
+
+
+class EntryStore:
+    """``ledger.entries`` as the signer uses it: read by request id, insert idempotently."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def existing(self, request_ids: Sequence[str]) -> dict[str, Row]:
+        if not request_ids:
+            return {}
+        rows = await self._guard(self._db.fetch(_SELECT_BY_REQUEST_ID, list(request_ids)))
+        return {str(r["request_id"]): r for r in rows}
+
+    async def insert(self, rows: Sequence[NewRow]) -> tuple[dict[str, Row], dict[str, Row]]:
+        """Insert ``rows`` in one transaction; return (inserted, already stored) by request id.
+
+        "Already stored" are rows another process inserted first (found by the conflict).
+        """
+
+        async def work(tx: Tx) -> tuple[dict[str, Row], dict[str, Row]]:
+            inserted = await tx.fetch(
+                _INSERT,
+                [r.sign.entry_id for r in rows],
+                [r.sign.request.subject for r in rows],
+                [r.sign.request.payload_sha256 for r in rows],
+                [r.signature.vault for r in rows],
+                [r.public_key_pem for r in rows],
+                [json.dumps(r.sign.request.meta) for r in rows],
+                [r.sign.request.request_id for r in rows],
+                [r.signature.key_name for r in rows],
+                [r.signature.version for r in rows],
+                [r.sign.statement for r in rows],
+                [r.sign.request.submitted_at for r in rows],
+                [r.sign.content_sha256 for r in rows],
+            )
+            new = {str(r["request_id"]): r for r in inserted}
+            missing = [r.sign.request.request_id for r in rows if r.sign.request.request_id
+                       not in new]
+            others: dict[str, Row] = {}
+            if missing:
+                found = await tx.fetch(_SELECT_BY_REQUEST_ID, missing)
+                others = {str(r["request_id"]): r for r in found}
+            return new, others
+
+        return await self._guard(self._db.transaction(work))
+
+    @staticmethod
+    async def _guard(aw: Awaitable[_T]) -> _T:
+        try:
+            return await aw
+        except QueryError as exc:
+            # Our inputs are validated, so a refused statement means the schema or the
+            # database is wrong (e.g. migrations not applied): pause and retry, never drop.
+            raise DatabaseUnavailable(f"database refused the signer's statement: {exc}") from None
+
+
+# --- the stage ---------------------------------------------------------------------------------
+
+
+def _signed_entry(row: Row) -> SignedEntry:
+    statement = bytes(row["statement"])
+    return SignedEntry(
+        entry_id=row["id"],
+        request_id=row["request_id"],
+        subject=row["subject"],
+        payload_sha256=row["payload_hash"],
+        meta=json.loads(row["meta"]),
+        submitted_at=row["submitted_at"],
+        created_at=row["created_at"],
+        statement=base64.b64encode(statement).decode("ascii"),
+        signature=row["sig"],
+        key_name=row["key_name"] or "",
+        key_version=row["key_version"],
+        public_key=row["pubkey"],
+    )
+
+
+@dataclass
+class _Resolution:
+    """What a batch turned out to be: entries to publish and messages to dead-letter."""
+
+    publish: dict[str, tuple[Row, SignRequest]]  # request id → stored row (new or existing)
+    to_sign: dict[str, SignRequest]  # request id → first message with that id
+    rejected: list[Rejection]
+    outcome: dict[str, str]  # request id → "new" | "existing"
+
+
+class SignerStage:
+    """The signer as a consumer-loop stage (see the module docstring)."""
+
+    name = STAGE
+
+    def __init__(
+        self,
+        *,
+        store: EntryStore,
+        vault: Signer,
+        publisher: SignedPublisher,
+        key_name: str,
+        batch_max: int,
+        metrics: Metrics,
+    ) -> None:
+        self._store = store
+        self._vault = vault
+        self._publisher = publisher
+        self._key = key_name
+        self._batch_max = batch_max
+        self._metrics = metrics
+
+    def decode(self, record: Record) -> SignRequest:
+        return decode_append(record)
+
+    async def process_batch(self, messages: Sequence[Message[SignRequest]]) -> list[Rejection]:
+        ids = list(dict.fromkeys(m.value.request.request_id for m in messages))
+        stored = await self._store.existing(ids)
+        res = _Resolution(publish={}, to_sign={}, rejected=[], outcome={})
+        for m in messages:
+            self._resolve(res, m, stored.get(m.value.request.request_id))
+
+        if res.to_sign:
+            new_rows = await self._sign(list(res.to_sign.values()))
+            inserted, raced = await self._store.insert(new_rows)
+            for row in inserted.values():
+                rid = str(row["request_id"])
+                res.publish[rid] = (row, res.to_sign[rid])
+                res.outcome[rid] = "new"
+            for rid, row in raced.items():
+                # another signer stored it between our read and our insert
+                first = res.to_sign[rid]
+                if row["content_sha256"] == first.content_sha256:
+                    res.publish[rid] = (row, first)
+                    res.outcome[rid] = "existing"
+            # messages whose request id turned out to be stored with other content
+            already = {id(j.record) for j in res.rejected}
+            for m in messages:
+                other = raced.get(m.value.request.request_id)
+                if (
+                    other is not None
+                    and id(m.record) not in already
+                    and other["content_sha256"] != m.value.content_sha256
+                ):
+                    res.rejected.append(self._conflict(m, other))
+
+        await self._publish(res)
+        for outcome in res.outcome.values():
+            self._metrics.entries_signed.labels(outcome=outcome).inc()
+        return res.rejected
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    def _resolve(self, res: _Resolution, m: Message[SignRequest], row: Row | None) -> None:
+        rid = m.value.request.request_id
+        if row is not None:
+            if row["content_sha256"] == m.value.content_sha256:
+                res.publish.setdefault(rid, (row, m.value))
+                res.outcome[rid] = "existing"
+            else:
+                res.rejected.append(self._conflict(m, row))
+            return
+        first = res.to_sign.get(rid)
+        if first is None:
+            res.to_sign[rid] = m.value
+        elif first.content_sha256 != m.value.content_sha256:
+            # The earlier message of this batch wins, as it would have one batch earlier.
+            res.rejected.append(
+                Rejection(
+                    m.record,
+                    IdempotencyConflict(
+                        rid,
+                        f"request_id={rid} appears earlier in the stream with other content",
+                    ),
+                )
+            )
+
+    def _conflict(self, m: Message[SignRequest], row: Row) -> Rejection:
+        rid = m.value.request.request_id
+        return Rejection(
+            m.record,
+            IdempotencyConflict(
+                rid,
+                f"request_id={rid} is stored as entry {row['id']} with other content "
+                f"(content_sha256 {row['content_sha256']} != {m.value.content_sha256})",
+            ),
+        )
+
+    async def _sign(self, requests: list[SignRequest]) -> list[NewRow]:
+        chunks = [
+            requests[i : i + self._batch_max] for i in range(0, len(requests), self._batch_max)
+        ]
+        signed = await asyncio.gather(*(self._sign_chunk(c) for c in chunks))
+        return [row for chunk in signed for row in chunk]
+
+    async def _sign_chunk(self, chunk: list[SignRequest]) -> list[NewRow]:
+        """One Vault ``batch_input`` call; every signature checked against the PEM we store."""
+        self._metrics.vault_batch_size.observe(len(chunk))
+        t0 = time.monotonic()
+        try:
+            signatures = await self._vault.sign_batch(self._key, [r.statement for r in chunk])
+            keys = {
+                v: await self._vault.public_key(self._key, v)
+                for v in sorted({s.version for s in signatures})
+            }
+        except VaultUnavailable as exc:
+            log.error("vault sign: %s", exc, extra={"key": self._key, "items": len(chunk)})  # noqa: TRY400
+            raise
+        except (VaultError, VerificationError) as exc:
+            log.error("vault sign: %s", exc, extra={"key": self._key, "items": len(chunk)})  # noqa: TRY400
+            raise VaultRefused(f"vault sign: {exc}") from None
+        finally:
+            self._metrics.vault_latency.labels(key=self._key, op="sign").observe(
+                time.monotonic() - t0
+            )
+        if len(signatures) != len(chunk):
+            raise VaultRefused(
+                f"vault sign: {len(signatures)} signatures for {len(chunk)} statements"
+            )
+        # The adapter has verified every signature with the key version's public key (off
+        # the event loop); that very key's PEM is what we store next to the signature.
+        return [
+            NewRow(sign=req, signature=sig, public_key_pem=keys[sig.version].pem)
+            for req, sig in zip(chunk, signatures, strict=True)
+        ]
+
+    async def _publish(self, res: _Resolution) -> None:
+        events: list[tuple[SignedEntry, Sequence[tuple[str, bytes]]]] = []
+        for rid, (row, req) in res.publish.items():
+            entry = _signed_entry(row)
+            headers = [
+                ("entry_id", str(entry.entry_id).encode()),
+                ("request_id", rid.encode()),
+                *req.trace_headers,
+            ]
+            events.append((entry, headers))
+            with log_context(request_id=rid, entry_id=str(entry.entry_id)):
+                log.debug("entry stored", extra={"outcome": res.outcome.get(rid)})
+        if events:
+            await self._publisher.publish_signed(events)
