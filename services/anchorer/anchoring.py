@@ -1,0 +1,464 @@
+"""Anchoring one batch: claim → sign → persist (pending) → Rekor → verify → complete → emit.
+
+::
+
+    entry ids ──► read rows ──► plan (leaves, RFC 6962 root, manifest)
+                                          │
+                                          ▼
+                    Vault ECDSA P-256 (prehashed) signs SHA-256(manifest)
+                         ┌────────────────┘
+                         ▼
+    ONE transaction: claim members (batch_id IS NULL) + batch row, state pending, signature
+                         │
+                         ▼
+    Rekor hashedrekord (stored signature) ── 409 ──► GET the existing entry by uuid
+                         │
+                         ▼
+    shared.verify: log id, uuid, SET, inclusion proof, checkpoint, body vs submission
+                         │ (refused → metric + error log, batch stays pending, ReceiptRejected)
+                         ▼
+    ONE transaction: receipt on the batch, state anchored, members' rekor fields
+                         │
+                         ▼
+    one ledger.anchored event per member, built from database rows only
+
+Everything after the claim is keyed by the batch id and re-runnable: completing a batch that
+is already anchored only re-emits its (identical) events; a retry re-sends the stored
+signature, so Rekor answers 409 instead of logging a second entry.
+
+Errors: :class:`RekorUnavailable` (and :class:`ReceiptRejected`, one of them),
+``VaultUnavailable`` and ``DatabaseUnavailable`` propagate so the caller pauses and retries.
+A Rekor 4xx other than 409 leaves the batch pending for the sweeper (logged), without
+stopping the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from shared.errors import (
+    DatabaseUnavailable,
+    RekorConflict,
+    RekorError,
+    RekorUnavailable,
+    VerificationError,
+)
+from shared.messages import AnchoredEntry
+from shared.telemetry import Metrics, Stopwatch, log_context
+from shared.verify import (
+    ExpectedEntry,
+    LogKey,
+    ReceiptVerificationError,
+    VerifiedReceipt,
+    verify_receipt,
+)
+
+from .building import (
+    BatchRecord,
+    EntryRecord,
+    anchored_events,
+    plan_batch,
+)
+from .store import AnchorStore, ClaimRaced
+
+__all__ = [
+    "AnchorResult",
+    "Anchorer",
+    "EventPublisher",
+    "ReceiptRejected",
+    "RekorHealth",
+    "RekorPort",
+    "SignerPort",
+]
+
+log = logging.getLogger("ledger.anchorer")
+
+_CLAIM_ATTEMPTS = 5
+
+
+class ReceiptRejected(RekorUnavailable):
+    """Rekor's receipt failed verification: not stored, batch stays pending, retried later.
+
+    A :class:`RekorUnavailable`, so the consumer loop pauses, backs off and retries the same
+    batch instead of committing (a log that answers with bad proofs is not one we can use).
+    """
+
+    def __init__(self, batch_id: uuid.UUID, error: ReceiptVerificationError) -> None:
+        super().__init__(f"Rekor receipt for batch {batch_id} refused: {error}")
+        self.batch_id = batch_id
+        self.check = error.check
+
+
+# --- the narrow interfaces this module needs ---------------------------------------------
+
+
+class _Signature(Protocol):
+    @property
+    def version(self) -> int: ...
+    @property
+    def raw(self) -> bytes: ...
+
+
+class _PublicKey(Protocol):
+    @property
+    def pem(self) -> str: ...
+
+
+class SignerPort(Protocol):
+    """Vault Transit (``shared.vault.TransitSigner`` conforms)."""
+
+    async def sign(self, key: str, data: bytes, *, prehashed_sha256: bool = False) -> Any: ...
+    async def public_key(self, key: str, version: int) -> Any: ...
+
+
+class _Entry(Protocol):
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def response(self) -> dict[str, Any]: ...
+
+
+class RekorPort(Protocol):
+    """The Rekor operations anchoring needs (``shared.rekor.RekorClient`` conforms)."""
+
+    async def create_hashedrekord(
+        self, digest_hex: str, signature_der: bytes, public_key_pem: bytes | str
+    ) -> Any: ...
+    async def get_entry_by_uuid(self, uuid: str) -> Any: ...
+
+
+class EventPublisher(Protocol):
+    """Publishes ``ledger.anchored`` events and returns once Kafka acknowledged all of them."""
+
+    async def publish(self, events: Sequence[AnchoredEntry]) -> None: ...
+
+
+class LogKeyPort(Protocol):
+    async def get(self) -> LogKey: ...
+
+
+class ReceiptObserver(Protocol):
+    """Called with every verified receipt before it is stored (checkpoint bookkeeping)."""
+
+    async def __call__(self, receipt: VerifiedReceipt) -> None: ...
+
+
+# --- health --------------------------------------------------------------------------------
+
+
+@dataclass
+class RekorHealth:
+    """What the anchorer last saw of Rekor; mirrored in ``ledger_dependency_up{rekor}``."""
+
+    metrics: Metrics
+    up: bool | None = None
+    last_error: str = ""
+
+    def ok(self) -> None:
+        if self.up is not True:
+            if self.up is False:
+                log.info("Rekor reachable again")
+            self.up = True
+            self.last_error = ""
+            self.metrics.dependency_up.labels(dependency="rekor").set(1)
+
+    def failed(self, error: BaseException) -> None:
+        self.up = False
+        self.last_error = str(error)[:300]
+        self.metrics.dependency_up.labels(dependency="rekor").set(0)
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+@dataclass
+class AnchorResult:
+    """What happened to the entry ids given to :meth:`Anchorer.anchor`."""
+
+    emitted: list[AnchoredEntry] = field(default_factory=list)
+    new_batches: list[uuid.UUID] = field(default_factory=list)
+    pending_elsewhere: set[uuid.UUID] = field(default_factory=set)
+    left_pending: set[uuid.UUID] = field(default_factory=set)
+    unknown: set[uuid.UUID] = field(default_factory=set)
+
+
+# --- the anchorer --------------------------------------------------------------------------
+
+
+class Anchorer:
+    def __init__(
+        self,
+        *,
+        store: AnchorStore,
+        signer: SignerPort,
+        rekor: RekorPort,
+        publisher: EventPublisher,
+        log_key: LogKeyPort,
+        metrics: Metrics,
+        anchor_key: str,
+        observe_receipt: ReceiptObserver | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+        after_rekor_accepted: Callable[[uuid.UUID], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._rekor = rekor
+        self._publisher = publisher
+        self._log_key = log_key
+        self._metrics = metrics
+        self._anchor_key = anchor_key
+        self._observe_receipt = observe_receipt
+        self._clock = clock
+        self._new_id = new_id
+        self._after_rekor_accepted = after_rekor_accepted
+        self.rekor_health = RekorHealth(metrics)
+        # batches this process claimed and has not completed yet (it retries them itself)
+        self._own_pending: set[uuid.UUID] = set()
+
+    # --- the whole path for a set of entries ---------------------------------------------
+
+    async def anchor(self, entry_ids: Iterable[uuid.UUID]) -> AnchorResult:
+        """Anchor these entries; afterwards every one is anchored (and its event emitted),
+        pending in a batch that another worker or the sweeper completes, or unknown.
+        """
+        wanted = list(dict.fromkeys(entry_ids))
+        result = AnchorResult()
+        if not wanted:
+            return result
+        new_batch = await self.claim(wanted)
+        if new_batch is not None:
+            result.new_batches.append(new_batch)
+            if not await self.complete(new_batch, emit=True, result=result):
+                result.left_pending.add(new_batch)
+
+        rows = {r.id: r for r in await self._store.entries(wanted)}
+        result.unknown = {i for i in wanted if i not in rows}
+        others: dict[uuid.UUID, set[uuid.UUID]] = {}
+        for row in rows.values():
+            if row.batch_id is not None and row.batch_id != new_batch:
+                others.setdefault(row.batch_id, set()).add(row.id)
+        for batch_id, ids in others.items():
+            batch = await self._store.batch(batch_id)
+            if batch is not None and batch.anchored:
+                # A replay of an anchored entry: emit its event again, identical to the first.
+                events = await self._events(batch)
+                chosen = [e for e in events if e.entry.entry_id in ids]
+                await self._publisher.publish(chosen)
+                result.emitted.extend(chosen)
+            elif batch_id in self._own_pending:
+                # Our own earlier attempt (the consumer loop retrying the same records after
+                # Rekor failed): drive it on; the stored signature makes Rekor answer 409.
+                if not await self.complete(batch_id, emit=True, result=result):
+                    result.left_pending.add(batch_id)
+            else:
+                # Another worker's batch: left to it (or, if it died, to the sweeper).
+                result.pending_elsewhere.update(ids)
+        return result
+
+    # --- step 1-2: claim and persist ------------------------------------------------------
+
+    async def claim(self, entry_ids: Sequence[uuid.UUID]) -> uuid.UUID | None:
+        """Claim the still-free entries among ``entry_ids`` into a new pending batch.
+
+        Returns the batch id, or None when none of them is free. The anchor signature is
+        made before the transaction (Vault is never called inside one) and stored with it.
+        """
+        for _attempt in range(_CLAIM_ATTEMPTS):
+            free = [r for r in await self._store.entries(entry_ids) if r.batch_id is None]
+            if not free:
+                return None
+            plan = plan_batch(free, batch_id=self._new_id(), created_at=self._clock())
+            signature: _Signature = await self._signer.sign(
+                self._anchor_key, plan.manifest_sha256, prehashed_sha256=True
+            )
+            public_key: _PublicKey = await self._signer.public_key(
+                self._anchor_key, signature.version
+            )
+            try:
+                await self._store.claim(
+                    plan,
+                    anchor_sig=signature.raw,
+                    key_version=signature.version,
+                    pubkey_pem=public_key.pem,
+                )
+            except ClaimRaced:
+                log.info(
+                    "entries claimed by another batch meanwhile; re-planning",
+                    extra={"batch_id": str(plan.batch_id), "size": plan.size},
+                )
+                continue
+            self._own_pending.add(plan.batch_id)
+            log.info(
+                "batch claimed and persisted (pending)",
+                extra={
+                    "batch_id": str(plan.batch_id),
+                    "size": plan.size,
+                    "root": plan.root_hex,
+                    "manifest_sha256": plan.manifest_sha256.hex(),
+                },
+            )
+            return plan.batch_id
+        # Heavy contention with other anchorers: retryable, the consumer loop backs off.
+        raise DatabaseUnavailable(
+            f"could not claim a batch in {_CLAIM_ATTEMPTS} attempts (entries claimed meanwhile)"
+        )
+
+    # --- steps 3-5: Rekor, verification, completion, events -------------------------------
+
+    async def complete(
+        self,
+        batch_id: uuid.UUID,
+        *,
+        emit: bool = True,
+        result: AnchorResult | None = None,
+        path_label: str = "stream",
+    ) -> bool:
+        """Drive a persisted batch to anchored and emit its events; True when anchored.
+
+        False when Rekor refused the entry for good (4xx): the batch stays pending and the
+        sweeper tries again later. Completing an anchored batch re-emits its events only.
+        """
+        with log_context(batch_id=str(batch_id)):
+            batch = await self._store.batch(batch_id)
+            if batch is None:
+                raise ValueError(f"no batch {batch_id}")
+            first = False
+            if not batch.anchored:
+                receipt = await self._anchor_in_rekor(batch)
+                if receipt is None:
+                    self._own_pending.discard(batch_id)  # the sweeper retries it later
+                    return False
+                if self._observe_receipt is not None:
+                    await self._observe_receipt(receipt)
+                anchored_at = await self._store.complete(batch.id, receipt)
+                first = anchored_at is not None
+                reloaded = await self._store.batch(batch_id)
+                if reloaded is None or not reloaded.anchored:
+                    raise RuntimeError(f"batch {batch_id} not anchored after completion")
+                batch = reloaded
+                if first:
+                    self._metrics.batches_anchored.labels(path=path_label).inc()
+                    self._metrics.anchor_batch_size.observe(batch.size)
+                    self._metrics.entries_anchored.inc(batch.size)
+            self._own_pending.discard(batch_id)
+            events = await self._events(batch)
+            if emit:
+                await self._publisher.publish(events)
+                if result is not None:
+                    result.emitted.extend(events)
+            if first and batch.receipt is not None:
+                for event in events:
+                    log.info(
+                        f"Entry {event.entry.entry_id} anchored to Rekor",
+                        extra={
+                            "entry_id": str(event.entry.entry_id),
+                            "request_id": event.entry.request_id,
+                            "batch_id": str(batch.id),
+                            "leaf_index": event.leaf_index,
+                            "rekor_uuid": batch.receipt.uuid,
+                            "rekor_log_index": batch.receipt.log_index,
+                        },
+                    )
+                log.info(
+                    "batch anchored",
+                    extra={
+                        "batch_id": str(batch.id),
+                        "size": batch.size,
+                        "rekor_uuid": batch.receipt.uuid,
+                        "rekor_log_index": batch.receipt.log_index,
+                    },
+                )
+            return True
+
+    async def _events(self, batch: BatchRecord) -> list[AnchoredEntry]:
+        members: list[EntryRecord] = await self._store.members(batch.id)
+        return anchored_events(batch, members)
+
+    async def _anchor_in_rekor(self, batch: BatchRecord) -> VerifiedReceipt | None:
+        """Submit the stored manifest signature, fetch on 409, verify; None on a 4xx refusal."""
+        path = "created"
+        try:
+            try:
+                with Stopwatch() as sw:
+                    entry: _Entry = await self._rekor.create_hashedrekord(
+                        batch.manifest_sha256, batch.anchor_sig, batch.anchor_pubkey
+                    )
+                self._metrics.rekor_latency.labels(op="create", outcome="created").observe(
+                    sw.seconds
+                )
+            except RekorConflict as conflict:
+                self._metrics.rekor_latency.labels(op="create", outcome="conflict").observe(
+                    sw.seconds
+                )
+                path = "conflict"
+                if conflict.uuid is None:
+                    raise RekorUnavailable(
+                        f"Rekor answered 409 for batch {batch.id} without naming the entry"
+                    ) from None
+                log.info(
+                    "Rekor already holds this batch (409); fetching the existing entry",
+                    extra={"batch_id": str(batch.id), "rekor_uuid": conflict.uuid},
+                )
+                with Stopwatch() as sw:
+                    entry = await self._rekor.get_entry_by_uuid(conflict.uuid)
+                self._metrics.rekor_latency.labels(op="get", outcome="ok").observe(sw.seconds)
+        except RekorUnavailable as exc:
+            self._metrics.rekor_latency.labels(op="create", outcome="unavailable").observe(
+                sw.seconds
+            )
+            self.rekor_health.failed(exc)
+            log.warning(
+                "Rekor anchoring failed",
+                extra={"batch_id": str(batch.id), "error": str(exc), "retryable": True},
+            )
+            raise
+        except RekorError as exc:
+            self.rekor_health.ok()  # it answered; it refused this entry
+            log.error(  # noqa: TRY400 - an expected refusal, not a bug: no traceback
+                "Rekor anchoring failed",
+                extra={"batch_id": str(batch.id), "error": str(exc), "status": exc.status,
+                       "retryable": False},
+            )
+            return None
+        self.rekor_health.ok()
+        if path == "created" and self._after_rekor_accepted is not None:
+            self._after_rekor_accepted(batch.id)
+
+        key = await self._log_key.get()
+        expected = ExpectedEntry(
+            digest_hex=batch.manifest_sha256,
+            signature=batch.anchor_sig,
+            public_key=batch.anchor_pubkey,
+        )
+        try:
+            receipt = verify_receipt(entry.response, key, expected=expected)
+        except ReceiptVerificationError as exc:
+            self._metrics.receipt_failures.labels(check=exc.check).inc()
+            log.error(  # noqa: TRY400 - the check and detail say everything
+                "Rekor anchoring failed",
+                extra={"batch_id": str(batch.id), "reason": "receipt verification failed",
+                       "check": exc.check, "detail": exc.detail[:300], "path": path},
+            )
+            raise ReceiptRejected(batch.id, exc) from None
+        except VerificationError as exc:  # malformed beyond the named checks
+            self._metrics.receipt_failures.labels(check="receipt").inc()
+            log.error(  # noqa: TRY400
+                "Rekor anchoring failed",
+                extra={"batch_id": str(batch.id), "reason": "receipt verification failed",
+                       "check": "receipt", "detail": str(exc)[:300], "path": path},
+            )
+            raise ReceiptRejected(
+                batch.id, ReceiptVerificationError("receipt", str(exc))
+            ) from None
+        log.info(
+            "Rekor receipt verified",
+            extra={"batch_id": str(batch.id), "rekor_uuid": receipt.uuid,
+                   "rekor_log_index": receipt.log_index, "path": path},
+        )
+        return receipt

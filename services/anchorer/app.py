@@ -1,0 +1,365 @@
+"""Wiring of the anchorer process: adapters → :class:`Anchorer` → consumer loop + sweeper.
+
+::
+
+    ledger.signed ─► AccumulatingConsumer (N records or T ms) ─► ConsumerLoop ─► AnchorerStage
+                                                                                   │
+                         Sweeper (every sweeper_interval_s) ─► Anchorer ◄───────────┘
+                                                                │
+                              Vault (anchor key) · PostgreSQL · Rekor · ledger.anchored
+
+Opening order (closed in reverse by the lifecycle): database, Vault, Rekor client, producer,
+consumer, ops server (``/health``, ``/metrics`` on ``settings.metrics_port`` when set). A
+dependency that is down at start-up is retried with back-off until it answers or a stop is
+requested. Rekor is not needed to start: the stream pauses on it, like on any dependency.
+
+``/health`` says ``rekor: false`` while the last Rekor call failed (or its health probe
+does), together with ``database``, ``vault``, ``kafka`` (consuming, not paused) and the
+number of pending batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared.consumer import (
+    Backoff,
+    ConsumerLoop,
+    KafkaDeadLetters,
+    Message,
+    RebalanceHooks,
+    Rejection,
+)
+from shared.db import Database
+from shared.errors import DependencyError, InvalidMessage, LedgerError
+from shared.kafka import Consumer, Producer, Record, make_consumer, make_producer
+from shared.lifecycle import Lifecycle, run_service
+from shared.messages import AnchoredEntry, SignedEntry, decode
+from shared.rekor import RekorClient
+from shared.settings import Settings
+from shared.telemetry import Metrics, log_context
+from shared.vault import TransitSigner
+
+from .anchoring import Anchorer
+from .batcher import AccumulatingConsumer
+from .checkpoints import ConsistencyMonitor
+from .store import AnchorStore
+from .sweeper import Sweeper
+from .trust import LogKeySource
+
+__all__ = [
+    "STAGE",
+    "AnchorerHooks",
+    "AnchorerStage",
+    "KafkaAnchoredPublisher",
+    "parallel_batches",
+    "run_anchorer",
+]
+
+log = logging.getLogger("ledger.anchorer")
+
+STAGE = "anchorer"
+_PUBLISH_CHUNK = 1000
+_MAX_PARALLEL_BATCHES = 16
+_PARALLEL_ENTRIES = 256
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class AnchorerHooks:
+    """Test-only fault injection (see ``services/anchorer/__main__.py``).
+
+    ``crash_after_rekor``: ``os._exit(137)`` right after Rekor accepted a new entry (201) and
+    before the receipt is stored — the moment a ``kill -9`` hurts most.
+    """
+
+    crash_after_rekor: bool = False
+
+
+class KafkaAnchoredPublisher:
+    """``ledger.anchored``: key = subject, value = :class:`AnchoredEntry` JSON, id in a header."""
+
+    def __init__(self, producer: Producer, topic: str) -> None:
+        self._producer = producer
+        self._topic = topic
+
+    async def publish(self, events: Sequence[AnchoredEntry]) -> None:
+        for start in range(0, len(events), _PUBLISH_CHUNK):
+            chunk = events[start : start + _PUBLISH_CHUNK]
+            await self._producer.send_many(
+                (
+                    self._topic,
+                    e.entry.subject,
+                    e.to_bytes(),
+                    [("entry_id", str(e.entry.entry_id).encode())],
+                )
+                for e in chunk
+            )
+
+
+def parallel_batches(batch_max: int) -> int:
+    """How many anchor batches one poll may carry (anchored concurrently).
+
+    Small batches are bound by Rekor's latency (it answers once the entry is in the tree), so
+    N=1 runs up to 16 Rekor submissions at once; batches of 256 and more go one at a time.
+    """
+    return max(1, min(_MAX_PARALLEL_BATCHES, _PARALLEL_ENTRIES // batch_max))
+
+
+class AnchorerStage:
+    """The consumer loop's stage: decode ``ledger.signed``, anchor the batch's entries.
+
+    The records of one poll are cut into batches of at most ``batch_max`` entries (in
+    arrival order), anchored concurrently; the loop commits only when all are done. A failure
+    of one batch fails the poll, and the retry re-drives the batches still pending.
+    """
+
+    name = STAGE
+
+    def __init__(self, anchorer: Anchorer, *, batch_max: int) -> None:
+        self._anchorer = anchorer
+        self._batch_max = batch_max
+
+    def decode(self, record: Record) -> SignedEntry:
+        return decode(SignedEntry, record.value)
+
+    async def process_batch(self, messages: Sequence[Message[SignedEntry]]) -> list[Rejection]:
+        ids = list(dict.fromkeys(m.value.entry_id for m in messages))
+        chunks = [ids[i : i + self._batch_max] for i in range(0, len(ids), self._batch_max)]
+        with log_context(stage=STAGE):
+            outcomes = await asyncio.gather(
+                *(self._anchorer.anchor(chunk) for chunk in chunks), return_exceptions=True
+            )
+        unknown: set[uuid.UUID] = set()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            unknown |= outcome.unknown
+        rejections = []
+        for m in messages:
+            if m.value.entry_id in unknown:
+                rejections.append(
+                    Rejection(
+                        m.record,
+                        InvalidMessage(
+                            "unknown entry",
+                            detail=f"entry {m.value.entry_id} is not in ledger.entries",
+                        ),
+                    )
+                )
+        return rejections
+
+
+async def _open(
+    what: str, opener: Callable[[], Awaitable[_T]], lc: Lifecycle, backoff: Backoff
+) -> _T | None:
+    """Open a client, retrying while its service is unavailable; None if stopped first."""
+    attempt = 0
+    while not lc.stopping.is_set():
+        try:
+            return await opener()
+        except DependencyError as exc:
+            delay = backoff.delay(attempt)
+            attempt += 1
+            log.warning(
+                "dependency not ready at start-up; retrying",
+                extra={"dependency": what, "error": str(exc), "retry_in_s": round(delay, 2)},
+            )
+            await lc.sleep(delay)
+    return None
+
+
+async def _serve_ops(
+    settings: Settings,
+    metrics: Metrics,
+    health: Callable[[], Awaitable[dict[str, Any]]],
+) -> web.AppRunner:
+    async def get_metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    async def get_health(_: web.Request) -> web.Response:
+        checks = await health()
+        ok = all(v for v in checks.values() if isinstance(v, bool))
+        body = {"status": "ok" if ok else "degraded", **checks}
+        return web.Response(
+            status=200 if ok else 503, text=json.dumps(body), content_type="application/json"
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/health", get_health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.http_host, settings.metrics_port).start()
+    return runner
+
+
+def _crash_now(batch_id: uuid.UUID) -> None:
+    log.critical(
+        "LEDGER_TEST_CRASH_AFTER_REKOR: exiting right after Rekor accepted the batch",
+        extra={"batch_id": str(batch_id)},
+    )
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(137)
+
+
+async def run_anchorer(
+    settings: Settings,
+    *,
+    lifecycle: Lifecycle | None = None,
+    metrics: Metrics | None = None,
+    install_signals: bool = True,
+    hooks: AnchorerHooks | None = None,
+) -> None:
+    """Run the anchorer until SIGTERM/SIGINT (or ``lifecycle.request_stop``), then drain."""
+    m = metrics or Metrics()
+    h = hooks or AnchorerHooks()
+    backoff = Backoff()
+    client_id = f"ledger-anchorer-{socket.gethostname()}-{os.getpid()}"
+
+    async def main(lc: Lifecycle) -> None:
+        db = await _open("database", lambda: Database.connect(settings), lc, backoff)
+        if db is None:
+            return
+        lc.on_close("database", db.close)
+        vault = TransitSigner(settings)
+        lc.on_close("vault", vault.close)
+        rekor = RekorClient.from_settings(settings)
+        lc.on_close("rekor", rekor.close)
+        producer = await _open(
+            "kafka", lambda: make_producer(settings, client_id=client_id), lc, backoff
+        )
+        if producer is None:
+            return
+        lc.on_close("producer", producer.close)
+
+        store = AnchorStore(db)
+        keys = LogKeySource(
+            configured=settings.rekor_public_key,
+            rekor_url=settings.rekor_server_url,
+            pins=store,
+            fetcher=rekor,
+        )
+        anchorer = Anchorer(
+            store=store,
+            signer=vault,
+            rekor=rekor,
+            publisher=KafkaAnchoredPublisher(producer, settings.topic_anchored),
+            log_key=keys,
+            metrics=m,
+            anchor_key=settings.vault_anchor_key,
+            after_rekor_accepted=_crash_now if h.crash_after_rekor else None,
+        )
+        monitor = ConsistencyMonitor(store=store, rekor=rekor, log_key=keys, metrics=m)
+        sweeper = Sweeper(
+            anchorer=anchorer,
+            store=store,
+            monitor=monitor,
+            metrics=m,
+            interval_s=settings.sweeper_interval_s,
+            age_s=settings.sweeper_age_s,
+            batch_max=settings.anchor_batch_max,
+        )
+
+        rebalance = RebalanceHooks()
+
+        def open_consumer() -> Awaitable[Consumer]:
+            return make_consumer(
+                settings,
+                group_id=settings.anchorer_group,
+                topics=[settings.topic_signed],
+                client_id=client_id,
+                on_assigned=rebalance.assigned,
+                on_revoked=rebalance.revoked,
+            )
+
+        consumer = await _open("kafka", open_consumer, lc, backoff)
+        if consumer is None:
+            return
+        lc.on_close("consumer", consumer.close)
+        per_poll = settings.anchor_batch_max * parallel_batches(settings.anchor_batch_max)
+        loop = ConsumerLoop(
+            AnchorerStage(anchorer, batch_max=settings.anchor_batch_max),
+            AccumulatingConsumer(
+                consumer,
+                flush_at=settings.anchor_batch_max,
+                max_items=per_poll,
+                max_wait_s=settings.anchor_batch_ms / 1000,
+            ),
+            KafkaDeadLetters(producer),
+            metrics=m,
+            stopping=lc.stopping,
+            batch_max=per_poll,
+            batch_timeout_ms=max(settings.anchor_batch_ms, 100),
+            backoff=backoff,
+        )
+        rebalance.bind(loop)
+
+        if settings.metrics_port > 0:
+
+            async def health() -> dict[str, Any]:
+                database, vault_ok = await asyncio.gather(
+                    db.health(), vault.health(settings.vault_anchor_key)
+                )
+                rekor_ok = anchorer.rekor_health.up
+                if rekor_ok is None:  # nothing anchored yet: ask Rekor
+                    rekor_ok = await _rekor_reachable(rekor)
+                return {
+                    "database": database,
+                    "vault": vault_ok,
+                    "rekor": bool(rekor_ok),
+                    "kafka": not loop.paused,
+                }
+
+            runner = await _serve_ops(settings, m, health)
+            lc.on_close("ops server", runner.cleanup)
+
+        sweeping = asyncio.create_task(sweeper.run(lc.stopping), name="anchorer-sweeper")
+
+        async def stop_sweeper() -> None:
+            sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeping
+
+        lc.on_close("sweeper", stop_sweeper)
+        log.info(
+            "anchorer started",
+            extra={"topic": settings.topic_signed, "group": settings.anchorer_group,
+                   "batch_max": settings.anchor_batch_max,
+                   "batch_ms": settings.anchor_batch_ms},
+        )
+        await loop.run()
+
+    await run_service(
+        STAGE,
+        main,
+        grace_s=settings.shutdown_grace_s,
+        lifecycle=lifecycle,
+        install_signals=install_signals,
+    )
+
+
+async def _rekor_reachable(rekor: RekorClient) -> bool:
+    try:
+        await rekor.get_log_info()
+    except LedgerError:
+        return False
+    return True
