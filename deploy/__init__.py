@@ -1,1 +1,1 @@
-"""Deployment: the local development/test stack (``deploy.local``), the Dockerfile and compose helpers."""
+"""Deployment: the local stack (``deploy.local``), the Dockerfile and compose helpers."""

@@ -80,7 +80,7 @@ def wait_until(
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - readiness probes fail in many ways until ready
+        except Exception:  # noqa: BLE001, S110 - probes fail in many ways until ready
             pass
         if time.monotonic() > deadline:
             tail = proc.log_tail() if proc is not None else ""
