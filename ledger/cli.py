@@ -7,7 +7,7 @@ Stack commands (the local services the pipeline needs, run as real processes on 
 * ``ledger stack down``     stop a stack left running (its supervisor or stale processes);
 * ``ledger stack status``   what runs, on which ports;
 * ``ledger stack env``      the endpoints as ``export K=V`` lines (``eval "$(ledger stack env)"``);
-* ``ledger dev``            ``stack up`` plus the pipeline's own processes (:data:`DEV_PROCESSES`).
+* ``ledger dev``            ``stack up`` plus the pipeline (``ledger.pipeline``).
 
 The stack directory is ``$LEDGER_STACK_DIR`` or ``./.stack``; downloads and builds are cached
 in ``$LEDGER_CACHE_DIR`` or ``~/.cache/ledger``. ``LEDGER_STACK_SERVICES=postgres,kafka``
@@ -41,6 +41,7 @@ from rich.text import Text
 from deploy.local.base import default_cache_dir, default_stack_dir
 from deploy.local.process import ManagedProcess, StackError
 from deploy.local.stack import Stack, stack_status, stop_stale
+from ledger import dlq, pipeline
 from shared.errors import LedgerError
 
 __all__ = [
@@ -60,18 +61,17 @@ class DevProcess:
     """A process `ledger dev` runs next to the stack, with the stack's endpoints in its env.
 
     ``argv`` is what to run (e.g. ``[sys.executable, "-m", "services.ingest"]``); ``env``
-    adds or overrides variables. Output goes to ``<stack_dir>/logs/<name>.log``.
+    adds or overrides variables. Output goes to ``<stack_dir>/logs/<name>.log``. A
+    ``oneshot`` process (e.g. migrations) must exit 0 before the next one starts.
     """
 
     name: str
     argv: Sequence[str]
     env: Mapping[str, str] = field(default_factory=dict)
+    oneshot: bool = False
 
 
-#: Processes `ledger dev` starts after the stack, in order, and stops before it. The
-#: pipeline's stages append themselves here, e.g.::
-#:
-#:     DEV_PROCESSES.append(DevProcess("ingest", [sys.executable, "-m", "services.ingest"]))
+#: Extra processes `ledger dev` starts after the pipeline's own (see ledger.pipeline).
 DEV_PROCESSES: list[DevProcess] = []
 
 
@@ -193,8 +193,32 @@ def cmd_stack_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_foreground(args: argparse.Namespace, extra: Sequence[DevProcess]) -> int:
+DevPlan = Callable[[Path, Mapping[str, str]], tuple[list[DevProcess], list[str]]]
+
+
+def _pipeline_plan(stack_dir: Path, endpoints: Mapping[str, str]) -> tuple[
+    list[DevProcess], list[str]
+]:
+    procs, lines = pipeline.dev_processes(stack_dir, endpoints)
+    plan = [DevProcess(name, argv, env, oneshot=(name == "migrate")) for name, argv, env in procs]
+    return plan + DEV_PROCESSES, lines
+
+
+def _run_oneshot(proc: ManagedProcess, timeout_s: float = 120.0) -> None:
+    proc.start()
+    deadline = time.monotonic() + timeout_s
+    while proc.running():
+        if time.monotonic() > deadline:
+            proc.stop()
+            raise StackError(f"{proc.name}: did not finish within {timeout_s:.0f}s")
+        time.sleep(0.1)
+    if proc.returncode() != 0:
+        raise StackError(f"{proc.name} failed (exit {proc.returncode()}):\n{proc.log_tail()}")
+
+
+def _run_foreground(args: argparse.Namespace, plan: DevPlan | None) -> int:
     stack = _stack(args)
+    lines: list[str] = []
     console = Console()
     procs: list[ManagedProcess] = []
     with stack.signals_stop():
@@ -204,16 +228,24 @@ def _run_foreground(args: argparse.Namespace, extra: Sequence[DevProcess]) -> in
                     stack.install_all(progress)
                 stack.start_all(progress)
                 env = stack.endpoints()
+                extra: list[DevProcess] = []
+                if plan is not None:
+                    extra, lines = plan(stack.stack_dir, env)
                 for dev in extra:
                     progress(f"starting {dev.name}")
                     proc = ManagedProcess(name=dev.name, argv=list(dev.argv),
                                           stack_dir=stack.stack_dir, cwd=Path.cwd(),
                                           env={**env, **dev.env})
+                    if dev.oneshot:
+                        _run_oneshot(proc)
+                        continue
                     proc.start()
                     procs.append(proc)
             _print_endpoints(stack, console)
             for proc in procs:
                 console.print(f"  {proc.name}: pid {proc.pid}, log {proc.log_path}")
+            for line in lines:
+                console.print(line, soft_wrap=True, markup=False, highlight=False)
             console.print("[bold green]ready[/bold green] - Ctrl-C (or SIGTERM) stops everything")
             _watch(stack, procs, console)
         except KeyboardInterrupt as exc:
@@ -240,11 +272,11 @@ def _watch(stack: Stack, procs: Sequence[ManagedProcess], console: Console) -> N
 
 
 def cmd_stack_up(args: argparse.Namespace) -> int:
-    return _run_foreground(args, [])
+    return _run_foreground(args, None)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    return _run_foreground(args, DEV_PROCESSES)
+    return _run_foreground(args, _pipeline_plan)
 
 
 def cmd_stack_down(args: argparse.Namespace) -> int:
@@ -339,10 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_up_options(p)
     p.set_defaults(func=cmd_dev)
 
-    for name, help_text, configure, handler in _EXTRA_COMMANDS:
+    def add(name: str, help_text: str, configure: Callable[[argparse.ArgumentParser], None],
+            handler: Handler) -> None:
         p = sub.add_parser(name, help=help_text)
         configure(p)
         p.set_defaults(func=handler)
+
+    pipeline.register(add)
+    dlq.register(add)
+    for entry in _EXTRA_COMMANDS:
+        add(*entry)
     return parser
 
 
