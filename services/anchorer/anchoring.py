@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from shared.anchored import BatchRecord, EntryRecord, anchored_events
 from shared.errors import (
     DatabaseUnavailable,
     RekorConflict,
@@ -58,12 +59,7 @@ from shared.verify import (
     verify_receipt,
 )
 
-from .building import (
-    BatchRecord,
-    EntryRecord,
-    anchored_events,
-    plan_batch,
-)
+from .building import plan_batch
 from .store import AnchorStore, ClaimRaced
 
 __all__ = [

@@ -21,21 +21,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from shared.anchored import BATCH_COLUMNS as _BATCH_COLUMNS
+from shared.anchored import ENTRY_COLUMNS as _ENTRY_COLUMNS
+from shared.anchored import BatchRecord, EntryRecord
 from shared.db import Database, Tx
 from shared.verify import RekorReceipt
 
-from .building import BatchPlan, BatchRecord, EntryRecord
+from .building import BatchPlan
 
 __all__ = ["AnchorStore", "ClaimRaced", "StoredCheckpoint"]
-
-_ENTRY_COLUMNS = (
-    "id, request_id, subject, payload_hash, meta::text AS meta, submitted_at, created_at, "
-    "statement, sig, key_name, key_version, pubkey, batch_id, leaf_index, anchored_at"
-)
-_BATCH_COLUMNS = (
-    "id, created_at, state, size, root_hash, manifest, manifest_sha256, anchor_sig, "
-    "anchor_key_version, anchor_pubkey, receipt::text AS receipt, anchored_at"
-)
 
 
 class ClaimRaced(Exception):

@@ -6,6 +6,7 @@ Routes (documented in ``openapi.json`` next to this file, served at ``GET /opena
 ``POST /append``                           append    validate, publish, wait for the signer
 ``GET /entries``                           read      filters + keyset cursor pagination
 ``GET /entries/{id}``                      read      one entry (the 202 status URL)
+``GET /entries/{id}/proof``                read      the offline proof bundle (409 until anchored)
 ``GET /entries/by-request/{request_id}``   read      one entry by its idempotency key
 ``GET /health``                            open      status, database, rekor, kafka, vault
 ``GET /metrics``                           open      Prometheus exposition
@@ -50,7 +51,13 @@ from typing import Any, Final, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shared.errors import ConfigError, DatabaseUnavailable, DependencyError, KafkaUnavailable
+from shared.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    DependencyError,
+    KafkaUnavailable,
+    VerificationError,
+)
 from shared.messages import AppendRequest
 from shared.settings import Settings
 from shared.statement import content_sha256, entry_id_for
@@ -58,7 +65,16 @@ from shared.telemetry import Metrics, log_context
 
 from .auth import Principal, TokenStore
 from .health import HealthCheck, run_checks
-from .store import Cursor, EntryFilter, EntryStore, EntryView, decode_cursor, encode_cursor
+from .store import (
+    Cursor,
+    EntryFilter,
+    EntryStore,
+    EntryView,
+    PendingProof,
+    ProofStore,
+    decode_cursor,
+    encode_cursor,
+)
 from .validation import (
     MetaSchema,
     RequestRejected,
@@ -76,6 +92,7 @@ OPENAPI_PATH: Final = Path(__file__).with_name("openapi.json")
 _MAX_LIMIT: Final = 1000
 _DEFAULT_LIMIT: Final = 100
 _RETRY_AFTER_S: Final = "2"
+_PROOF_RETRY_AFTER_S: Final = "5"
 _HEALTH_TIMEOUT_S: Final = 2.0
 _READ_CHUNK: Final = 64 * 1024
 _JSON_TYPE_RE: Final = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
@@ -86,6 +103,7 @@ _ROUTE_SCOPES: Final = {
     "append": "append",
     "list_entries": "read",
     "get_entry": "read",
+    "get_entry_proof": "read",
     "get_entry_by_request": "read",
 }
 
@@ -115,6 +133,8 @@ class IngestDeps:
     tokens: TokenStore | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     meta_schema: MetaSchema | None = None  # default: loaded from settings.meta_schema_path
+    #: ``GET /entries/{id}/proof`` reads here; None answers 501 (the service passes its store)
+    proofs: ProofStore | None = None
 
 
 def _error(
@@ -426,6 +446,47 @@ class _Api:
             return _error(404, "not_found", "no such entry (yet)", field_name="id")
         return web.json_response(view.to_json())
 
+    async def get_entry_proof(self, request: web.Request) -> web.Response:
+        """The entry's proof bundle: byte for byte its ``ledger.anchored`` event.
+
+        Not anchored yet → 409 ``not_anchored`` (with Retry-After): the entry exists but its
+        proof does not, and a 2xx would let ``curl -f`` save a pending answer as a bundle.
+        """
+        try:
+            entry_id = uuid.UUID(request.match_info["id"])
+        except ValueError:
+            raise RequestRejected(400, "id", "must be a UUID") from None
+        if self.deps.proofs is None:
+            return _error(501, "not_implemented", "this ingest has no proof store configured")
+        try:
+            proof = await self.deps.proofs.proof(entry_id)
+        except VerificationError as exc:
+            log.error(  # noqa: TRY400 - the message says it all; no traceback wanted
+                "stored rows no longer match their anchored batch",
+                extra={"entry_id": str(entry_id), "error": str(exc)[:300]},
+            )
+            return _error(
+                500, "integrity_error",
+                "the stored rows of this entry's batch no longer match its anchored root; "
+                "no proof can be served",
+                extra={"id": str(entry_id)},
+            )
+        if proof is None:
+            return _error(404, "not_found", "no such entry (yet)", field_name="id")
+        if isinstance(proof, PendingProof):
+            return _error(
+                409, "not_anchored",
+                "the entry is signed and stored but not anchored in Rekor yet; "
+                "its proof exists once it is (retry later)",
+                headers={"Retry-After": _PROOF_RETRY_AFTER_S},
+                extra={
+                    "id": str(proof.id),
+                    "status": "pending",
+                    "batch_id": None if proof.batch_id is None else str(proof.batch_id),
+                },
+            )
+        return web.Response(body=proof.to_bytes(), content_type="application/json")
+
     async def get_entry_by_request(self, request: web.Request) -> web.Response:
         request_id = request.match_info["request_id"]
         if not _REQUEST_ID_PATH_RE.match(request_id):
@@ -564,6 +625,9 @@ def build_app(settings: Settings, deps: IngestDeps) -> web.Application:
         name="get_entry_by_request", allow_head=False,
     )
     r.add_get("/entries/{id}", api.get_entry, name="get_entry", allow_head=False)
+    r.add_get(
+        "/entries/{id}/proof", api.get_entry_proof, name="get_entry_proof", allow_head=False
+    )
     r.add_get("/health", api.health, name="health", allow_head=False)
     r.add_get("/metrics", api.metrics_endpoint, name="metrics", allow_head=False)
     r.add_get("/openapi.json", api.openapi_endpoint, name="openapi", allow_head=False)

@@ -133,6 +133,7 @@ async def run_ingest(
             waiter=waiter,
             metrics=metrics,
             tokens=tokens,
+            proofs=store,
             health_checks={
                 "database": lambda: store.health(timeout_s=2.0),
                 "kafka": waiter.ping,

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+from shared.anchored import BATCH_COLUMNS, ENTRY_COLUMNS, BatchRecord, EntryRecord, anchored_events
 from shared.db import Database, Row
-from shared.messages import SignedEntry
+from shared.errors import VerificationError
+from shared.messages import AnchoredEntry, SignedEntry
 from shared.statement import format_time
 
 __all__ = [
@@ -28,7 +30,9 @@ __all__ = [
     "EntryFilter",
     "EntryStore",
     "EntryView",
+    "PendingProof",
     "PgEntryStore",
+    "ProofStore",
     "decode_cursor",
     "encode_cursor",
 ]
@@ -164,6 +168,25 @@ class EntryStore(Protocol):
     async def health(self, *, timeout_s: float) -> bool: ...
 
 
+@dataclass(frozen=True, slots=True)
+class PendingProof:
+    """An entry that is stored and signed but not anchored yet: no proof bundle exists.
+
+    ``batch_id`` is None while the entry waits for a batch, and set once its batch is
+    claimed and waits for its Rekor receipt.
+    """
+
+    id: uuid.UUID
+    batch_id: uuid.UUID | None
+
+
+class ProofStore(Protocol):
+    """What ``GET /entries/{id}/proof`` reads. Errors: DatabaseUnavailable (→ 503);
+    VerificationError when the rows no longer match their anchored batch root."""
+
+    async def proof(self, entry_id: uuid.UUID) -> AnchoredEntry | PendingProof | None: ...
+
+
 _COLUMNS = (
     "id, subject, payload_hash, sig, pubkey, meta::text AS meta, rekor_log_id, rekor_index, "
     "created_at, anchored_at, request_id, key_version, submitted_at, content_sha256"
@@ -221,4 +244,38 @@ class PgEntryStore:
 
     async def health(self, *, timeout_s: float) -> bool:
         return await self._db.health(timeout_s=timeout_s)
+
+    async def proof(self, entry_id: uuid.UUID) -> AnchoredEntry | PendingProof | None:
+        """The entry's ``ledger.anchored`` event, rebuilt from the rows as the anchorer does.
+
+        A batch's members are fixed once it is claimed and its receipt is written in the same
+        transaction that marks it anchored, so these reads need no common snapshot.
+        """
+        row = await self._db.fetchrow(
+            f"SELECT {ENTRY_COLUMNS} FROM ledger.entries WHERE id = $1", entry_id  # noqa: S608
+        )
+        if row is None:
+            return None
+        entry = EntryRecord.from_row(row)
+        if entry.batch_id is None:
+            return PendingProof(id=entry.id, batch_id=None)
+        batch_row = await self._db.fetchrow(
+            f"SELECT {BATCH_COLUMNS} FROM ledger.batches WHERE id = $1",  # noqa: S608
+            entry.batch_id,
+        )
+        if batch_row is None:
+            return PendingProof(id=entry.id, batch_id=entry.batch_id)
+        batch = BatchRecord.from_row(batch_row)
+        if not batch.anchored:
+            return PendingProof(id=entry.id, batch_id=batch.id)
+        rows = await self._db.fetch(
+            f"SELECT {ENTRY_COLUMNS} FROM ledger.entries WHERE batch_id = $1"  # noqa: S608
+            " ORDER BY leaf_index",
+            batch.id,
+        )
+        members = [EntryRecord.from_row(r) for r in rows]
+        for event in anchored_events(batch, members):
+            if event.entry.entry_id == entry_id:
+                return event
+        raise VerificationError(f"entry {entry_id} is not a member of its batch {batch.id}")
 

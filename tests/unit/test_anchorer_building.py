@@ -12,13 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.anchorer.building import (
-    BatchRecord,
-    EntryRecord,
-    anchored_events,
-    order_for_claim,
-    plan_batch,
-)
+from services.anchorer.building import order_for_claim, plan_batch
+from shared.anchored import BatchRecord, EntryRecord, anchored_events
 from shared.errors import VerificationError
 from shared.merkle import leaf_hash, verify_inclusion
 from shared.statement import leaf_bytes, statement_bytes
