@@ -219,17 +219,22 @@ def dev_processes(stack_dir: Path, endpoints: Mapping[str, str]) -> tuple[
     port = _free_or(int(os.environ.get("LEDGER_HTTP_PORT", "8080")))
     py = sys.executable
     common = {"LEDGER_TOKENS_FILE": str(tokens_file)}
+    signer_ops, anchorer_ops = _free_or(9101), _free_or(9102)
     procs = [
         ("migrate", [py, "-m", "ledger.cli", "migrate"], common),
         ("ingest", [py, "-m", "ledger.cli", "ingest"], {**common, "LEDGER_HTTP_PORT": str(port)}),
-        ("signer", [py, "-m", "ledger.cli", "signer"], common),
+        ("signer", [py, "-m", "ledger.cli", "signer"],
+         {**common, "LEDGER_METRICS_PORT": str(signer_ops)}),
         ("anchorer", [py, "-m", "ledger.cli", "anchorer"],
-         {**common, "LEDGER_ANCHOR_BATCH_MS": os.environ.get("LEDGER_ANCHOR_BATCH_MS", "1000")}),
+         {**common, "LEDGER_METRICS_PORT": str(anchorer_ops),
+          "LEDGER_ANCHOR_BATCH_MS": os.environ.get("LEDGER_ANCHOR_BATCH_MS", "1000")}),
     ]
     base = f"http://127.0.0.1:{port}"
     body = '{"subject":"demo:1","payload":"aGVsbG8gbGVkZ2Vy","meta":{"source":"curl"}}'
     lines = [
         f"ingest:   {base}  (OpenAPI: {base}/openapi.json, health: {base}/health)",
+        f"signer:   http://127.0.0.1:{signer_ops}/metrics  /health",
+        f"anchorer: http://127.0.0.1:{anchorer_ops}/metrics  /health",
         f"dev token (append, read): {token}",
         "try it:",
         f"  curl -sS -X POST {base}/append -H 'Authorization: Bearer {token}' "

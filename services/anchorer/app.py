@@ -22,17 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from typing import Any
 
 from shared.consumer import (
     Backoff,
@@ -43,10 +39,11 @@ from shared.consumer import (
     Rejection,
 )
 from shared.db import Database
-from shared.errors import DependencyError, InvalidMessage, LedgerError
+from shared.errors import InvalidMessage, LedgerError
 from shared.kafka import Consumer, Producer, Record, make_consumer, make_producer
 from shared.lifecycle import Lifecycle, run_service
 from shared.messages import AnchoredEntry, SignedEntry, decode
+from shared.ops import open_when_ready, serve_ops
 from shared.rekor import RekorClient
 from shared.settings import Settings
 from shared.telemetry import Metrics, log_context
@@ -74,8 +71,6 @@ STAGE = "anchorer"
 _PUBLISH_CHUNK = 1000
 _MAX_PARALLEL_BATCHES = 16
 _PARALLEL_ENTRIES = 256
-
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -163,53 +158,6 @@ class AnchorerStage:
         return rejections
 
 
-async def _open(
-    what: str, opener: Callable[[], Awaitable[_T]], lc: Lifecycle, backoff: Backoff
-) -> _T | None:
-    """Open a client, retrying while its service is unavailable; None if stopped first."""
-    attempt = 0
-    while not lc.stopping.is_set():
-        try:
-            return await opener()
-        except DependencyError as exc:
-            delay = backoff.delay(attempt)
-            attempt += 1
-            log.warning(
-                "dependency not ready at start-up; retrying",
-                extra={"dependency": what, "error": str(exc), "retry_in_s": round(delay, 2)},
-            )
-            await lc.sleep(delay)
-    return None
-
-
-async def _serve_ops(
-    settings: Settings,
-    metrics: Metrics,
-    health: Callable[[], Awaitable[dict[str, Any]]],
-) -> web.AppRunner:
-    async def get_metrics(_: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
-
-    async def get_health(_: web.Request) -> web.Response:
-        checks = await health()
-        ok = all(v for v in checks.values() if isinstance(v, bool))
-        body = {"status": "ok" if ok else "degraded", **checks}
-        return web.Response(
-            status=200 if ok else 503, text=json.dumps(body), content_type="application/json"
-        )
-
-    app = web.Application()
-    app.router.add_get("/metrics", get_metrics)
-    app.router.add_get("/health", get_health)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.metrics_port).start()
-    return runner
-
-
 def _crash_now(batch_id: uuid.UUID) -> None:
     log.critical(
         "LEDGER_TEST_CRASH_AFTER_REKOR: exiting right after Rekor accepted the batch",
@@ -236,7 +184,7 @@ async def run_anchorer(
     client_id = f"ledger-anchorer-{socket.gethostname()}-{os.getpid()}"
 
     async def main(lc: Lifecycle) -> None:
-        db = await _open("database", lambda: Database.connect(settings), lc, backoff)
+        db = await open_when_ready("database", lambda: Database.connect(settings), lc, backoff)
         if db is None:
             return
         lc.on_close("database", db.close)
@@ -244,7 +192,7 @@ async def run_anchorer(
         lc.on_close("vault", vault.close)
         rekor = RekorClient.from_settings(settings)
         lc.on_close("rekor", rekor.close)
-        producer = await _open(
+        producer = await open_when_ready(
             "kafka", lambda: make_producer(settings, client_id=client_id), lc, backoff
         )
         if producer is None:
@@ -291,7 +239,7 @@ async def run_anchorer(
                 on_revoked=rebalance.revoked,
             )
 
-        consumer = await _open("kafka", open_consumer, lc, backoff)
+        consumer = await open_when_ready("kafka", open_consumer, lc, backoff)
         if consumer is None:
             return
         lc.on_close("consumer", consumer.close)
@@ -329,7 +277,7 @@ async def run_anchorer(
                     "kafka": not loop.paused,
                 }
 
-            runner = await _serve_ops(settings, m, health)
+            runner = await serve_ops(settings, m, health)
             lc.on_close("ops server", runner.cleanup)
 
         sweeping = asyncio.create_task(sweeper.run(lc.stopping), name="anchorer-sweeper")

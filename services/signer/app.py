@@ -8,21 +8,16 @@ answers or a stop is requested: a signer started before its database simply wait
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from collections.abc import Awaitable
 
 from shared.consumer import Backoff, ConsumerLoop, KafkaDeadLetters, RebalanceHooks
 from shared.db import Database
-from shared.errors import DependencyError
 from shared.kafka import Consumer, make_consumer, make_producer
 from shared.lifecycle import Lifecycle, run_service
+from shared.ops import open_when_ready, serve_ops
 from shared.settings import Settings
 from shared.telemetry import Metrics
 from shared.vault import TransitSigner
@@ -38,57 +33,6 @@ log = logging.getLogger("ledger.signer")
 #: parallel and stored in one transaction.
 CHUNKS_PER_POLL = 4
 
-_T = TypeVar("_T")
-
-
-async def _open(
-    what: str, opener: Callable[[], Awaitable[_T]], lc: Lifecycle, backoff: Backoff
-) -> _T | None:
-    """Open a client, retrying while its service is unavailable; None if stopped first."""
-    attempt = 0
-    while not lc.stopping.is_set():
-        try:
-            return await opener()
-        except DependencyError as exc:
-            delay = backoff.delay(attempt)
-            attempt += 1
-            log.warning(
-                "dependency not ready at start-up; retrying",
-                extra={"dependency": what, "error": str(exc), "retry_in_s": round(delay, 2)},
-            )
-            await lc.sleep(delay)
-    return None
-
-
-async def _serve_ops(
-    settings: Settings,
-    metrics: Metrics,
-    health: Callable[[], Awaitable[dict[str, bool]]],
-) -> web.AppRunner:
-    """``/metrics`` (Prometheus) and ``/health`` on ``settings.metrics_port``."""
-
-    async def get_metrics(_: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
-
-    async def get_health(_: web.Request) -> web.Response:
-        checks = await health()
-        ok = all(checks.values())
-        body = {"status": "ok" if ok else "degraded", **checks}
-        return web.Response(
-            status=200 if ok else 503, text=json.dumps(body), content_type="application/json"
-        )
-
-    app = web.Application()
-    app.router.add_get("/metrics", get_metrics)
-    app.router.add_get("/health", get_health)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.metrics_port).start()
-    return runner
-
 
 async def run_signer(
     settings: Settings,
@@ -103,13 +47,13 @@ async def run_signer(
     client_id = f"ledger-signer-{socket.gethostname()}-{os.getpid()}"
 
     async def main(lc: Lifecycle) -> None:
-        db = await _open("database", lambda: Database.connect(settings), lc, backoff)
+        db = await open_when_ready("database", lambda: Database.connect(settings), lc, backoff)
         if db is None:
             return
         lc.on_close("database", db.close)
         vault = TransitSigner(settings)
         lc.on_close("vault", vault.close)
-        producer = await _open(
+        producer = await open_when_ready(
             "kafka", lambda: make_producer(settings, client_id=client_id), lc, backoff
         )
         if producer is None:
@@ -128,7 +72,7 @@ async def run_signer(
                 on_revoked=hooks.revoked,
             )
 
-        consumer = await _open("kafka", open_consumer, lc, backoff)
+        consumer = await open_when_ready("kafka", open_consumer, lc, backoff)
         if consumer is None:
             return
         lc.on_close("consumer", consumer.close)
@@ -159,7 +103,7 @@ async def run_signer(
                 database, vault_ok = await asyncio.gather(db.health(), vault.health())
                 return {"database": database, "vault": vault_ok, "consuming": not loop.paused}
 
-            runner = await _serve_ops(settings, m, health)
+            runner = await serve_ops(settings, m, health)
             lc.on_close("ops server", runner.cleanup)
 
         log.info(

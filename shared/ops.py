@@ -1,0 +1,78 @@
+"""Process plumbing shared by the consumer stages: start-up retries and the ops endpoint.
+
+* :func:`open_when_ready` opens a client, retrying with back-off while its service is
+  unavailable, so a stage started before its dependencies waits instead of crashing;
+* :func:`serve_ops` serves ``/metrics`` (Prometheus) and ``/health`` on
+  ``settings.metrics_port`` for processes that have no HTTP API of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared.consumer import Backoff
+from shared.errors import DependencyError
+from shared.lifecycle import Lifecycle
+from shared.settings import Settings
+from shared.telemetry import Metrics
+
+__all__ = ["open_when_ready", "serve_ops"]
+
+log = logging.getLogger("ledger.ops")
+
+_T = TypeVar("_T")
+
+
+async def open_when_ready(
+    what: str, opener: Callable[[], Awaitable[_T]], lc: Lifecycle, backoff: Backoff
+) -> _T | None:
+    """Open a client, retrying while its service is unavailable; None if stopped first."""
+    attempt = 0
+    while not lc.stopping.is_set():
+        try:
+            return await opener()
+        except DependencyError as exc:
+            delay = backoff.delay(attempt)
+            attempt += 1
+            log.warning(
+                "dependency not ready at start-up; retrying",
+                extra={"dependency": what, "error": str(exc), "retry_in_s": round(delay, 2)},
+            )
+            await lc.sleep(delay)
+    return None
+
+
+async def serve_ops(
+    settings: Settings,
+    metrics: Metrics,
+    health: Callable[[], Awaitable[Mapping[str, Any]]],
+) -> web.AppRunner:
+    """``/metrics`` and ``/health`` (200 if every boolean check passed, else 503)."""
+
+    async def get_metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    async def get_health(_: web.Request) -> web.Response:
+        checks = await health()
+        ok = all(v for v in checks.values() if isinstance(v, bool))
+        body = {"status": "ok" if ok else "degraded", **checks}
+        return web.Response(
+            status=200 if ok else 503, text=json.dumps(body), content_type="application/json"
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/health", get_health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.http_host, settings.metrics_port).start()
+    return runner
