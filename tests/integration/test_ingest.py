@@ -12,12 +12,14 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from services.ingest import create_token, run_ingest
 from services.signer import run_signer
 from shared.db import Database, migrate
-from shared.kafka import ensure_topics
+from shared.kafka import ensure_topics, make_producer
 from shared.lifecycle import Lifecycle
+from shared.messages import AppendRequest
 from shared.settings import Settings
 from shared.statement import entry_id_for, statement_bytes
 from shared.telemetry import Metrics
@@ -412,3 +415,48 @@ async def scan_until_one(s: Settings) -> int:
     await wait_for(one, within=30, what="the append to reach Kafka")
     return found
 
+
+
+async def test_http_and_kafka_paths_agree_on_a_request_id(lane_settings, db):
+    """The same request id through HTTP and through a plain Kafka producer is one entry;
+    other content under it is refused on both paths (409 over HTTP, DLQ over Kafka)."""
+    s = lane_settings
+    async with ingest_running(s) as ing, signer_running(s):
+        await ing.warm_up()
+        rid = ing.rid("both-paths")
+        subject, payload, meta = f"{ing.prefix}/both", b"one document", {"k": "v"}
+        status, doc, _ = await ing.append(
+            {"subject": subject, "payload": b64(payload), "meta": meta, "request_id": rid})
+        assert status == 201, doc
+
+        producer = await make_producer(s, client_id="both-paths-test")
+        try:
+            same = AppendRequest(request_id=rid, subject=subject, meta=meta,
+                                 payload_sha256=hashlib.sha256(payload).hexdigest(),
+                                 submitted_at=datetime.now(UTC))
+            other = same.model_copy(update={"payload_sha256": hashlib.sha256(b"x").hexdigest()})
+            await producer.send(s.topic_append, subject, same.to_bytes())
+            await producer.send(s.topic_append, subject, other.to_bytes())
+        finally:
+            await producer.close()
+
+        entry_id = str(entry_id_for(rid)).encode()
+
+        async def replayed_and_conflict_dead_lettered() -> bool:
+            signed = [v for v in await scan_topic(s, s.topic_signed) if entry_id in v]
+            dead = await scan_topic(s, s.topic_append + ".dlq")
+            return len(signed) >= 2 and any(rid.encode() in v for v in dead)
+
+        await wait_for(replayed_and_conflict_dead_lettered, within=60,
+                       what="the Kafka resend to be re-published and the conflict dead-lettered")
+        signed = [v for v in await scan_topic(s, s.topic_signed) if entry_id in v]
+        assert len({json.loads(v)["signature"] for v in signed}) == 1  # the same stored entry
+        assert json.loads(signed[0])["signature"] == doc["signature"]
+        n = await db.fetchval("SELECT count(*) FROM ledger.entries WHERE request_id = $1", rid)
+        assert n == 1
+        row = await db.fetchrow("SELECT payload_hash FROM ledger.entries WHERE request_id = $1", rid)
+        assert row["payload_hash"] == hashlib.sha256(payload).hexdigest()
+
+        status, doc, _ = await ing.append(
+            {"subject": subject, "payload": b64(b"x"), "meta": meta, "request_id": rid})
+        assert status == 409 and doc["field"] == "request_id"
