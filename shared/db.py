@@ -34,7 +34,13 @@ from typing import Any, Final, TypeVar
 
 import asyncpg
 
-from shared.errors import ConfigError, DatabaseUnavailable, LedgerError
+from shared.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    LedgerError,
+    QueryError,
+    SerializationFailure,
+)
 from shared.settings import Settings
 
 __all__ = [
@@ -62,22 +68,6 @@ _ADVISORY_LOCK_ID: Final = int.from_bytes(
 )
 _RETRY_SQLSTATES: Final = frozenset({"40001", "40P01"})
 _UNAVAILABLE_SQLSTATE_PREFIXES: Final = ("08", "53", "57", "58")
-
-
-class QueryError(LedgerError):
-    """The database refused a statement (constraint, syntax, ...); not retryable."""
-
-    def __init__(self, message: str, *, sqlstate: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-
-
-class SerializationFailure(DatabaseUnavailable):
-    """SQLSTATE 40001/40P01: the transaction lost a conflict and may simply be run again."""
-
-    def __init__(self, message: str, *, sqlstate: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
 
 
 def _translate(exc: BaseException) -> LedgerError:

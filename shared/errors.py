@@ -12,8 +12,10 @@ adapter that calls the library; business code never sees a third-party exception
     ├── DependencyError              yes  a service failed; pause, back off, retry
     │   ├── KafkaUnavailable
     │   ├── DatabaseUnavailable
+    │   │   └── SerializationFailure   40001/40P01 once the transaction's retries ran out
     │   ├── VaultUnavailable
     │   └── RekorUnavailable
+    ├── QueryError                   no   the database refused a statement (constraint …)
     ├── VaultError                   no   Vault answered, but refused (bad key, bad input)
     ├── RekorError                   no   Rekor answered 4xx other than 409
     │   └── RekorConflict            no   409: the entry exists (carries its uuid)
@@ -32,9 +34,11 @@ __all__ = [
     "InvalidMessage",
     "KafkaUnavailable",
     "LedgerError",
+    "QueryError",
     "RekorConflict",
     "RekorError",
     "RekorUnavailable",
+    "SerializationFailure",
     "VaultError",
     "VaultUnavailable",
     "VerificationError",
@@ -88,6 +92,22 @@ class VaultUnavailable(DependencyError):
 
 class RekorUnavailable(DependencyError):
     """Rekor is down, timed out, rate-limited (429) or answered 5xx."""
+
+
+class SerializationFailure(DatabaseUnavailable):
+    """SQLSTATE 40001/40P01: the transaction lost a conflict and may simply be run again."""
+
+    def __init__(self, message: str, *, sqlstate: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class QueryError(LedgerError):
+    """The database refused a statement (constraint, syntax, ...); not retryable."""
+
+    def __init__(self, message: str, *, sqlstate: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 class VaultError(LedgerError):

@@ -36,11 +36,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from shared.consumer import Message, Rejection
-from shared.db import Database, QueryError, Row, Tx
+from shared.db import Database, Row, Tx
 from shared.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
     InvalidMessage,
+    QueryError,
     VaultError,
     VaultUnavailable,
     VerificationError,
