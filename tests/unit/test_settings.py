@@ -1,0 +1,56 @@
+"""Settings: runbook names, LEDGER_ names, and errors that say what to fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import ConfigError
+from shared.settings import ENV_NAMES, Settings
+
+
+def test_runbook_names_are_read() -> None:
+    s = Settings.from_env({
+        "VAULT_ADDR": "http://vault:8200", "VAULT_TOKEN": "t", "VAULT_TRANSIT_KEY": "k",
+        "CRDB_DSN": "postgresql://x@db/ledger", "REKOR_SERVER_URL": "http://rekor",
+        "KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092",
+    })
+    assert (s.vault_addr, s.vault_token, s.vault_transit_key) == ("http://vault:8200", "t", "k")
+    assert s.database_dsn == "postgresql://x@db/ledger"
+    assert s.rekor_server_url == "http://rekor"
+    assert s.kafka_bootstrap_servers == "k1:9092,k2:9092"
+
+
+def test_other_settings_use_the_ledger_prefix_and_are_typed() -> None:
+    s = Settings.from_env({"LEDGER_HTTP_PORT": "9000", "LEDGER_AUTH_DISABLED": "true",
+                           "LEDGER_ANCHOR_BATCH_MAX": "1"})
+    assert (s.http_port, s.auth_disabled, s.anchor_batch_max) == (9000, True, 1)
+    assert all(name.startswith("LEDGER_") or name in {
+        "KAFKA_BOOTSTRAP_SERVERS", "CRDB_DSN", "VAULT_ADDR", "VAULT_TOKEN", "VAULT_TRANSIT_KEY",
+        "REKOR_SERVER_URL"} for name in ENV_NAMES.values())
+
+
+def test_empty_values_mean_the_default() -> None:
+    assert Settings.from_env({"LEDGER_HTTP_PORT": ""}).http_port == 8080
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [({"LEDGER_HTTP_PORT": "eighty"}, "LEDGER_HTTP_PORT"),
+     ({"LEDGER_SIGNER_BATCH_MAX": "500"}, "LEDGER_SIGNER_BATCH_MAX"),
+     ({"LEDGER_ANCHOR_BATCH_MAX": "0"}, "LEDGER_ANCHOR_BATCH_MAX")],
+)
+def test_a_bad_value_names_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env(env)
+
+
+def test_the_vault_token_is_not_in_the_repr() -> None:
+    s = Settings.from_env({"VAULT_TOKEN": "s.very-secret"})
+    assert "very-secret" not in repr(s)
+    assert "very-secret" not in str(s)
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings.from_env({})
+    with pytest.raises(ValueError, match="frozen"):
+        s.http_port = 1  # type: ignore[misc]
