@@ -34,8 +34,10 @@ stopping the stream.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -216,6 +218,11 @@ class Anchorer:
         self.rekor_health = RekorHealth(metrics)
         # batches this process claimed and has not completed yet (it retries them itself)
         self._own_pending: set[uuid.UUID] = set()
+        # one completion of a batch at a time in this process (stream and sweeper can meet
+        # on the same batch); weak values: a lock lives as long as someone holds or awaits it
+        self._batch_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     # --- the whole path for a set of entries ---------------------------------------------
 
@@ -320,6 +327,20 @@ class Anchorer:
         False when Rekor refused the entry for good (4xx): the batch stays pending and the
         sweeper tries again later. Completing an anchored batch re-emits its events only.
         """
+        lock = self._batch_locks.get(batch_id)
+        if lock is None:
+            lock = self._batch_locks[batch_id] = asyncio.Lock()
+        async with lock:
+            return await self._complete(batch_id, emit=emit, result=result, path_label=path_label)
+
+    async def _complete(
+        self,
+        batch_id: uuid.UUID,
+        *,
+        emit: bool,
+        result: AnchorResult | None,
+        path_label: str,
+    ) -> bool:
         with log_context(batch_id=str(batch_id)):
             batch = await self._store.batch(batch_id)
             if batch is None:

@@ -652,7 +652,10 @@ async def test_crash_after_rekor_accepted_completes_through_409(world: World) ->
         ids = await _wait_ids(world, request_ids)
         before = await rekor_tree_size(world.direct_rekor_url)
 
-        crashing = await _spawn(s, log1, LEDGER_TEST_CRASH_AFTER_REKOR="1")
+        # The first process must meet the batch on the stream path: its sweeper would
+        # otherwise find these entries "never batched" (older than 1 s) and take them.
+        first = s.model_copy(update={"sweeper_age_s": 600.0})
+        crashing = await _spawn(first, log1, LEDGER_TEST_CRASH_AFTER_REKOR="1")
         code = await asyncio.wait_for(crashing.wait(), 120)
         assert code == 137, log1.read_text()[-3000:]
         assert "LEDGER_TEST_CRASH_AFTER_REKOR" in log1.read_text()
