@@ -3,14 +3,15 @@
 VENV  := .venv
 BIN   := $(VENV)/bin
 # Everything this project lints and type-checks.
-SRC   := ledger shared services deploy tests
+SRC   := ledger shared services deploy tests benchmarks
 
-.PHONY: help install run test lint typecheck test-unit test-integration stack-down clean-stack constraints
+.PHONY: help install run test bench lint typecheck test-unit test-integration stack-down clean-stack constraints
 
 help:
 	@echo "make install           system packages, .venv, and the local stack's programs (idempotent)"
 	@echo "make run               install, then 'ledger dev' (stack + pipeline, Ctrl-C stops)"
 	@echo "make test              install, ruff, mypy, unit tests, then integration tests"
+	@echo "make bench             install, then the benchmarks (docs/benchmarks.md; not part of test)"
 	@echo "make stack-down        stop a stack left running in .stack"
 	@echo "make constraints       re-pin constraints.txt after a dependency change"
 
@@ -37,6 +38,11 @@ test: install
 	$(BIN)/mypy $(SRC)
 	$(BIN)/python -m pytest -m unit tests
 	$(BIN)/python -m pytest -m integration tests
+
+# Benchmarks against the real local stack; they report ratios to baselines measured in the
+# same run and assert correctness only. `make test` never runs them (it collects only tests/).
+bench: install
+	$(BIN)/python -m pytest -m bench -s benchmarks
 
 stack-down:
 	$(BIN)/ledger stack down

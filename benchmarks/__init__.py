@@ -1,0 +1,1 @@
+"""Benchmarks against the real local stack (``make bench``); see docs/benchmarks.md."""
