@@ -21,11 +21,14 @@ Other commands register themselves with :func:`register_command`.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +42,7 @@ from rich.table import Table
 from rich.text import Text
 
 from deploy.local.base import default_cache_dir, default_stack_dir
-from deploy.local.process import ManagedProcess, StackError
+from deploy.local.process import ManagedProcess, StackError, wait_until
 from deploy.local.stack import Stack, stack_status, stop_stale
 from ledger import dlq, pipeline
 from shared.errors import LedgerError
@@ -69,6 +72,7 @@ class DevProcess:
     argv: Sequence[str]
     env: Mapping[str, str] = field(default_factory=dict)
     oneshot: bool = False
+    ready_url: str | None = None  # answers (any HTTP status) once the process is up
 
 
 #: Extra processes `ledger dev` starts after the pipeline's own (see ledger.pipeline).
@@ -199,9 +203,21 @@ DevPlan = Callable[[Path, Mapping[str, str]], tuple[list[DevProcess], list[str]]
 def _pipeline_plan(stack_dir: Path, endpoints: Mapping[str, str]) -> tuple[
     list[DevProcess], list[str]
 ]:
-    procs, lines = pipeline.dev_processes(stack_dir, endpoints)
-    plan = [DevProcess(name, argv, env, oneshot=(name == "migrate")) for name, argv, env in procs]
+    procs, lines, ready = pipeline.dev_processes(stack_dir, endpoints)
+    plan = [DevProcess(name, argv, env, oneshot=(name == "migrate"), ready_url=ready.get(name))
+            for name, argv, env in procs]
     return plan + DEV_PROCESSES, lines
+
+
+def _answers(url: str) -> bool:
+    """True once something answers HTTP at ``url`` (whatever the status)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - our own loopback URL
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def _run_oneshot(proc: ManagedProcess, timeout_s: float = 120.0) -> None:
@@ -241,6 +257,12 @@ def _run_foreground(args: argparse.Namespace, plan: DevPlan | None) -> int:
                         continue
                     proc.start()
                     procs.append(proc)
+                for dev, proc in zip([d for d in extra if not d.oneshot], procs, strict=True):
+                    if dev.ready_url is not None:
+                        url: str = dev.ready_url
+                        progress(f"waiting for {dev.name} to answer at {url}")
+                        wait_until(functools.partial(_answers, url), timeout=120,
+                                   what=dev.name, proc=proc)
             _print_endpoints(stack, console)
             for proc in procs:
                 console.print(f"  {proc.name}: pid {proc.pid}, log {proc.log_path}")

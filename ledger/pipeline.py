@@ -211,9 +211,10 @@ def dev_token(stack_dir: Path) -> tuple[Path, str]:
 
 
 def dev_processes(stack_dir: Path, endpoints: Mapping[str, str]) -> tuple[
-    list[tuple[str, list[str], dict[str, str]]], list[str]
+    list[tuple[str, list[str], dict[str, str]]], list[str], dict[str, str]
 ]:
-    """What ``ledger dev`` runs after the stack, and the lines it prints for the developer."""
+    """What ``ledger dev`` runs after the stack, the lines it prints for the developer, and
+    the URL that answers once each long-running process is up."""
     del endpoints  # the stack's endpoints are in every process's environment already
     tokens_file, token = dev_token(stack_dir)
     port = _free_or(int(os.environ.get("LEDGER_HTTP_PORT", "8080")))
@@ -241,4 +242,9 @@ def dev_processes(stack_dir: Path, endpoints: Mapping[str, str]) -> tuple[
         f"-H 'Content-Type: application/json' -d {shlex.quote(body)}",
         f"  curl -sS {base}/entries -H 'Authorization: Bearer {token}'",
     ]
-    return procs, lines
+    ready = {
+        "ingest": f"{base}/health",
+        "signer": f"http://127.0.0.1:{signer_ops}/health",
+        "anchorer": f"http://127.0.0.1:{anchorer_ops}/health",
+    }
+    return procs, lines, ready
