@@ -8,8 +8,10 @@ like the process-based one. Choices:
 * published ports are bound to 127.0.0.1 only (Docker's default would be every interface);
 * Ryuk, testcontainers' reaper container, is disabled: it publishes a port on every
   interface. The stack stops its containers itself (also at exit and on SIGTERM);
-* images: ``postgres:15``, ``confluentinc/cp-kafka:7.6.0`` in KRaft mode, ``hashicorp/vault``
-  in dev mode with Transit and the pipeline's two keys.
+* images: ``postgres:15``; ``confluentinc/cp-kafka:7.6.0`` in KRaft mode (Kafka 3.6:
+  testcontainers' Kafka module drives Confluent's image; the process stack and compose run
+  Apache Kafka 4.x); ``hashicorp/vault`` in dev mode with Transit and the pipeline's two
+  keys.
 
 Nothing here runs unless asked for; :func:`require_docker` fails with a clear message when
 no Docker engine answers.
@@ -94,7 +96,7 @@ class ContainerService(LocalService):
         self._endpoints = {"CRDB_DSN": c.get_connection_url(host="127.0.0.1")}
 
     def _kafka(self) -> None:
-        from testcontainers.kafka import KafkaContainer  # noqa: PLC0415
+        from testcontainers.community.kafka import KafkaContainer  # noqa: PLC0415
 
         from deploy.local.kafka import TOPICS, _ensure_topics, partitions_from_env  # noqa: PLC0415
 
