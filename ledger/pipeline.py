@@ -6,7 +6,9 @@
 * ``ledger token create``: add a bearer token to the tokens file (only its hash is stored);
 * ``ledger schemas``: regenerate the JSON Schema files of the Kafka messages;
 * ``ledger verify BUNDLE.json --rekor-key REKOR.pem``: check a proof bundle offline
-  (``shared.bundle``), printing each step; exit 0 when it verifies, 1 when not.
+  (``shared.bundle``), printing each step; exit 0 when it verifies, 1 when not;
+* ``ledger audit``: recompute every leaf and root from the database and compare them with
+  what was anchored (``ledger.audit``); exit 0 clean, 1 problems, 2 could not run.
 
 ``ledger dev`` runs ``migrate`` and then the three stages next to the local stack; see
 :func:`dev_processes`.
@@ -179,6 +181,11 @@ def register(register_command: Callable[..., None]) -> None:
 
     register_command("verify", "verify a proof bundle offline (no network)",
                      configure_verify, cmd_verify)
+
+    from ledger import audit  # noqa: PLC0415 - keeps the module list above readable
+
+    register_command("audit", "recompute every leaf and root from the database and compare "
+                     "with what was anchored", audit.configure, audit.cmd_audit)
 
 
 # --- ledger dev ----------------------------------------------------------------------------
