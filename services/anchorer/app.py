@@ -47,6 +47,7 @@ from shared.ops import open_when_ready, serve_ops
 from shared.rekor import RekorClient
 from shared.settings import Settings
 from shared.telemetry import Metrics, log_context
+from shared.tracing import TraceCarrier
 from shared.vault import TransitSigner
 
 from .anchoring import Anchorer
@@ -87,9 +88,10 @@ class AnchorerHooks:
 class KafkaAnchoredPublisher:
     """``ledger.anchored``: key = subject, value = :class:`AnchoredEntry` JSON, id in a header."""
 
-    def __init__(self, producer: Producer, topic: str) -> None:
+    def __init__(self, producer: Producer, topic: str, traces: TraceCarrier | None = None) -> None:
         self._producer = producer
         self._topic = topic
+        self._traces = traces if traces is not None else TraceCarrier()
 
     async def publish(self, events: Sequence[AnchoredEntry]) -> None:
         for start in range(0, len(events), _PUBLISH_CHUNK):
@@ -99,7 +101,8 @@ class KafkaAnchoredPublisher:
                     self._topic,
                     e.entry.subject,
                     e.to_bytes(),
-                    [("entry_id", str(e.entry.entry_id).encode())],
+                    [("entry_id", str(e.entry.entry_id).encode()),
+                     *self._traces.headers_for(e.entry.entry_id)],
                 )
                 for e in chunk
             )
@@ -124,14 +127,19 @@ class AnchorerStage:
 
     name = STAGE
 
-    def __init__(self, anchorer: Anchorer, *, batch_max: int) -> None:
+    def __init__(
+        self, anchorer: Anchorer, *, batch_max: int, traces: TraceCarrier | None = None
+    ) -> None:
         self._anchorer = anchorer
         self._batch_max = batch_max
+        self._traces = traces if traces is not None else TraceCarrier()
 
     def decode(self, record: Record) -> SignedEntry:
         return decode(SignedEntry, record.value)
 
     async def process_batch(self, messages: Sequence[Message[SignedEntry]]) -> list[Rejection]:
+        for m in messages:  # the anchored event continues the signed event's trace
+            self._traces.remember(m.value.entry_id, m.record.headers)
         ids = list(dict.fromkeys(m.value.entry_id for m in messages))
         chunks = [ids[i : i + self._batch_max] for i in range(0, len(ids), self._batch_max)]
         with log_context(stage=STAGE):
@@ -200,6 +208,7 @@ async def run_anchorer(
         lc.on_close("producer", producer.close)
 
         store = AnchorStore(db)
+        traces = TraceCarrier()
         keys = LogKeySource(
             configured=settings.rekor_public_key,
             rekor_url=settings.rekor_server_url,
@@ -210,7 +219,7 @@ async def run_anchorer(
             store=store,
             signer=vault,
             rekor=rekor,
-            publisher=KafkaAnchoredPublisher(producer, settings.topic_anchored),
+            publisher=KafkaAnchoredPublisher(producer, settings.topic_anchored, traces),
             log_key=keys,
             metrics=m,
             anchor_key=settings.vault_anchor_key,
@@ -245,7 +254,7 @@ async def run_anchorer(
         lc.on_close("consumer", consumer.close)
         per_poll = settings.anchor_batch_max * parallel_batches(settings.anchor_batch_max)
         loop = ConsumerLoop(
-            AnchorerStage(anchorer, batch_max=settings.anchor_batch_max),
+            AnchorerStage(anchorer, batch_max=settings.anchor_batch_max, traces=traces),
             AccumulatingConsumer(
                 consumer,
                 flush_at=settings.anchor_batch_max,

@@ -62,6 +62,7 @@ from shared.messages import AppendRequest
 from shared.settings import Settings
 from shared.statement import content_sha256, entry_id_for
 from shared.telemetry import Metrics, log_context
+from shared.tracing import continue_trace, trace_id_of
 
 from .auth import Principal, TokenStore
 from .health import HealthCheck, run_checks
@@ -335,7 +336,12 @@ class _Api:
         content = content_sha256(
             subject=valid.subject, payload_sha256=valid.payload_sha256, meta=valid.meta
         )
-        with log_context(request_id=request_id, entry_id=str(entry_id)):
+        trace = continue_trace(
+            request.headers.get("traceparent"), request.headers.get("tracestate")
+        )
+        with log_context(
+            request_id=request_id, entry_id=str(entry_id), trace_id=trace_id_of(trace)
+        ):
             if client_id is not None:
                 existing = await self._existing(request_id)
                 if existing is not None:
@@ -347,10 +353,7 @@ class _Api:
                 meta=valid.meta,
                 submitted_at=self.deps.clock(),
             )
-            headers = [("content-type", b"application/json")]
-            traceparent = request.headers.get("traceparent")
-            if traceparent and len(traceparent) <= 128:
-                headers.append(("traceparent", traceparent.encode("ascii", "replace")))
+            headers = [("content-type", b"application/json"), *trace]
             if respond_async or wait_s <= 0:
                 await self._publish(message, headers)
                 self.metrics.append_wait.labels("async").inc()

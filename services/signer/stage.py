@@ -50,6 +50,7 @@ from shared.kafka import Record
 from shared.messages import AppendRequest, SignedEntry, decode
 from shared.statement import content_sha256, entry_id_for, statement_bytes
 from shared.telemetry import Metrics, log_context
+from shared.tracing import trace_headers
 from shared.vault import PublicKey, Signature
 
 __all__ = [
@@ -66,8 +67,6 @@ log = logging.getLogger("ledger.signer")
 _T = TypeVar("_T")
 
 STAGE = "signer"
-#: Kafka headers copied from the append request to the signed event (trace context).
-TRACE_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
 
 
 class VaultRefused(VaultUnavailable):
@@ -127,9 +126,7 @@ def decode_append(record: Record) -> SignRequest:
         content_sha256=content_sha256(
             subject=request.subject, payload_sha256=request.payload_sha256, meta=request.meta
         ),
-        trace_headers=tuple(
-            (k, v) for k, v in (record.headers or ()) if k in TRACE_HEADERS
-        ),
+        trace_headers=tuple(trace_headers(record.headers)),
     )
 
 

@@ -22,13 +22,16 @@ import pytest
 from ledger.cli import main
 from services.anchorer import run_anchorer
 from shared.db import Database, migrate
-from shared.kafka import ensure_topics, make_consumer
+from shared.kafka import Record, ensure_topics, make_consumer
 from shared.messages import AnchoredEntry
 from shared.settings import Settings
+from shared.tracing import trace_id_of
 from tests.integration.test_anchorer import running
 from tests.integration.test_ingest import ingest_running, signer_running
 
 pytestmark = pytest.mark.integration
+
+CLIENT_TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 @pytest.fixture
@@ -60,8 +63,8 @@ async def lane(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator[
     yield s
 
 
-async def anchored_event(s: Settings, entry_id: uuid.UUID, *, limit_s: float) -> bytes:
-    """The raw ``ledger.anchored`` event of ``entry_id``, read from the topic as it arrives."""
+async def anchored_event(s: Settings, entry_id: uuid.UUID, *, limit_s: float) -> Record:
+    """The ``ledger.anchored`` record of ``entry_id``, read from the topic as it arrives."""
     consumer = await make_consumer(s, group_id=f"reader-{uuid.uuid4().hex[:8]}",
                                    topics=[s.topic_anchored], client_id="test-verify-reader")
     try:
@@ -71,7 +74,7 @@ async def anchored_event(s: Settings, entry_id: uuid.UUID, *, limit_s: float) ->
                 for r in records:
                     value: bytes = r.value or b""
                     if AnchoredEntry.model_validate_json(value).entry.entry_id == entry_id:
-                        return value
+                        return r
         raise AssertionError(f"no ledger.anchored event for {entry_id} within {limit_s:.0f}s")
     finally:
         await consumer.close()
@@ -105,7 +108,8 @@ async def test_an_appended_entry_is_proven_offline_with_ledger_verify(
     async with ingest_running(s) as api, signer_running(s):
         status, entry, _ = await api.append(
             {"subject": "invoice:42", "payload": base64.b64encode(payload).decode(),
-             "meta": {"source": "test_verification"}, "request_id": request_id})
+             "meta": {"source": "test_verification"}, "request_id": request_id},
+            traceparent=CLIENT_TRACE)
         assert status == 201, entry
         entry_id = uuid.UUID(entry["id"])
         assert entry["payload_hash"] == hashlib.sha256(payload).hexdigest()
@@ -120,7 +124,10 @@ async def test_an_appended_entry_is_proven_offline_with_ledger_verify(
         assert status == 404, unknown
 
         async with running(run_anchorer, s, "anchorer"):
-            event = await anchored_event(s, entry_id, limit_s=120)
+            record = await anchored_event(s, entry_id, limit_s=120)
+            event = record.value or b""
+        # the client's trace continues through ledger.append and ledger.signed to here
+        assert trace_id_of(record.headers) == CLIENT_TRACE.split("-")[1]
 
         headers = {"Authorization": f"Bearer {api.reader}"}
         async with api.session.get(f"{api.url}/entries/{entry_id}/proof", headers=headers) as r:

@@ -565,3 +565,22 @@ async def test_logs_carry_ids_and_never_the_payload_or_token(tmp_path):
     text = "\n".join(lines)
     assert payload.decode() not in text and b64(payload) not in text
     assert h.append_token not in text
+
+
+async def test_trace_context_continues_the_clients_trace_or_starts_one(tmp_path):
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with Harness(tmp_path) as h:
+        resp = await h.post(GOOD, headers={"Prefer": "respond-async", "traceparent": parent,
+                                           "tracestate": "vendor=1"})
+        assert resp.status == 202
+        resp = await h.post(GOOD, headers={"Prefer": "respond-async", "traceparent": "garbage"})
+        assert resp.status == 202
+    (_, _, _, continued), (_, _, _, started) = h.publisher.sent
+    continued, started = dict(continued), dict(started)
+    version, trace_id, span_id, flags = continued["traceparent"].decode().split("-")
+    assert (version, trace_id, flags) == ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01")
+    assert span_id != "00f067aa0ba902b7"  # a new span in the client's trace
+    assert continued["tracestate"] == b"vendor=1"
+    new_trace = started["traceparent"].decode().split("-")[1]
+    assert len(new_trace) == 32 and new_trace != trace_id  # an invalid parent starts a trace
+    assert "tracestate" not in started
