@@ -33,6 +33,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -295,6 +296,7 @@ class Rekor(LocalService):
         self._log_signer: ManagedProcess | None = None
         self._rekor: ManagedProcess | None = None
         self._metrics_guard: socket.socket | None = None
+        self._guard_stop = threading.Event()
 
     def port(self, key: str = "port") -> int:
         return stable_port(self, key)
@@ -512,33 +514,44 @@ class Rekor(LocalService):
             tree_id = self._ensure_tree(dsn, ports["trillian_grpc"], progress)
 
             self._hold_metrics_port()
-            self._rekor = ManagedProcess(
-                name="rekor-server",
-                argv=[
-                    str(self.binary("rekor-server")),
-                    "serve",
-                    "--log_type=prod",
-                    "--rekor_server.address=127.0.0.1",
-                    f"--port={ports['port']}",
-                    f"--rekor_server.hostname={CHECKPOINT_HOSTNAME}",
-                    f"--rekor_server.signer={self.signer_path}",
-                    "--trillian_log_server.address=127.0.0.1",
-                    f"--trillian_log_server.port={ports['trillian_grpc']}",
-                    f"--trillian_log_server.tlog_id={tree_id}",
-                    "--enable_retrieve_api=false",
-                    f"--enabled_api_endpoints={','.join(REKOR_API_ENDPOINTS)}",
-                    "--enable_attestation_storage=false",
-                ],
-                stack_dir=self.stack_dir,
-                cwd=self.service_dir,  # viper also looks for ./rekor-server.yaml
-            )
-            progress(f"rekor: starting rekor-server on 127.0.0.1:{ports['port']}")
-            self._rekor.start()
+            argv = [
+                str(self.binary("rekor-server")),
+                "serve",
+                "--log_type=prod",
+                "--rekor_server.address=127.0.0.1",
+                f"--port={ports['port']}",
+                f"--rekor_server.hostname={CHECKPOINT_HOSTNAME}",
+                f"--rekor_server.signer={self.signer_path}",
+                "--trillian_log_server.address=127.0.0.1",
+                f"--trillian_log_server.port={ports['trillian_grpc']}",
+                f"--trillian_log_server.tlog_id={tree_id}",
+                "--enable_retrieve_api=false",
+                f"--enabled_api_endpoints={','.join(REKOR_API_ENDPOINTS)}",
+                "--enable_attestation_storage=false",
+            ]
             url = f"http://127.0.0.1:{ports['port']}"
-            wait_until(
-                lambda: _http_get(f"{url}/api/v1/log")[0] == 200,
-                timeout=60, what="rekor-server GET /api/v1/log", proc=self._rekor,
-            )
+            for attempt in (1, 2):
+                self._rekor = ManagedProcess(
+                    name="rekor-server", argv=argv, stack_dir=self.stack_dir,
+                    cwd=self.service_dir,  # viper also looks for ./rekor-server.yaml
+                )
+                progress(f"rekor: starting rekor-server on 127.0.0.1:{ports['port']}")
+                self._rekor.start()
+                wait_until(
+                    lambda: _http_get(f"{url}/api/v1/log")[0] == 200,
+                    timeout=60, what="rekor-server GET /api/v1/log", proc=self._rekor,
+                )
+                if attempt == 1 and self._took_wildcard_metrics_port():
+                    # Another stack held the port when we tried and let it go before
+                    # rekor-server bound it: restart while we hold the port ourselves.
+                    progress("rekor: rekor-server took *:2112; restarting it guarded")
+                    self._rekor.stop()
+                    wait_until(self._try_hold_metrics_port, timeout=30,
+                               what="holding 127.0.0.1:2112 for rekor-server")
+                    continue
+                break
+            if self._metrics_guard is None:
+                self._watch_for_metrics_port()
             self._check_public_key(url)
             self._check_loopback_only()
         except BaseException:
@@ -559,6 +572,7 @@ class Rekor(LocalService):
         for proc in trillian:
             proc.stop()
         self._log_signer = self._log_server = None
+        self._guard_stop.set()
         if self._metrics_guard is not None:
             self._metrics_guard.close()
             self._metrics_guard = None
@@ -630,17 +644,53 @@ class Rekor(LocalService):
         return tree_id
 
     def _hold_metrics_port(self) -> None:
-        """Hold 127.0.0.1:2112 so rekor-server's wildcard metrics listener cannot bind."""
+        """Hold 127.0.0.1:2112 so rekor-server's wildcard metrics listener cannot bind.
+
+        If another process holds it (another local stack's guard), rekor-server's bind fails
+        just the same, for as long as that process keeps it; see :meth:`start` for the
+        moment it lets go.
+        """
+        self._try_hold_metrics_port()
+
+    def _try_hold_metrics_port(self) -> bool:
         if self._metrics_guard is not None:
-            return
+            return True
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.bind(("127.0.0.1", REKOR_METRICS_PORT))
             sock.listen(1)
         except OSError:
-            sock.close()  # someone else holds it: rekor-server's bind fails just the same
-            return
+            sock.close()
+            return False
         self._metrics_guard = sock
+        return True
+
+    def _took_wildcard_metrics_port(self, within_s: float = 3.0) -> bool:
+        """Whether rekor-server bound its metrics port on all interfaces (checked for a
+        short while after it answered: the listener starts in a goroutine of its own)."""
+        if self._metrics_guard is not None or self._rekor is None:
+            return False  # we hold the port: its bind failed
+        rekor = self._rekor
+        try:
+            wait_until(lambda: bool(non_loopback_listeners(rekor.pid)), timeout=within_s,
+                       what="rekor-server metrics listener", interval=0.1)
+        except StackError:
+            return False
+        return True
+
+    def _watch_for_metrics_port(self) -> None:
+        """Take the port as soon as its current holder lets go (until :meth:`stop`)."""
+        self._guard_stop.clear()
+
+        def watch() -> None:
+            while not self._guard_stop.wait(0.5):
+                if self._try_hold_metrics_port():
+                    if self._guard_stop.is_set() and self._metrics_guard is not None:
+                        self._metrics_guard.close()  # stop() ran meanwhile
+                        self._metrics_guard = None
+                    return
+
+        threading.Thread(target=watch, name="rekor-metrics-guard", daemon=True).start()
 
     def _check_public_key(self, url: str) -> None:
         status, body = _http_get(f"{url}/api/v1/log/publicKey")

@@ -352,3 +352,40 @@ def test_compose_openbao_config_and_init_job_work(stack_dir: Path) -> None:
         assert second["data"]["signature"] == first["data"]["signature"]  # same Ed25519 key
     finally:
         server.stop()
+
+
+@SLOW_START
+def test_a_rekor_started_while_the_metrics_port_was_held_takes_it_once_freed(
+    rekor: Rekor, stack: Any
+) -> None:
+    """Two local stacks on one machine: the second Rekor starts while the first one's guard
+    holds 127.0.0.1:2112. When that guard goes away, the second takes the port at once, so
+    rekor-server's wildcard metrics listener can never come up later either."""
+    import socket  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    rekor.stop()
+    session_rekor = stack.service("rekor")
+    holder: socket.socket | None = None
+    if session_rekor is not None and session_rekor._metrics_guard is not None:
+        release = session_rekor._metrics_guard.close  # the session stack is the "other stack"
+        session_rekor._metrics_guard = None
+        holder = None
+    else:
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        holder.bind(("127.0.0.1", REKOR_METRICS_PORT))
+        holder.listen(1)
+        release = holder.close
+    try:
+        rekor.start(_progress)
+        assert rekor._metrics_guard is None  # someone else holds the port
+        release()
+        deadline = time.monotonic() + 10
+        while rekor._metrics_guard is None:
+            assert time.monotonic() < deadline, "the port was not taken within 10 s"
+            time.sleep(0.1)
+        server = next(p for p in rekor.processes() if p.name == "rekor-server")
+        assert non_loopback_listeners(server.pid) == []
+    finally:
+        if holder is not None:
+            holder.close()
