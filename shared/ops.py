@@ -16,13 +16,14 @@ from typing import Any, TypeVar
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shared.consumer import Backoff
+from shared.consumer import Backoff, RebalanceHooks
 from shared.errors import DependencyError
+from shared.kafka import Consumer, make_consumer
 from shared.lifecycle import Lifecycle
 from shared.settings import Settings
 from shared.telemetry import Metrics
 
-__all__ = ["open_when_ready", "serve_ops"]
+__all__ = ["open_group_consumer", "open_when_ready", "serve_ops"]
 
 log = logging.getLogger("ledger.ops")
 
@@ -46,6 +47,31 @@ async def open_when_ready(
             )
             await lc.sleep(delay)
     return None
+
+
+async def open_group_consumer(
+    settings: Settings,
+    *,
+    group_id: str,
+    topic: str,
+    client_id: str,
+    hooks: RebalanceHooks,
+    lc: Lifecycle,
+    backoff: Backoff,
+) -> Consumer | None:
+    """A stage's group consumer on ``topic``, opened once Kafka answers (None if stopped)."""
+
+    def open_consumer() -> Awaitable[Consumer]:
+        return make_consumer(
+            settings,
+            group_id=group_id,
+            topics=[topic],
+            client_id=client_id,
+            on_assigned=hooks.assigned,
+            on_revoked=hooks.revoked,
+        )
+
+    return await open_when_ready("kafka", open_consumer, lc, backoff)
 
 
 async def serve_ops(

@@ -26,7 +26,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +40,10 @@ from shared.consumer import (
 )
 from shared.db import Database
 from shared.errors import InvalidMessage, LedgerError
-from shared.kafka import Consumer, Producer, Record, make_consumer, make_producer
+from shared.kafka import Producer, Record, make_producer
 from shared.lifecycle import Lifecycle, run_service
 from shared.messages import AnchoredEntry, SignedEntry, decode
-from shared.ops import open_when_ready, serve_ops
+from shared.ops import open_group_consumer, open_when_ready, serve_ops
 from shared.rekor import RekorClient
 from shared.settings import Settings
 from shared.telemetry import Metrics, log_context
@@ -238,17 +238,10 @@ async def run_anchorer(
 
         rebalance = RebalanceHooks()
 
-        def open_consumer() -> Awaitable[Consumer]:
-            return make_consumer(
-                settings,
-                group_id=settings.anchorer_group,
-                topics=[settings.topic_signed],
-                client_id=client_id,
-                on_assigned=rebalance.assigned,
-                on_revoked=rebalance.revoked,
-            )
-
-        consumer = await open_when_ready("kafka", open_consumer, lc, backoff)
+        consumer = await open_group_consumer(
+            settings, group_id=settings.anchorer_group, topic=settings.topic_signed,
+            client_id=client_id, hooks=rebalance, lc=lc, backoff=backoff,
+        )
         if consumer is None:
             return
         lc.on_close("consumer", consumer.close)

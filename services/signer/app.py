@@ -11,13 +11,12 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Awaitable
 
 from shared.consumer import Backoff, ConsumerLoop, KafkaDeadLetters, RebalanceHooks
 from shared.db import Database
-from shared.kafka import Consumer, make_consumer, make_producer
+from shared.kafka import make_producer
 from shared.lifecycle import Lifecycle, run_service
-from shared.ops import open_when_ready, serve_ops
+from shared.ops import open_group_consumer, open_when_ready, serve_ops
 from shared.settings import Settings
 from shared.telemetry import Metrics
 from shared.vault import TransitSigner
@@ -62,17 +61,10 @@ async def run_signer(
 
         hooks = RebalanceHooks()
 
-        def open_consumer() -> Awaitable[Consumer]:
-            return make_consumer(
-                settings,
-                group_id=settings.signer_group,
-                topics=[settings.topic_append],
-                client_id=client_id,
-                on_assigned=hooks.assigned,
-                on_revoked=hooks.revoked,
-            )
-
-        consumer = await open_when_ready("kafka", open_consumer, lc, backoff)
+        consumer = await open_group_consumer(
+            settings, group_id=settings.signer_group, topic=settings.topic_append,
+            client_id=client_id, hooks=hooks, lc=lc, backoff=backoff,
+        )
         if consumer is None:
             return
         lc.on_close("consumer", consumer.close)
