@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -90,19 +90,7 @@ Step = Literal[
     "payload",
 ]
 #: The steps of :func:`verify_bundle`, in the order it runs them.
-STEPS: tuple[Step, ...] = (
-    "bundle",
-    "statement",
-    "entry_key",
-    "entry_signature",
-    "statement_fields",
-    "audit_path",
-    "manifest",
-    "manifest_digest",
-    "anchor_signature",
-    "receipt",
-    "payload",
-)
+STEPS: tuple[Step, ...] = get_args(Step)
 
 
 @dataclass(frozen=True, slots=True)
