@@ -243,7 +243,9 @@ class Kafka(LocalService):
             progress("formatting the KRaft log directory")
             result = subprocess.run(
                 self._java("kafka.tools.StorageTool", "format", "--standalone",
-                           "-t", cluster_id, "-c", str(self.config_path)),
+                           # "=" form: a base64url id may start with "-" (1 in 64),
+                           # which the tool's parser would read as an option
+                           f"--cluster-id={cluster_id}", "-c", str(self.config_path)),
                 capture_output=True, text=True, check=False,
             )
             if result.returncode != 0:

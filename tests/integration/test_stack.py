@@ -18,8 +18,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from deploy.local.base import port_available
-from deploy.local.kafka import TOPICS, partitions_from_env
+from deploy.local.base import default_cache_dir, port_available
+from deploy.local.kafka import TOPICS, Kafka, partitions_from_env
 from deploy.local.process import ManagedProcess
 from deploy.local.stack import Stack, stack_status
 
@@ -309,3 +309,17 @@ def test_cli_up_status_env_down(stack_run_dir: Path) -> None:
             up.kill()
             up.wait()
         subprocess.run([*cli, "stack", "down"], env=env, capture_output=True, check=False)
+
+
+def test_kafka_formats_with_a_cluster_id_that_starts_with_a_dash(stack_run_dir: Path) -> None:
+    """Base64url cluster ids start with "-" one time in 64; the storage tool must not read
+    such an id as an option (a CI run failed on exactly that)."""
+    kafka = Kafka(stack_run_dir / "dash-cluster-id", default_cache_dir())
+    kafka.save_state({**kafka.load_state(), "cluster_id": "-LedgerTestClusterId1"})
+    try:
+        kafka.start(lambda _message: None)
+        meta = (kafka.data_dir / "meta.properties").read_text()
+        assert "cluster.id=-LedgerTestClusterId1" in meta
+        assert kafka.endpoints()["KAFKA_BOOTSTRAP_SERVERS"].startswith("127.0.0.1:")
+    finally:
+        kafka.stop()
