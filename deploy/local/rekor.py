@@ -27,7 +27,6 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -37,7 +36,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import deque
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,6 +43,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from deploy.local.base import LocalService, Progress, run_coro
+from deploy.local.gotools import binary_module_version, go_env, go_executable, go_install
 from deploy.local.openbao import stable_port
 from deploy.local.process import ManagedProcess, StackError, wait_until
 
@@ -127,53 +126,6 @@ def _http_get(url: str) -> tuple[int, bytes]:
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-
-
-def _parse_go_version(text: str) -> tuple[int, ...]:
-    match = re.search(r"go(\d+)\.(\d+)(?:\.(\d+))?", text)
-    if not match:
-        return (0,)
-    return tuple(int(part or 0) for part in match.groups())
-
-
-def _go_executable() -> str:
-    found = shutil.which("go")
-    if found:
-        return found
-    for candidate in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    raise StackError("Rekor: the Go toolchain (`go`) is needed to build rekor-server/Trillian")
-
-
-def _go_env() -> dict[str, str]:
-    """Environment for the go command; picks a newer toolchain if the local one is too old."""
-    env = dict(os.environ)
-    go = _go_executable()
-    result = subprocess.run(
-        [go, "env", "GOVERSION"], capture_output=True, text=True, check=False, env=env
-    )
-    if _parse_go_version(result.stdout) < MIN_GO:
-        env["GOTOOLCHAIN"] = "go{}.{}.{}+auto".format(*MIN_GO)
-    return env
-
-
-def _binary_module_version(binary: Path, env: dict[str, str]) -> tuple[str, str, str] | None:
-    """(package path, module, version) embedded in a Go binary, or None."""
-    result = subprocess.run(
-        [_go_executable(), "version", "-m", str(binary)],
-        capture_output=True, text=True, check=False, env=env,
-    )
-    if result.returncode != 0:
-        return None
-    path = mod = version = ""
-    for line in result.stdout.splitlines():
-        fields = line.strip().split("\t")
-        if fields[0] == "path" and len(fields) >= 2:
-            path = fields[1]
-        elif fields[0] == "mod" and len(fields) >= 3:
-            mod, version = fields[1], fields[2]
-    return (path, mod, version) if path else None
 
 
 def _socket_inodes(pid: int) -> set[str]:
@@ -371,7 +323,7 @@ class Rekor(LocalService):
             self._install_locked(progress)
 
     def _install_locked(self, progress: Progress) -> None:
-        env = _go_env()
+        env = go_env(MIN_GO)
         env["GOBIN"] = str(self.bin_dir)
         marker = self._marker()
         missing: dict[tuple[str, str], list[str]] = {}
@@ -387,10 +339,10 @@ class Rekor(LocalService):
         for (mod, version), pkgs in missing.items():
             progress(f"rekor: go install {mod} {version} ({len(pkgs)} commands); "
                      "the first build takes several minutes")
-            self._go_install([f"{pkg}@{version}" for pkg in pkgs], env, progress)
+            go_install([f"{pkg}@{version}" for pkg in pkgs], env, progress, label="rekor")
             for name, (pkg, _mod, ver) in GO_BINARIES.items():
                 if pkg in pkgs:
-                    found = _binary_module_version(self.binary(name), env)
+                    found = binary_module_version(self.binary(name), env)
                     if found is None or found[2] != ver:
                         raise StackError(f"Rekor: {self.binary(name)} missing after go install")
                     marker[name] = f"{pkg}@{ver}"
@@ -411,7 +363,7 @@ class Rekor(LocalService):
         for candidate in (self.binary(name), self.cache_dir / "bin" / name):
             if not candidate.is_file():
                 continue
-            if _binary_module_version(candidate, env) == want:
+            if binary_module_version(candidate, env) == want:
                 if candidate != self.binary(name):
                     progress(f"rekor: reusing {candidate}")
                     tmp = self.binary(name).with_suffix(".tmp")
@@ -420,30 +372,9 @@ class Rekor(LocalService):
                 return True
         return False
 
-    def _go_install(self, targets: list[str], env: dict[str, str], progress: Progress) -> None:
-        argv = [_go_executable(), "install", "-v", *targets]
-        started = time.monotonic()
-        tail: deque[str] = deque(maxlen=40)
-        with subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-            stdin=subprocess.DEVNULL,
-        ) as proc:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.rstrip()
-                if line:
-                    tail.append(line)
-                    progress(f"rekor: go: {line}")
-            code = proc.wait()
-        if code != 0:
-            raise StackError(
-                f"Rekor: `{' '.join(argv)}` failed with exit code {code}:\n" + "\n".join(tail)
-            )
-        progress(f"rekor: built {', '.join(targets)} in {time.monotonic() - started:.0f}s")
-
     def _copy_schema(self, env: dict[str, str], progress: Progress) -> None:
         result = subprocess.run(
-            [_go_executable(), "mod", "download", "-json", f"{TRILLIAN_MODULE}@{TRILLIAN_VERSION}"],
+            [go_executable(), "mod", "download", "-json", f"{TRILLIAN_MODULE}@{TRILLIAN_VERSION}"],
             capture_output=True, text=True, check=False, env=env, cwd=self.bin_dir,
         )
         try:
