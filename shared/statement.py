@@ -21,7 +21,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import rfc8785
+from shared import fastjson
 
 __all__ = [
     "ENTRY_ID_NAMESPACE",
@@ -43,15 +43,16 @@ ENTRY_ID_NAMESPACE = uuid.UUID("6f1c2b1e-0c57-4b7e-9c55-2f3b8f4c1a10")
 
 
 def canonical_json(value: Any) -> bytes:
-    """RFC 8785 (JCS) canonical JSON."""
-    return rfc8785.dumps(value)
+    """RFC 8785 (JCS) canonical JSON (:func:`shared.fastjson.canonical`)."""
+    return fastjson.canonical(value)
 
 
 def format_time(ts: datetime) -> str:
     """The one textual form of a timestamp inside signed data: UTC, microseconds, ``Z``."""
     if ts.tzinfo is None:
         raise ValueError("timestamps in signed data must be timezone-aware")
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is strftime's result here (4-digit years: datetime's range), in C
+    return ts.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time(text: str) -> datetime:

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from shared import fastjson
 from shared.errors import InvalidMessage
-from shared.messages import AppendRequest, SignedEntry, decode, schema_documents, write_schemas
+from shared.messages import (
+    AppendRequest,
+    SignedEntry,
+    append_request_fields,
+    decode,
+    schema_documents,
+    signed_entry_fields,
+    write_schemas,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = {
@@ -88,3 +100,43 @@ def test_signed_entry_refuses_a_key_version_below_one() -> None:
             "statement": "", "signature": "vault:v1:AA==", "key_name": "k", "key_version": 0,
             "public_key": "",
         }).encode())
+
+
+# --- the hot-path serializer agrees with the models ---------------------------------------
+
+_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**53) + 1, 2**53 - 1),
+              st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+    max_leaves=12,
+)
+_TIMES = st.datetimes(
+    min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1),
+    timezones=st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-7,
+                                                                                     minutes=-30))]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(meta=st.dictionaries(st.text(max_size=6), _JSON, max_size=5), submitted=_TIMES,
+       created=_TIMES, statement=st.binary(max_size=64), version=st.integers(1, 99))
+def test_signed_entry_fields_serialize_like_the_model(meta, submitted, created, statement,
+                                                      version) -> None:
+    fields = signed_entry_fields(
+        entry_id=uuid.uuid4(), request_id="r-1", subject="s/1", payload_sha256="ab" * 32,
+        meta=meta, submitted_at=submitted, created_at=created, statement=statement,
+        signature="vault:v1:AAAA", key_name="ledger-ed25519", key_version=version,
+        public_key="-----BEGIN PUBLIC KEY-----\nX\n-----END PUBLIC KEY-----\n",
+    )
+    assert fastjson.dumps(fields) == SignedEntry.model_validate(fields).model_dump_json().encode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(meta=st.dictionaries(st.text(max_size=6), _JSON, max_size=5), submitted=_TIMES)
+def test_append_request_fields_serialize_like_the_model(meta, submitted) -> None:
+    fields = append_request_fields(request_id="r-1", subject="s/1", payload_sha256="ab" * 32,
+                                   meta=meta, submitted_at=submitted)
+    raw = fastjson.dumps(fields)
+    assert raw == AppendRequest.model_validate(fields).model_dump_json().encode()
+    assert decode(AppendRequest, raw) == AppendRequest.model_validate(fields)
