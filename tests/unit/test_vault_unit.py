@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,7 +22,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from shared.errors import VaultError, VaultUnavailable, VerificationError
 from shared.settings import Settings
-from shared.vault import BATCH_MAX, PublicKey, TransitSigner, _translate, parse_vault_signature
+from shared.vault import (
+    BATCH_MAX,
+    PublicKey,
+    TransitSigner,
+    _http_error,
+    _translate,
+    parse_vault_signature,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -143,6 +151,25 @@ def test_translate_keeps_vaults_message() -> None:
     assert not out.retryable
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "expected", "text"),
+    [
+        (503, b'{"errors":["Vault is sealed"]}', VaultUnavailable, "sealed or down"),
+        (500, b"not json", VaultUnavailable, "HTTP 500"),
+        (429, b'{"errors":[]}', VaultUnavailable, "HTTP 429"),
+        (403, b'{"errors":["1 error occurred:\\n\\t* permission denied\\n\\n"]}', VaultError,
+         "permission denied"),
+        (400, b'{"errors":["signing key not found"]}', VaultError, "signing key not found"),
+        (404, b"{}", VaultError, "is the key created"),
+    ],
+)
+def test_http_answers_are_translated(status: int, body: bytes, expected: type[Exception],
+                                     text: str) -> None:
+    out = _http_error(status, body, key="ledger-ed25519", action="sign")
+    assert type(out) is expected
+    assert text in str(out) and "ledger-ed25519" in str(out)
+
+
 # --- the signer against a stub Transit -----------------------------------------------------
 
 
@@ -201,6 +228,16 @@ class _StubTransit:
             )
         return {"data": {"batch_results": results}}
 
+    # the SignTransport side: what HttpTransit returns for POST transit/sign/<key>
+    async def sign(self, key: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        extra = {k: v for k, v in body.items() if k != "batch_input"}
+        answer: dict[str, Any] = self.sign_data(key, "transit", body["batch_input"], **extra)
+        data: Mapping[str, Any] = answer["data"]
+        return data
+
+    async def close(self) -> None:
+        pass
+
 
 @pytest.fixture
 def stub() -> _StubTransit:
@@ -210,7 +247,7 @@ def stub() -> _StubTransit:
 @pytest.fixture
 def signer(stub: _StubTransit) -> TransitSigner:
     client = SimpleNamespace(secrets=SimpleNamespace(transit=stub))
-    return TransitSigner(Settings(), client_factory=lambda: client)
+    return TransitSigner(Settings(), client_factory=lambda: client, transport=stub)
 
 
 async def test_batches_are_split_at_batch_max_and_kept_in_order(
