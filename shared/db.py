@@ -30,7 +30,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import asyncpg
 
@@ -46,6 +46,7 @@ from shared.settings import Settings
 __all__ = [
     "MIGRATIONS_DIR",
     "Database",
+    "Isolation",
     "Migration",
     "QueryError",
     "Row",
@@ -59,6 +60,8 @@ _T = TypeVar("_T")
 
 #: A result row: ``row["column"]``.
 Row = Mapping[str, Any]
+#: Transaction isolation levels :meth:`Database.transaction` accepts.
+Isolation = Literal["serializable", "read_committed"]
 
 MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
 _MIGRATION_NAME: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -219,8 +222,16 @@ class Database:
         *,
         readonly: bool = False,
         max_attempts: int | None = None,
+        isolation: Isolation = "serializable",
     ) -> _T:
-        """Run ``fn`` in a SERIALIZABLE transaction and return its result.
+        """Run ``fn`` in a transaction (SERIALIZABLE unless ``isolation`` says otherwise) and
+        return its result.
+
+        ``read_committed`` is for statements whose correctness rests on row locks alone
+        (``INSERT ... ON CONFLICT``, ``UPDATE ... WHERE <still free>`` checked by its row
+        count): PostgreSQL then skips the predicate locks that serializable transactions
+        take on every row and index page they read; CockroachDB runs them serializable
+        unless read committed is enabled on the cluster, which is just as correct.
 
         On a serialization failure (40001, also at COMMIT) the whole transaction is rolled
         back and ``fn`` runs again, up to ``max_attempts`` times with jittered backoff; after
@@ -232,17 +243,19 @@ class Database:
         while True:
             attempt += 1
             try:
-                return await self._run_once(fn, readonly=readonly)
+                return await self._run_once(fn, readonly=readonly, isolation=isolation)
             except SerializationFailure:
                 if attempt >= attempts:
                     raise
             await self._sleep(self.backoff_s(attempt))
 
-    async def _run_once(self, fn: Callable[[Tx], Awaitable[_T]], *, readonly: bool) -> _T:
+    async def _run_once(
+        self, fn: Callable[[Tx], Awaitable[_T]], *, readonly: bool, isolation: Isolation
+    ) -> _T:
         try:
             async with (
                 self._pool.acquire(timeout=self._acquire_timeout_s) as conn,
-                conn.transaction(isolation="serializable", readonly=readonly),
+                conn.transaction(isolation=isolation, readonly=readonly),
             ):
                 return await fn(Tx(conn))
         except _TRANSLATED as exc:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from shared.kafka import Producer
-from shared.messages import SignedEntry
+
+from .stage import SignedEvent
 
 __all__ = ["KafkaSignedPublisher"]
 
@@ -17,10 +18,7 @@ class KafkaSignedPublisher:
         self._producer = producer
         self._topic = topic
 
-    async def publish_signed(
-        self, events: Sequence[tuple[SignedEntry, Sequence[tuple[str, bytes]]]]
-    ) -> None:
+    async def publish_signed(self, events: Sequence[SignedEvent]) -> None:
         await self._producer.send_many(
-            (self._topic, entry.subject, entry.to_bytes(), list(headers))
-            for entry, headers in events
+            (self._topic, subject, value, list(headers)) for subject, value, headers in events
         )

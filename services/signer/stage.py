@@ -12,10 +12,16 @@ For one consumed batch (:meth:`SignerStage.process_batch`):
    public key of the exact key version Vault used (a failure raises, nothing is stored), and
    that key's PEM is what is stored next to the signature;
 3. insert all new rows in one transaction, idempotent on ``request_id``
-   (``INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING``), then read back the rows
-   another signer stored first and resolve them like step 1;
+   (``INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING``), each with its Merkle leaf
+   hash (computed here once, from the bytes just signed), then read back the rows another
+   signer stored first and resolve them like step 1;
 4. publish ``ledger.signed`` for every entry of the batch, new or existing, and wait for
    Kafka's acknowledgements. Only then does the consumer loop commit the offsets.
+
+Cost per entry is kept low on purpose (it is the pipeline's hot path): the request is
+validated once, here, at its trust boundary; the statement is canonicalised once; a new
+row's event is written from the values in hand (only ``created_at`` comes back from the
+database); metrics and logs are per batch (the per-entry line is DEBUG).
 
 Vault or the database failing raises :class:`DependencyError`: the loop pauses and retries
 the same batch, and because steps 1 to 4 are idempotent a retry (or a replay after a crash)
@@ -26,16 +32,16 @@ SHA-256, and logs carry ids.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from shared.consumer import Message, Rejection
+from shared import fastjson
+from shared.consumer import Message, Rejection, Turn
 from shared.db import Database, Row, Tx
 from shared.errors import (
     DatabaseUnavailable,
@@ -47,8 +53,9 @@ from shared.errors import (
     VerificationError,
 )
 from shared.kafka import Record
-from shared.messages import AppendRequest, SignedEntry, decode
-from shared.statement import content_sha256, entry_id_for, statement_bytes
+from shared.merkle import leaf_hash
+from shared.messages import AppendRequest, decode, signed_entry_fields
+from shared.statement import content_sha256, entry_id_for, leaf_bytes, statement_bytes
 from shared.telemetry import Metrics, log_context
 from shared.tracing import trace_headers
 from shared.vault import PublicKey, Signature
@@ -56,6 +63,7 @@ from shared.vault import PublicKey, Signature
 __all__ = [
     "EntryStore",
     "SignRequest",
+    "SignedEvent",
     "SignedPublisher",
     "Signer",
     "SignerStage",
@@ -92,11 +100,19 @@ class SignRequest:
 
 
 def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str:
         return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
+    if kind is dict:
+        for key, item in value.items():
+            if "\x00" in key:
+                return True
+            kind = type(item)
+            if (kind is str and "\x00" in item) or ((kind is dict or kind is list)
+                                                    and _has_nul(item)):
+                return True
+        return False
+    if kind is list:
         return any(_has_nul(v) for v in value)
     return False
 
@@ -140,12 +156,14 @@ class Signer(Protocol):
     async def public_key(self, key: str, version: int) -> PublicKey: ...
 
 
+#: a ``ledger.signed`` event ready to send: (subject, SignedEntry JSON, headers)
+SignedEvent = tuple[str, bytes, Sequence[tuple[str, bytes]]]
+
+
 class SignedPublisher(Protocol):
     """Publishes ``ledger.signed`` events and returns once Kafka acknowledged all of them."""
 
-    async def publish_signed(
-        self, events: Sequence[tuple[SignedEntry, Sequence[tuple[str, bytes]]]]
-    ) -> None: ...
+    async def publish_signed(self, events: Sequence[SignedEvent]) -> None: ...
 
 
 # --- storage -----------------------------------------------------------------------------------
@@ -155,21 +173,22 @@ _COLUMNS = (
     "key_name, key_version, statement, submitted_at, content_sha256"
 )
 
-# Built from constants only; every value is a bind parameter.
-_INSERT = f"""
+# Built from constants only; every value is a bind parameter. Only what the signer does not
+# know already comes back.
+_INSERT = """
 INSERT INTO ledger.entries
     (id, subject, payload_hash, sig, pubkey, meta, request_id, key_name, key_version,
-     statement, submitted_at, content_sha256)
+     statement, submitted_at, content_sha256, leaf_hash)
 SELECT u.id, u.subject, u.payload_hash, u.sig, u.pubkey, u.meta::jsonb, u.request_id,
-       u.key_name, u.key_version, u.statement, u.submitted_at, u.content_sha256
+       u.key_name, u.key_version, u.statement, u.submitted_at, u.content_sha256, u.leaf_hash
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::int[], $10::bytea[], $11::timestamptz[],
-            $12::text[])
+            $12::text[], $13::bytea[])
      AS u(id, subject, payload_hash, sig, pubkey, meta, request_id, key_name, key_version,
-          statement, submitted_at, content_sha256)
+          statement, submitted_at, content_sha256, leaf_hash)
 ON CONFLICT (request_id) DO NOTHING
-RETURNING {_COLUMNS}
-"""  # noqa: S608
+RETURNING request_id, created_at
+"""
 
 _SELECT_BY_REQUEST_ID = (
     f"SELECT {_COLUMNS} FROM ledger.entries WHERE request_id = ANY($1::text[])"  # noqa: S608
@@ -181,6 +200,14 @@ class NewRow:
     sign: SignRequest
     signature: Signature
     public_key_pem: str
+
+    def leaf_hash(self) -> bytes:
+        """``SHA256(0x00 || leaf)`` of this entry (what the anchorer's tree is built over)."""
+        return leaf_hash(leaf_bytes(
+            entry_id=self.sign.entry_id, statement=self.sign.statement,
+            signature=self.signature.vault, key_name=self.signature.key_name,
+            key_version=self.signature.version,
+        ))
 
 
 class EntryStore:
@@ -195,13 +222,18 @@ class EntryStore:
         rows = await self._guard(self._db.fetch(_SELECT_BY_REQUEST_ID, list(request_ids)))
         return {str(r["request_id"]): r for r in rows}
 
-    async def insert(self, rows: Sequence[NewRow]) -> tuple[dict[str, Row], dict[str, Row]]:
-        """Insert ``rows`` in one transaction; return (inserted, already stored) by request id.
+    async def insert(
+        self, rows: Sequence[NewRow]
+    ) -> tuple[dict[str, datetime], dict[str, Row]]:
+        """Insert ``rows`` in one transaction; return (``created_at`` of the inserted, the rows
+        already stored) by request id.
 
         "Already stored" are rows another process inserted first (found by the conflict).
         """
+        leaves = [r.leaf_hash() for r in rows]
+        metas = [fastjson.dumps(r.sign.request.meta).decode() for r in rows]
 
-        async def work(tx: Tx) -> tuple[dict[str, Row], dict[str, Row]]:
+        async def work(tx: Tx) -> tuple[dict[str, datetime], dict[str, Row]]:
             inserted = await tx.fetch(
                 _INSERT,
                 [r.sign.entry_id for r in rows],
@@ -209,15 +241,16 @@ class EntryStore:
                 [r.sign.request.payload_sha256 for r in rows],
                 [r.signature.vault for r in rows],
                 [r.public_key_pem for r in rows],
-                [json.dumps(r.sign.request.meta) for r in rows],
+                metas,
                 [r.sign.request.request_id for r in rows],
                 [r.signature.key_name for r in rows],
                 [r.signature.version for r in rows],
                 [r.sign.statement for r in rows],
                 [r.sign.request.submitted_at for r in rows],
                 [r.sign.content_sha256 for r in rows],
+                leaves,
             )
-            new = {str(r["request_id"]): r for r in inserted}
+            new = {str(r["request_id"]): r["created_at"] for r in inserted}
             missing = [r.sign.request.request_id for r in rows if r.sign.request.request_id
                        not in new]
             others: dict[str, Row] = {}
@@ -226,7 +259,9 @@ class EntryStore:
                 others = {str(r["request_id"]): r for r in found}
             return new, others
 
-        return await self._guard(self._db.transaction(work))
+        # Correct on row locks alone (ON CONFLICT, then a fresh read of the losers): no need
+        # for serializable's predicate locks (see services/anchorer/store.py).
+        return await self._guard(self._db.transaction(work, isolation="read_committed"))
 
     @staticmethod
     async def _guard(aw: Awaitable[_T]) -> _T:
@@ -241,29 +276,48 @@ class EntryStore:
 # --- the stage ---------------------------------------------------------------------------------
 
 
-def _signed_entry(row: Row) -> SignedEntry:
-    statement = bytes(row["statement"])
-    return SignedEntry(
+def _event_of_row(row: Row) -> bytes:
+    """The ``ledger.signed`` JSON of a stored row (an entry stored before this batch)."""
+    return fastjson.dumps(signed_entry_fields(
         entry_id=row["id"],
         request_id=row["request_id"],
         subject=row["subject"],
         payload_sha256=row["payload_hash"],
-        meta=json.loads(row["meta"]),
+        meta=fastjson.loads(row["meta"]),
         submitted_at=row["submitted_at"],
         created_at=row["created_at"],
-        statement=base64.b64encode(statement).decode("ascii"),
+        statement=bytes(row["statement"]),
         signature=row["sig"],
         key_name=row["key_name"] or "",
         key_version=row["key_version"],
         public_key=row["pubkey"],
-    )
+    ))
+
+
+def _event_of_new(new: NewRow, created_at: datetime) -> bytes:
+    """The ``ledger.signed`` JSON of a row this batch inserted, from the values in hand."""
+    q = new.sign.request
+    return fastjson.dumps(signed_entry_fields(
+        entry_id=new.sign.entry_id,
+        request_id=q.request_id,
+        subject=q.subject,
+        payload_sha256=q.payload_sha256,
+        meta=q.meta,
+        submitted_at=q.submitted_at,
+        created_at=created_at,
+        statement=new.sign.statement,
+        signature=new.signature.vault,
+        key_name=new.signature.key_name,
+        key_version=new.signature.version,
+        public_key=new.public_key_pem,
+    ))
 
 
 @dataclass
 class _Resolution:
     """What a batch turned out to be: entries to publish and messages to dead-letter."""
 
-    publish: dict[str, tuple[Row, SignRequest]]  # request id → stored row (new or existing)
+    publish: dict[str, tuple[bytes, SignRequest]]  # request id → ledger.signed JSON
     to_sign: dict[str, SignRequest]  # request id → first message with that id
     rejected: list[Rejection]
     outcome: dict[str, str]  # request id → "new" | "existing"
@@ -294,25 +348,42 @@ class SignerStage:
     def decode(self, record: Record) -> SignRequest:
         return decode_append(record)
 
-    async def process_batch(self, messages: Sequence[Message[SignRequest]]) -> list[Rejection]:
+    async def process_batch(
+        self, messages: Sequence[Message[SignRequest]], turn: Turn | None = None
+    ) -> list[Rejection]:
+        """Steps 1-2 run as soon as the batch is fetched, while earlier batches are stored;
+        steps 3-4 run in stream order (``turn``), so of two messages with the same request id
+        and other content, the earlier one is stored and the later one refused."""
         ids = list(dict.fromkeys(m.value.request.request_id for m in messages))
         stored = await self._store.existing(ids)
         res = _Resolution(publish={}, to_sign={}, rejected=[], outcome={})
         for m in messages:
             self._resolve(res, m, stored.get(m.value.request.request_id))
+        new_rows = await self._sign(list(res.to_sign.values())) if res.to_sign else []
+        async with turn or Turn.unordered():
+            await self._store_and_publish(messages, res, new_rows)
+        for outcome in ("new", "existing"):
+            count = sum(1 for o in res.outcome.values() if o == outcome)
+            if count:
+                self._metrics.entries_signed.labels(outcome=outcome).inc(count)
+        return res.rejected
 
-        if res.to_sign:
-            new_rows = await self._sign(list(res.to_sign.values()))
+    async def _store_and_publish(
+        self, messages: Sequence[Message[SignRequest]], res: _Resolution, new_rows: list[NewRow]
+    ) -> None:
+        if new_rows:
             inserted, raced = await self._store.insert(new_rows)
-            for row in inserted.values():
-                rid = str(row["request_id"])
-                res.publish[rid] = (row, res.to_sign[rid])
-                res.outcome[rid] = "new"
+            for new in new_rows:
+                rid = new.sign.request.request_id
+                created_at = inserted.get(rid)
+                if created_at is not None:
+                    res.publish[rid] = (_event_of_new(new, created_at), new.sign)
+                    res.outcome[rid] = "new"
             for rid, row in raced.items():
                 # another signer stored it between our read and our insert
                 first = res.to_sign[rid]
                 if row["content_sha256"] == first.content_sha256:
-                    res.publish[rid] = (row, first)
+                    res.publish[rid] = (_event_of_row(row), first)
                     res.outcome[rid] = "existing"
             # messages whose request id turned out to be stored with other content
             already = {id(j.record) for j in res.rejected}
@@ -324,11 +395,7 @@ class SignerStage:
                     and other["content_sha256"] != m.value.content_sha256
                 ):
                     res.rejected.append(self._conflict(m, other))
-
         await self._publish(res)
-        for outcome in res.outcome.values():
-            self._metrics.entries_signed.labels(outcome=outcome).inc()
-        return res.rejected
 
     # --- steps ---------------------------------------------------------------------------------
 
@@ -336,7 +403,8 @@ class SignerStage:
         rid = m.value.request.request_id
         if row is not None:
             if row["content_sha256"] == m.value.content_sha256:
-                res.publish.setdefault(rid, (row, m.value))
+                if rid not in res.publish:
+                    res.publish[rid] = (_event_of_row(row), m.value)
                 res.outcome[rid] = "existing"
             else:
                 res.rejected.append(self._conflict(m, row))
@@ -406,16 +474,18 @@ class SignerStage:
         ]
 
     async def _publish(self, res: _Resolution) -> None:
-        events: list[tuple[SignedEntry, Sequence[tuple[str, bytes]]]] = []
-        for rid, (row, req) in res.publish.items():
-            entry = _signed_entry(row)
+        events: list[SignedEvent] = []
+        debug = log.isEnabledFor(logging.DEBUG)
+        for rid, (value, req) in res.publish.items():
+            entry_id = str(req.entry_id)
             headers = [
-                ("entry_id", str(entry.entry_id).encode()),
+                ("entry_id", entry_id.encode()),
                 ("request_id", rid.encode()),
                 *req.trace_headers,
             ]
-            events.append((entry, headers))
-            with log_context(request_id=rid, entry_id=str(entry.entry_id)):
-                log.debug("entry stored", extra={"outcome": res.outcome.get(rid)})
+            events.append((req.request.subject, value, headers))
+            if debug:
+                with log_context(request_id=rid, entry_id=entry_id):
+                    log.debug("entry stored", extra={"outcome": res.outcome.get(rid)})
         if events:
             await self._publisher.publish_signed(events)

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -135,7 +135,8 @@ class FakeStore:
             if rid in self.rows:
                 other[rid] = self.rows[rid]
                 continue
-            self.rows[rid] = new[rid] = row_from(r)
+            self.rows[rid] = row_from(r)
+            new[rid] = self.rows[rid]["created_at"]
         return new, other
 
 
@@ -146,6 +147,7 @@ def row_from(r: NewRow) -> dict[str, Any]:
         "pubkey": r.public_key_pem, "meta": json.dumps(q.meta), "created_at": datetime.now(UTC), "request_id": q.request_id,
         "key_name": r.signature.key_name, "key_version": r.signature.version, "statement": r.sign.statement,
         "submitted_at": q.submitted_at, "content_sha256": r.sign.content_sha256,
+        "leaf_hash": r.leaf_hash(),
     }
 
 
@@ -154,7 +156,10 @@ class FakePublisher:
         self.events: list[tuple[SignedEntry, Sequence[tuple[str, bytes]]]] = []
 
     async def publish_signed(self, events):
-        self.events.extend(events)
+        for subject, value, headers in events:
+            entry = SignedEntry.model_validate_json(value)  # what goes to Kafka fits the model
+            assert entry.subject == subject
+            self.events.append((entry, headers))
 
 
 def make_stage(batch_max: int = 200):
@@ -263,18 +268,28 @@ class _Secrets:
 
 
 class _FakeHvac:
-    """Just enough of hvac.Client for TransitSigner: a Vault whose signatures can be made wrong."""
+    """Just enough of hvac.Client (key reads) and of the HTTP sign transport for
+    TransitSigner: a Vault whose signatures can be made wrong."""
 
     def __init__(self, *, tamper: bool) -> None:
         self.private = ed25519.Ed25519PrivateKey.generate()
         self.tamper = tamper
         self.secrets = _Secrets(self)
 
+    async def sign(self, key: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        data: Mapping[str, Any] = self.secrets.transit.sign_data(  # type: ignore[no-untyped-call]
+            key, "transit", body["batch_input"])["data"]
+        return data
+
+    async def close(self) -> None:
+        pass
+
 
 @pytest.mark.parametrize("tamper", [False, True])
 async def test_a_signature_that_does_not_verify_never_reaches_storage(tamper, caplog):
     client = _FakeHvac(tamper=tamper)
-    vault = TransitSigner(Settings(vault_token="t"), client_factory=lambda: client)
+    vault = TransitSigner(Settings(vault_token="t"), client_factory=lambda: client,
+                          transport=client)
     store, pub = FakeStore(), FakePublisher()
     stage = SignerStage(store=store, vault=vault, publisher=pub, key_name=KEY, batch_max=200, metrics=Metrics())  # type: ignore[arg-type]
     try:
