@@ -1,6 +1,6 @@
 """The consumer-stage loop every pipeline stage runs (signer, anchorer).
 
-One batch at a time, as a chain of small steps; committing offsets is the last one::
+Each batch goes through a chain of small steps; committing offsets is the last one::
 
     poll (bounded) ─► Decoder ─► DeadLetterer ─► stage.process_batch ─► DeadLetterer ─► Committer
          ▲                                            │
@@ -8,6 +8,14 @@ One batch at a time, as a chain of small steps; committing offsets is the last o
          │                                            ▼
          └─── keep polling while paused ◄── Backoff (exponential, full jitter) ─ retry the SAME
                                                                                  batch in hand
+
+Up to ``depth`` batches are in flight at once: while one waits for Vault, the database or
+Kafka, the next is already being worked on. Commits stay strictly in stream order: a batch
+is committed only after every batch fetched before it, so the committed offset never passes
+work that is not durable. A stage whose effects must also happen in stream order (the
+signer's inserts: the earlier of two conflicting requests wins) does that part inside
+``async with turn:`` — a batch's :class:`Turn` opens only once every earlier batch passed
+its own. With ``depth=1`` the loop is the plain one-batch-at-a-time loop.
 
 * :class:`Decoder` turns each record into the stage's message; an :class:`InvalidMessage`
   marks the record for the dead-letter topic instead.
@@ -21,10 +29,11 @@ One batch at a time, as a chain of small steps; committing offsets is the last o
 * :class:`Committer` commits exactly the next offset of every record of the batch
   (dead-lettered ones included), for the partitions still assigned.
 
-Rebalances: a revoked partition's records are dropped from the batch in hand; they were not
-committed, so their new owner receives them again. Stop: once ``stopping`` is set the loop
-finishes the batch in hand, commits and returns; if that batch is blocked on a failing
-dependency it is abandoned uncommitted (it will be redelivered), never committed.
+Rebalances: a revoked partition's records are dropped from every batch in flight; they were
+not committed, so their new owner receives them again. Stop: once ``stopping`` is set the loop
+fetches nothing more, finishes the batches in flight in order, commits and returns; if one is
+blocked on a failing dependency, it and the ones after it are abandoned uncommitted (they
+will be redelivered), never committed.
 
 This module must never commit an offset whose record's effects are not durable, never drop
 a record it did not either process or dead-letter, and never log message values.
@@ -37,8 +46,10 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
 
 from shared.errors import (
@@ -65,6 +76,7 @@ __all__ = [
     "RebalanceHooks",
     "Rejection",
     "Stage",
+    "Turn",
     "dependency_name",
 ]
 
@@ -143,6 +155,48 @@ class Rejection:
     error: InvalidMessage
 
 
+class Turn:
+    """A batch's place in its stream (see the module docstring).
+
+    ``async with turn:`` waits until every earlier batch's turn has passed, and passes this
+    one when the block completes without an error. A retried batch keeps its turn: once
+    passed, entering it again does not wait. The loop passes a batch's turn itself when the
+    batch is done, whether or not the stage used it.
+    """
+
+    __slots__ = ("_passed", "_previous")
+
+    def __init__(self, previous: Turn | None = None) -> None:
+        self._previous = previous
+        self._passed = asyncio.Event()
+
+    @classmethod
+    def unordered(cls) -> Turn:
+        """A turn that never waits (a batch processed on its own)."""
+        return cls()
+
+    @property
+    def passed(self) -> bool:
+        return self._passed.is_set()
+
+    def pass_(self) -> None:
+        self._passed.set()
+        self._previous = None
+
+    async def __aenter__(self) -> None:
+        previous = self._previous
+        if previous is not None and not self.passed:
+            await previous._passed.wait()
+            self._previous = None  # do not keep the chain of every batch alive
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if kind is None:
+            self.pass_()
+
+
 class Stage(Protocol[T]):
     """One pipeline stage as the loop sees it."""
 
@@ -152,10 +206,14 @@ class Stage(Protocol[T]):
         """The record's message, or :class:`InvalidMessage` (→ DLQ)."""
         ...
 
-    async def process_batch(self, messages: Sequence[Message[T]]) -> Sequence[Rejection]:
+    async def process_batch(
+        self, messages: Sequence[Message[T]], turn: Turn = ...
+    ) -> Sequence[Rejection]:
         """Make the batch's effects durable (idempotently) and return the refused messages.
 
-        Raise :class:`DependencyError` to have the same batch retried later.
+        Several batches may be processed at once; what must happen in stream order goes in
+        ``async with turn:``. Raise :class:`DependencyError` to have the same batch retried
+        later.
         """
         ...
 
@@ -198,6 +256,10 @@ class _Batch(Generic[T]):
     to_dead_letter: list[Rejection]
     processed: bool = False
     attempts: int = 0
+    turn: Turn = field(default_factory=Turn.unordered)
+    started: float = 0.0
+    # first attempt, run as soon as the batch is fetched (None once settled)
+    task: asyncio.Task[None] | None = None
 
     def drop(self, partitions: set[TopicPartition]) -> int:
         """Forget the records of ``partitions`` (revoked); return how many were dropped."""
@@ -210,6 +272,11 @@ class _Batch(Generic[T]):
         self.valid = [m for m in self.valid if kept(m.record)]
         self.to_dead_letter = [j for j in self.to_dead_letter if kept(j.record)]
         return before - len(self.records)
+
+    def still_ours(self, rejections: Iterable[Rejection]) -> list[Rejection]:
+        """The rejections whose record was not dropped meanwhile (revoked partitions)."""
+        kept = {(r.tp, r.offset) for r in self.records}
+        return [j for j in rejections if (j.record.tp, j.record.offset) in kept]
 
     def next_offsets(self) -> dict[TopicPartition, int]:
         offsets: dict[TopicPartition, int] = {}
@@ -332,8 +399,12 @@ class ConsumerLoop(Generic[T]):
         clock: Callable[[], float] = time.monotonic,
         keepalive_s: float = 0.5,
         lag_interval_s: float = 5.0,
+        depth: int = 1,
     ) -> None:
+        if depth < 1:
+            raise ValueError("depth must be at least 1")
         self._stage = stage
+        self._depth = depth
         self._consumer = consumer
         self._metrics = metrics
         self._stopping = stopping
@@ -347,7 +418,9 @@ class ConsumerLoop(Generic[T]):
         self._decode = Decoder(stage)
         self._dead_letter = DeadLetterer(dead_letters, stage=stage.name, metrics=metrics)
         self._commit = Committer(consumer, stage=stage.name, metrics=metrics)
-        self._batch: _Batch[T] | None = None
+        self._inflight: deque[_Batch[T]] = deque()
+        self._last_turn: Turn | None = None
+        self._poll: asyncio.Task[list[Record]] | None = None
         # Records fetched while paused (only possible for partitions assigned mid-pause):
         # kept, uncommitted, and processed after the batch in hand.
         self._pending: list[Record] = []
@@ -366,8 +439,8 @@ class ConsumerLoop(Generic[T]):
         if not revoked:
             return
         dropped = 0
-        if self._batch is not None:
-            dropped += self._batch.drop(revoked)
+        for batch in self._inflight:
+            dropped += batch.drop(revoked)
         before = len(self._pending)
         self._pending = [r for r in self._pending if r.tp not in revoked]
         dropped += before - len(self._pending)
@@ -390,26 +463,86 @@ class ConsumerLoop(Generic[T]):
     # --- running ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Process batches until stopping; return after committing the batch in hand."""
+        """Process batches until stopping; return after committing the batches in flight."""
         stage = self._stage.name
-        log.info("consumer loop started", extra={"stage": stage})
-        while not self._stopping.is_set():
-            try:
-                records = await self._next_records()
-            except KafkaUnavailable as exc:
-                # Nothing in hand to protect: count it, wait, poll again.
-                await self._poll_failed(exc)
-                continue
-            self._poll_failures = 0
-            await self._report_lag()
-            if not records:
-                continue
-            self._batch = self._decode(records)
-            try:
-                await self._finish_batch()
-            finally:
-                self._batch = None
-        log.info("consumer loop stopped", extra={"stage": stage})
+        log.info("consumer loop started", extra={"stage": stage, "depth": self._depth})
+        stop = asyncio.create_task(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                if self._poll is None and len(self._inflight) < self._depth:
+                    self._poll = asyncio.create_task(self._next_records())
+                waiting: set[asyncio.Future[Any]] = {stop}
+                if self._poll is not None:
+                    waiting.add(self._poll)
+                if self._inflight and self._inflight[0].task is not None:
+                    waiting.add(self._inflight[0].task)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if self._poll is not None and self._poll.done():
+                    poll, self._poll = self._poll, None
+                    records = await self._poll_result(poll)
+                    if records:
+                        self._launch(records)
+                while self._inflight and self._head_done():
+                    if not await self._settle(self._inflight[0]):
+                        return  # stopping while a dependency fails: abandoned uncommitted
+                    self._inflight.popleft()
+            # stopping: fetch nothing more, finish what is in flight, in order
+            while self._inflight:
+                head = self._inflight[0]
+                if head.task is not None:
+                    await asyncio.wait({head.task})
+                if not await self._settle(head):
+                    return
+                self._inflight.popleft()
+        finally:
+            stop.cancel()
+            leftovers: list[asyncio.Future[Any]] = [stop]
+            if self._poll is not None:
+                self._poll.cancel()
+                leftovers.append(self._poll)
+                self._poll = None
+            leftovers.extend(self._abandon())
+            # every task ends here, cancelled or not: none is left pending for the collector
+            await asyncio.gather(*leftovers, return_exceptions=True)
+            log.info("consumer loop stopped", extra={"stage": stage})
+
+    def _head_done(self) -> bool:
+        task = self._inflight[0].task
+        return task is None or task.done()
+
+    async def _poll_result(self, poll: asyncio.Task[list[Record]]) -> list[Record]:
+        try:
+            records = poll.result()
+        except KafkaUnavailable as exc:
+            # Nothing in hand to protect: count it, wait, poll again.
+            await self._poll_failed(exc)
+            return []
+        self._poll_failures = 0
+        await self._report_lag()
+        return records
+
+    def _launch(self, records: list[Record]) -> None:
+        """Decode a fetched batch and start its first attempt (it runs while we poll on)."""
+        batch = self._decode(records)
+        batch.turn = Turn(self._last_turn)
+        self._last_turn = batch.turn
+        batch.started = self._clock()
+        batch.task = asyncio.create_task(self._first_attempt(batch))
+        self._inflight.append(batch)
+
+    async def _first_attempt(self, batch: _Batch[T]) -> None:
+        await self._attempt(batch)
+
+    async def _attempt(self, batch: _Batch[T]) -> None:
+        """DLQ what failed to decode, process (once), DLQ what the stage refused."""
+        batch.attempts += 1
+        await self._dead_letter(batch)
+        if not batch.processed:
+            if batch.valid:
+                rejected = await self._stage.process_batch(list(batch.valid), batch.turn)
+                batch.to_dead_letter.extend(batch.still_ours(rejected))
+            batch.processed = True
+        await self._dead_letter(batch)
 
     async def _next_records(self) -> list[Record]:
         if self._pending:
@@ -421,48 +554,76 @@ class ConsumerLoop(Generic[T]):
         )
         return [r for records in by_partition.values() for r in records]
 
-    async def _finish_batch(self) -> None:
-        """Drive the batch in hand to its commit, retrying on dependency failures."""
-        batch = self._batch
-        assert batch is not None
-        started = self._clock()
-        while True:
-            batch.attempts += 1
+    async def _settle(self, batch: _Batch[T]) -> bool:
+        """Drive the head batch to its commit, retrying on dependency failures.
+
+        False when a stop was requested while a dependency kept failing (then this batch and
+        every later one are abandoned uncommitted).
+        """
+        failure: DependencyError | None = None
+        if batch.task is not None:
             try:
-                await self._dead_letter(batch)
-                if not batch.processed:
-                    if batch.valid:
-                        rejected = await self._stage.process_batch(list(batch.valid))
-                        batch.to_dead_letter.extend(rejected)
-                    batch.processed = True
-                await self._dead_letter(batch)
-                await self._commit(batch)
+                batch.task.result()
             except DependencyError as exc:
-                self.failures += 1
-                self._metrics.dependency_failures.labels(
-                    stage=self._stage.name, dependency=dependency_name(exc)
-                ).inc()
-                self._pause()
+                failure = exc
+            finally:
+                batch.task = None
+        while True:
+            if failure is None:
+                try:
+                    await self._commit(batch)
+                    break
+                except DependencyError as exc:
+                    failure = exc
+            self.failures += 1
+            self._metrics.dependency_failures.labels(
+                stage=self._stage.name, dependency=dependency_name(failure)
+            ).inc()
+            await self._quiesce()
+            self._pause()
+            log.warning(
+                "dependency failing; batch kept in hand, nothing committed",
+                extra={"stage": self._stage.name, "error": str(failure),
+                       "dependency": dependency_name(failure), "attempt": batch.attempts,
+                       "records": len(batch.records)},
+            )
+            if not await self._wait_paused(self._backoff.delay(self.failures - 1)):
                 log.warning(
-                    "dependency failing; batch kept in hand, nothing committed",
-                    extra={"stage": self._stage.name, "error": str(exc),
-                           "dependency": dependency_name(exc), "attempt": batch.attempts,
-                           "records": len(batch.records)},
+                    "stopping while a dependency fails; batch abandoned uncommitted "
+                    "(it will be redelivered)",
+                    extra={"stage": self._stage.name, "records": len(batch.records)},
                 )
-                if not await self._wait_paused(self._backoff.delay(self.failures - 1)):
-                    log.warning(
-                        "stopping while a dependency fails; batch abandoned uncommitted "
-                        "(it will be redelivered)",
-                        extra={"stage": self._stage.name, "records": len(batch.records)},
-                    )
-                    return
-                continue
-            break
+                return False
+            try:
+                await self._attempt(batch)
+                failure = None
+            except DependencyError as exc:
+                failure = exc
+        batch.turn.pass_()
         self._metrics.batch_seconds.labels(stage=self._stage.name).observe(
-            self._clock() - started
+            self._clock() - batch.started
         )
         self.failures = 0
         self._resume()
+        return True
+
+    async def _quiesce(self) -> None:
+        """Let a poll in flight finish (its records wait in ``_pending``): the paused loop
+        polls the consumer itself, and a consumer takes one poll at a time."""
+        poll, self._poll = self._poll, None
+        if poll is None:
+            return
+        with contextlib.suppress(KafkaUnavailable):
+            self._pending.extend(await poll)
+
+    def _abandon(self) -> list[asyncio.Task[None]]:
+        """Cancel the first attempts still running (their batches were not committed);
+        return every task of the batches dropped."""
+        tasks = [b.task for b in self._inflight if b.task is not None]
+        for task in tasks:
+            task.cancel()
+        self._inflight.clear()
+        return tasks
 
     async def _poll_failed(self, exc: KafkaUnavailable) -> None:
         self._poll_failures += 1

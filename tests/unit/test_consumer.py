@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
-from shared.consumer import Backoff, ConsumerLoop, Message, Rejection
+from shared.consumer import Backoff, ConsumerLoop, Message, Rejection, Turn
 from shared.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
@@ -126,6 +126,11 @@ class FakeStage:
         self.reject_n: set[int] = set()
         self.during: list[Callable[[], None]] = []  # callbacks run inside process_batch
         self.events = events
+        # pipelining: call number → event the call waits for before finishing; and the order
+        # in which calls ran the part they do inside their turn
+        self.gates: dict[int, asyncio.Event] = {}
+        self.use_turn = False
+        self.in_turn: list[int] = []
 
     def decode(self, record: Record) -> int:
         try:
@@ -136,12 +141,19 @@ class FakeStage:
             raise InvalidMessage("invalid fields", detail="n")
         return int(doc["n"])
 
-    async def process_batch(self, messages: Sequence[Message[int]]) -> Sequence[Rejection]:
+    async def process_batch(self, messages: Sequence[Message[int]], turn: Turn | None = None
+                            ) -> Sequence[Rejection]:
         self.calls.append([(m.record.partition, m.record.offset) for m in messages])
+        call = len(self.calls)
         for cb in self.during:
             cb()
         if self.fail:
             raise self.fail.pop(0)
+        if call in self.gates:
+            await self.gates[call].wait()
+        if self.use_turn and turn is not None:
+            async with turn:
+                self.in_turn.append(call)
         self.events.append(f"processed {[m.value for m in messages]}")
         return [
             Rejection(m.record, IdempotencyConflict(str(m.value)))
@@ -159,7 +171,8 @@ def good(tp: TopicPartition, offset: int, n: int) -> Record:
 
 
 class Harness:
-    def __init__(self, logs: Mapping[TopicPartition, list[Record]], *, batch_max: int = 100) -> None:
+    def __init__(self, logs: Mapping[TopicPartition, list[Record]], *, batch_max: int = 100,
+                 depth: int = 1) -> None:
         self.events: list[str] = []
         self.clock = FakeClock()
         self.consumer = FakeConsumer(self.clock, logs, self.events)
@@ -182,6 +195,7 @@ class Harness:
             clock=self.clock,
             keepalive_s=0.5,
             lag_interval_s=0.0,
+            depth=depth,
         )
         # stop once everything available has been consumed and nothing is in hand
         self.consumer.on_idle.append(self._stop_when_drained)
@@ -376,3 +390,106 @@ async def test_a_failing_poll_is_retried_and_the_loop_keeps_running():
 
     assert h.consumer.committed == {P0: 1}
     assert h.metric("ledger_dependency_failures_total", {"stage": "test-stage", "dependency": "kafka"}) == 1
+
+
+# --- several batches in flight (depth > 1) ---------------------------------------------------
+
+
+def _open_later(h: Harness, call: int, *, after_call: int) -> None:
+    """Call ``call`` finishes only once call ``after_call`` has started."""
+    gate = h.stage.gates[call] = asyncio.Event()
+
+    def check() -> None:
+        if len(h.stage.calls) >= after_call:
+            gate.set()
+
+    h.stage.during.append(check)
+
+
+async def test_batches_overlap_but_commit_in_stream_order():
+    h = Harness({P0: [good(P0, i, i) for i in range(6)]}, batch_max=2, depth=3)
+    _open_later(h, 1, after_call=3)  # the first batch is still busy when the third starts
+    await h.run()
+
+    assert h.stage.calls == [[(0, 0), (0, 1)], [(0, 2), (0, 3)], [(0, 4), (0, 5)]]
+    processed = [e for e in h.events if e.startswith("processed")]
+    assert processed[0] != "processed [0, 1]", "a later batch finished first"
+    commits = [e for e in h.events if e.startswith("commit")]
+    assert commits == ["commit [(0, 2)]", "commit [(0, 4)]", "commit [(0, 6)]"]
+    assert set(h.consumer.deliveries.values()) == {1}
+
+
+async def test_turns_keep_the_ordered_part_in_stream_order():
+    h = Harness({P0: [good(P0, i, i) for i in range(6)]}, batch_max=2, depth=3)
+    h.stage.use_turn = True
+    _open_later(h, 1, after_call=3)
+    await h.run()
+
+    assert h.stage.in_turn == [1, 2, 3], "batch 2 and 3 waited for batch 1's turn"
+
+
+async def test_a_failing_head_holds_back_the_commits_of_later_batches():
+    h = Harness({P0: [good(P0, i, i) for i in range(4)]}, batch_max=2, depth=2)
+    h.stage.use_turn = True
+    h.stage.fail = [VaultUnavailable("vault down (test)")]
+    await h.run()
+
+    first, second = [(0, 0), (0, 1)], [(0, 2), (0, 3)]
+    assert h.stage.calls.count(first) == 2, "the failed batch was retried"
+    assert h.stage.calls.count(second) == 1, "the later batch was processed once"
+    commits = [e for e in h.events if e.startswith("commit")]
+    assert commits == ["commit [(0, 2)]", "commit [(0, 4)]"], "in order, after the retry"
+    assert h.stage.in_turn == [3, 2], "batch 2 stored only after batch 1's retry (call 3)"
+    assert h.consumer.committed == {P0: 4}
+
+
+async def test_stop_finishes_every_batch_in_flight_then_returns():
+    h = Harness({P0: [good(P0, i, i) for i in range(10)]}, batch_max=2, depth=3)
+    gates = [asyncio.Event() for _ in range(3)]
+    h.stage.gates = {call: gate for call, gate in enumerate(gates, start=1)}
+
+    def stop_at_third() -> None:  # three batches in flight, none finished: SIGTERM
+        if len(h.stage.calls) == 3:
+            h.stopping.set()
+            for gate in gates:
+                gate.set()
+
+    h.stage.during.append(stop_at_third)
+    await h.run()
+
+    assert len(h.stage.calls) == 3
+    assert h.consumer.committed == {P0: 6}, "all three in-flight batches committed"
+    assert h.consumer.position[P0] == 6, "nothing more was fetched"
+
+
+async def test_stop_while_the_head_fails_abandons_every_batch_in_flight():
+    h = Harness({P0: [good(P0, i, i) for i in range(4)]}, batch_max=2, depth=2)
+    h.stage.fail = [VaultUnavailable("down")] * 100
+
+    def stop_on_retry() -> None:
+        if len(h.stage.calls) == 3:
+            h.stopping.set()
+
+    h.stage.during.append(stop_on_retry)
+    await h.run()
+
+    assert h.consumer.committed == {}, "nothing after the failing batch was committed either"
+
+
+async def test_revoked_records_leave_every_batch_in_flight_and_are_not_dead_lettered():
+    h = Harness({P0: [good(P0, 0, 1), good(P0, 1, 2)], P1: [good(P1, 0, 3), good(P1, 1, 4)]},
+                batch_max=2, depth=2)
+    h.stage.reject_n = {3, 4}  # the stage refuses P1's records...
+    gate = h.stage.gates[2] = asyncio.Event()
+
+    def revoke_p1_when_both_are_in_flight() -> None:
+        if len(h.stage.calls) == 2:
+            h.consumer.assigned.discard(P1)
+            h.loop.on_partitions_revoked({P1})  # ...but P1 moves to another consumer first
+            gate.set()
+
+    h.stage.during.append(revoke_p1_when_both_are_in_flight)
+    await h.run()
+
+    assert h.dlq.sent == [], "refusals of revoked records are left to their new owner"
+    assert h.consumer.committed == {P0: 2}
