@@ -8,11 +8,11 @@ production.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 
 from shared.errors import ConfigError
+from shared.lifecycle import run_main
 from shared.settings import Settings
 from shared.telemetry import configure_logging
 
@@ -29,7 +29,7 @@ def main() -> int:
         return 2
     configure_logging(settings.log_level)
     hooks = AnchorerHooks(crash_after_rekor=os.environ.get(CRASH_AFTER_REKOR_ENV) == "1")
-    asyncio.run(run_anchorer(settings, hooks=hooks))
+    run_main(run_anchorer(settings, hooks=hooks))
     return 0
 
 

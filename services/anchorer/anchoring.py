@@ -2,7 +2,7 @@
 
 ::
 
-    entry ids ──► read rows ──► plan (leaves, RFC 6962 root, manifest)
+    entry ids ──► read leaf hashes ──► plan (RFC 6962 root over the stored leaves, manifest)
                                           │
                                           ▼
                     Vault ECDSA P-256 (prehashed) signs SHA-256(manifest)
@@ -20,7 +20,8 @@
     ONE transaction: receipt on the batch, state anchored, members' rekor fields
                          │
                          ▼
-    one ledger.anchored event per member, built from database rows only
+    one ledger.anchored event per member, built from database rows only (each row checked
+    against its leaf; the batch and receipt parts serialised once per batch)
 
 Everything after the claim is keyed by the batch id and re-runnable: completing a batch that
 is already anchored only re-emits its (identical) events; a retry re-sends the stored
@@ -39,11 +40,11 @@ import logging
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from shared.anchored import BatchRecord, EntryRecord, anchored_events
+from shared.anchored import AnchoredEvent, BatchRecord, EntryRecord, LeafRecord, anchored_events
 from shared.errors import (
     DatabaseUnavailable,
     RekorConflict,
@@ -51,7 +52,6 @@ from shared.errors import (
     RekorUnavailable,
     VerificationError,
 )
-from shared.messages import AnchoredEntry
 from shared.telemetry import Metrics, Stopwatch, log_context
 from shared.verify import (
     ExpectedEntry,
@@ -133,7 +133,7 @@ class RekorPort(Protocol):
 class EventPublisher(Protocol):
     """Publishes ``ledger.anchored`` events and returns once Kafka acknowledged all of them."""
 
-    async def publish(self, events: Sequence[AnchoredEntry]) -> None: ...
+    async def publish(self, events: Sequence[AnchoredEvent]) -> None: ...
 
 
 class LogKeyPort(Protocol):
@@ -178,7 +178,7 @@ class RekorHealth:
 class AnchorResult:
     """What happened to the entry ids given to :meth:`Anchorer.anchor`."""
 
-    emitted: list[AnchoredEntry] = field(default_factory=list)
+    emitted: list[AnchoredEvent] = field(default_factory=list)
     new_batches: list[uuid.UUID] = field(default_factory=list)
     pending_elsewhere: set[uuid.UUID] = field(default_factory=set)
     left_pending: set[uuid.UUID] = field(default_factory=set)
@@ -234,13 +234,15 @@ class Anchorer:
         result = AnchorResult()
         if not wanted:
             return result
-        new_batch = await self.claim(wanted)
+        # ``seen``: the rows as read by the claim that succeeded, so every row that was free
+        # is in ``new_batch`` and every other one names the batch it was already in
+        new_batch, seen = await self._claim(wanted)
         if new_batch is not None:
             result.new_batches.append(new_batch)
             if not await self.complete(new_batch, emit=True, result=result):
                 result.left_pending.add(new_batch)
 
-        rows = {r.id: r for r in await self._store.entries(wanted)}
+        rows = {r.id: r for r in seen}
         result.unknown = {i for i in wanted if i not in rows}
         others: dict[uuid.UUID, set[uuid.UUID]] = {}
         for row in rows.values():
@@ -250,8 +252,7 @@ class Anchorer:
             batch = await self._store.batch(batch_id)
             if batch is not None and batch.anchored:
                 # A replay of an anchored entry: emit its event again, identical to the first.
-                events = await self._events(batch)
-                chosen = [e for e in events if e.entry.entry_id in ids]
+                chosen = await self._events(batch, only=ids)
                 await self._publisher.publish(chosen)
                 result.emitted.extend(chosen)
             elif batch_id in self._own_pending:
@@ -272,10 +273,17 @@ class Anchorer:
         Returns the batch id, or None when none of them is free. The anchor signature is
         made before the transaction (Vault is never called inside one) and stored with it.
         """
+        return (await self._claim(entry_ids))[0]
+
+    async def _claim(
+        self, entry_ids: Sequence[uuid.UUID]
+    ) -> tuple[uuid.UUID | None, list[LeafRecord]]:
+        """:meth:`claim`, also returning the rows as the successful attempt read them."""
         for _attempt in range(_CLAIM_ATTEMPTS):
-            free = [r for r in await self._store.entries(entry_ids) if r.batch_id is None]
+            seen = await self._store.leaves(entry_ids)
+            free = [r for r in seen if r.batch_id is None]
             if not free:
-                return None
+                return None, seen
             plan = plan_batch(free, batch_id=self._new_id(), created_at=self._clock())
             signature: _Signature = await self._signer.sign(
                 self._anchor_key, plan.manifest_sha256, prehashed_sha256=True
@@ -306,7 +314,7 @@ class Anchorer:
                     "manifest_sha256": plan.manifest_sha256.hex(),
                 },
             )
-            return plan.batch_id
+            return plan.batch_id, seen
         # Heavy contention with other anchorers: retryable, the consumer loop backs off.
         raise DatabaseUnavailable(
             f"could not claim a batch in {_CLAIM_ATTEMPTS} attempts (entries claimed meanwhile)"
@@ -355,10 +363,14 @@ class Anchorer:
                     await self._observe_receipt(receipt)
                 anchored_at = await self._store.complete(batch.id, receipt)
                 first = anchored_at is not None
-                reloaded = await self._store.batch(batch_id)
-                if reloaded is None or not reloaded.anchored:
-                    raise RuntimeError(f"batch {batch_id} not anchored after completion")
-                batch = reloaded
+                if first:
+                    batch = replace(batch, state="anchored", receipt=receipt,
+                                    anchored_at=anchored_at)
+                else:  # completed by someone else meanwhile: theirs is the stored receipt
+                    reloaded = await self._store.batch(batch_id)
+                    if reloaded is None or not reloaded.anchored:
+                        raise RuntimeError(f"batch {batch_id} not anchored after completion")
+                    batch = reloaded
                 if first:
                     self._metrics.batches_anchored.labels(path=path_label).inc()
                     self._metrics.anchor_batch_size.observe(batch.size)
@@ -370,18 +382,21 @@ class Anchorer:
                 if result is not None:
                     result.emitted.extend(events)
             if first and batch.receipt is not None:
-                for event in events:
-                    log.info(
-                        f"Entry {event.entry.entry_id} anchored to Rekor",
-                        extra={
-                            "entry_id": str(event.entry.entry_id),
-                            "request_id": event.entry.request_id,
-                            "batch_id": str(batch.id),
-                            "leaf_index": event.leaf_index,
-                            "rekor_uuid": batch.receipt.uuid,
-                            "rekor_log_index": batch.receipt.log_index,
-                        },
-                    )
+                if log.isEnabledFor(logging.DEBUG):
+                    for event in events:
+                        log.debug(
+                            f"Entry {event.entry_id} anchored to Rekor",
+                            extra={
+                                "entry_id": str(event.entry_id),
+                                "request_id": event.request_id,
+                                "batch_id": str(batch.id),
+                                "leaf_index": event.leaf_index,
+                                "rekor_uuid": batch.receipt.uuid,
+                                "rekor_log_index": batch.receipt.log_index,
+                            },
+                        )
+                # one line per batch: at thousands of entries a second, a line per entry
+                # would cost more than anchoring it; the ids are all here to search for
                 log.info(
                     "batch anchored",
                     extra={
@@ -389,13 +404,20 @@ class Anchorer:
                         "size": batch.size,
                         "rekor_uuid": batch.receipt.uuid,
                         "rekor_log_index": batch.receipt.log_index,
+                        "entry_ids": [str(e.entry_id) for e in events],
                     },
                 )
             return True
 
-    async def _events(self, batch: BatchRecord) -> list[AnchoredEntry]:
+    async def _events(
+        self, batch: BatchRecord, *, only: set[uuid.UUID] | None = None
+    ) -> list[AnchoredEvent]:
+        """The events of ``batch`` (of the members in ``only``, if given)."""
         members: list[EntryRecord] = await self._store.members(batch.id)
-        return anchored_events(batch, members)
+        if only is None:
+            return anchored_events(batch, members)
+        leaves = [m.leaf_record() for m in members]
+        return anchored_events(batch, [m for m in members if m.id in only], leaves=leaves)
 
     async def _anchor_in_rekor(self, batch: BatchRecord) -> VerifiedReceipt | None:
         """Submit the stored manifest signature, fetch on 409, verify; None on a 4xx refusal."""

@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shared import fastjson
+from shared.anchored import AnchoredEvent
 from shared.consumer import (
     Backoff,
     ConsumerLoop,
@@ -37,12 +39,12 @@ from shared.consumer import (
     Message,
     RebalanceHooks,
     Rejection,
+    Turn,
 )
 from shared.db import Database
 from shared.errors import InvalidMessage, LedgerError
 from shared.kafka import Producer, Record, make_producer
 from shared.lifecycle import Lifecycle, run_service
-from shared.messages import AnchoredEntry, SignedEntry, decode
 from shared.ops import open_group_consumer, open_when_ready, serve_ops
 from shared.rekor import RekorClient
 from shared.settings import Settings
@@ -62,6 +64,7 @@ __all__ = [
     "AnchorerHooks",
     "AnchorerStage",
     "KafkaAnchoredPublisher",
+    "decode_signed",
     "parallel_batches",
     "run_anchorer",
 ]
@@ -71,7 +74,7 @@ log = logging.getLogger("ledger.anchorer")
 STAGE = "anchorer"
 _PUBLISH_CHUNK = 1000
 _MAX_PARALLEL_BATCHES = 16
-_PARALLEL_ENTRIES = 256
+_PARALLEL_ENTRIES = 4096
 
 
 @dataclass(frozen=True)
@@ -93,19 +96,43 @@ class KafkaAnchoredPublisher:
         self._topic = topic
         self._traces = traces if traces is not None else TraceCarrier()
 
-    async def publish(self, events: Sequence[AnchoredEntry]) -> None:
+    async def publish(self, events: Sequence[AnchoredEvent]) -> None:
         for start in range(0, len(events), _PUBLISH_CHUNK):
             chunk = events[start : start + _PUBLISH_CHUNK]
             await self._producer.send_many(
                 (
                     self._topic,
-                    e.entry.subject,
-                    e.to_bytes(),
-                    [("entry_id", str(e.entry.entry_id).encode()),
-                     *self._traces.headers_for(e.entry.entry_id)],
+                    e.subject,
+                    e.value,
+                    [("entry_id", str(e.entry_id).encode()),
+                     *self._traces.headers_for(e.entry_id)],
                 )
                 for e in chunk
             )
+
+
+def decode_signed(record: Record) -> uuid.UUID:
+    """The entry a ``ledger.signed`` record names; anything unusable raises InvalidMessage.
+
+    The anchorer takes nothing else from the event: what it anchors and emits comes from the
+    stored, signature-checked row (a forged or stale event can at most name an entry that
+    is then anchored as stored, or an unknown one, which is dead-lettered). The event was
+    validated once already, where it entered the pipeline: the signer.
+    """
+    if record.value is None:
+        raise InvalidMessage("empty message", detail="the message has no value")
+    try:
+        doc = fastjson.loads(record.value)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidMessage("not JSON", detail=str(exc)[:200]) from None
+    if not isinstance(doc, dict):
+        raise InvalidMessage("not a JSON object", detail=type(doc).__name__)
+    if doc.get("version") != 1:
+        raise InvalidMessage("unsupported version", detail=f"version={doc.get('version')!r}")
+    try:
+        return uuid.UUID(doc["entry_id"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise InvalidMessage("invalid fields", detail="entry_id: must be a UUID") from None
 
 
 def parallel_batches(batch_max: int) -> int:
@@ -118,7 +145,7 @@ def parallel_batches(batch_max: int) -> int:
 
 
 class AnchorerStage:
-    """The consumer loop's stage: decode ``ledger.signed``, anchor the batch's entries.
+    """The consumer loop's stage: read the entry id of ``ledger.signed``, anchor the entries.
 
     The records of one poll are cut into batches of at most ``batch_max`` entries (in
     arrival order), anchored concurrently; the loop commits only when all are done. A failure
@@ -134,13 +161,18 @@ class AnchorerStage:
         self._batch_max = batch_max
         self._traces = traces if traces is not None else TraceCarrier()
 
-    def decode(self, record: Record) -> SignedEntry:
-        return decode(SignedEntry, record.value)
+    def decode(self, record: Record) -> uuid.UUID:
+        return decode_signed(record)
 
-    async def process_batch(self, messages: Sequence[Message[SignedEntry]]) -> list[Rejection]:
+    async def process_batch(
+        self, messages: Sequence[Message[uuid.UUID]], turn: Turn | None = None
+    ) -> list[Rejection]:
+        """Anchor the poll's entries. Batches need no stream order (claims are atomic per
+        entry), so ``turn`` is not waited for: several polls anchor at once."""
+        del turn
         for m in messages:  # the anchored event continues the signed event's trace
-            self._traces.remember(m.value.entry_id, m.record.headers)
-        ids = list(dict.fromkeys(m.value.entry_id for m in messages))
+            self._traces.remember(m.value, m.record.headers)
+        ids = list(dict.fromkeys(m.value for m in messages))
         chunks = [ids[i : i + self._batch_max] for i in range(0, len(ids), self._batch_max)]
         with log_context(stage=STAGE):
             outcomes = await asyncio.gather(
@@ -153,13 +185,13 @@ class AnchorerStage:
             unknown |= outcome.unknown
         rejections = []
         for m in messages:
-            if m.value.entry_id in unknown:
+            if m.value in unknown:
                 rejections.append(
                     Rejection(
                         m.record,
                         InvalidMessage(
                             "unknown entry",
-                            detail=f"entry {m.value.entry_id} is not in ledger.entries",
+                            detail=f"entry {m.value} is not in ledger.entries",
                         ),
                     )
                 )

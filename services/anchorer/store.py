@@ -4,11 +4,17 @@ Rules this module keeps, so that several anchorer processes (and the sweeper) ca
 same rows at once:
 
 * an entry's ``batch_id`` is set once: the claim is ``UPDATE ... WHERE batch_id IS NULL``
-  inside a serializable transaction that also inserts the batch row (manifest, anchor
-  signature, state ``pending``); if any member was claimed meanwhile the whole transaction is
-  rolled back (:class:`ClaimRaced`) and the caller re-plans with the rows still free;
+  inside a transaction that also inserts the batch row (manifest, anchor signature, state
+  ``pending``); if any member was claimed meanwhile (its row lock makes the UPDATE re-check
+  ``batch_id IS NULL``, so the row count comes up short) the whole transaction is rolled
+  back (:class:`ClaimRaced`) and the caller re-plans with the rows still free;
 * completing a batch is ``UPDATE ... WHERE state = 'pending'``: completing an anchored batch
   again changes nothing;
+* claims and completions rely on row locks alone, so they run READ COMMITTED on PostgreSQL:
+  serializable transactions there take predicate locks on every row and index page read,
+  which with several batches in flight cost more than twice the CPU of the writes and abort
+  one another on false conflicts (measured; see ``docs/design.md``). CockroachDB runs them
+  serializable unless read committed is enabled, which is just as correct;
 * no external call happens inside a transaction (``Database.transaction`` may re-run it).
 
 SQL stays within what PostgreSQL and CockroachDB both accept; JSON travels as text.
@@ -20,10 +26,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from shared.anchored import BATCH_COLUMNS as _BATCH_COLUMNS
 from shared.anchored import ENTRY_COLUMNS as _ENTRY_COLUMNS
-from shared.anchored import BatchRecord, EntryRecord
+from shared.anchored import LEAF_COLUMNS as _LEAF_COLUMNS
+from shared.anchored import BatchRecord, EntryRecord, LeafRecord
 from shared.db import Database, Tx
 from shared.verify import RekorReceipt
 
@@ -50,13 +58,13 @@ class AnchorStore:
 
     # --- reading ------------------------------------------------------------------------
 
-    async def entries(self, ids: Sequence[uuid.UUID]) -> list[EntryRecord]:
-        """The rows of ``ids`` that exist (any order)."""
+    async def leaves(self, ids: Sequence[uuid.UUID]) -> list[LeafRecord]:
+        """What a claim needs of the rows of ``ids`` that exist (any order)."""
         rows = await self._db.fetch(
-            f"SELECT {_ENTRY_COLUMNS} FROM ledger.entries WHERE id = ANY($1::uuid[])",  # noqa: S608
+            f"SELECT {_LEAF_COLUMNS} FROM ledger.entries WHERE id = ANY($1::uuid[])",  # noqa: S608
             list(ids),
         )
-        return [EntryRecord.from_row(r) for r in rows]
+        return [LeafRecord.from_row(r) for r in rows]
 
     async def batch(self, batch_id: uuid.UUID) -> BatchRecord | None:
         row = await self._db.fetchrow(
@@ -100,7 +108,7 @@ class AnchorStore:
     # --- claiming -----------------------------------------------------------------------
 
     async def claim(
-        self, plan: BatchPlan, *, anchor_sig: bytes, key_version: int, pubkey_pem: str
+        self, plan: BatchPlan[Any], *, anchor_sig: bytes, key_version: int, pubkey_pem: str
     ) -> None:
         """Claim every member of ``plan`` and persist the pending batch, atomically.
 
@@ -135,7 +143,7 @@ class AnchorStore:
                 pubkey_pem,
             )
 
-        await self._db.transaction(tx)
+        await self._db.transaction(tx, isolation="read_committed")
 
     # --- completing ---------------------------------------------------------------------
 
@@ -175,7 +183,7 @@ class AnchorStore:
                 await _insert_checkpoint(t, receipt)
             return anchored_at
 
-        return await self._db.transaction(tx)
+        return await self._db.transaction(tx, isolation="read_committed")
 
     # --- checkpoints --------------------------------------------------------------------
 

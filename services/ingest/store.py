@@ -15,14 +15,24 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from shared.anchored import BATCH_COLUMNS, ENTRY_COLUMNS, BatchRecord, EntryRecord, anchored_events
+from shared.anchored import (
+    BATCH_COLUMNS,
+    ENTRY_COLUMNS,
+    LEAF_COLUMNS,
+    AnchoredEvent,
+    BatchRecord,
+    EntryRecord,
+    LeafRecord,
+    anchored_events,
+)
 from shared.db import Database, Row
 from shared.errors import VerificationError
-from shared.messages import AnchoredEntry, SignedEntry
+from shared.messages import SignedEntry
 from shared.statement import format_time
 
 __all__ = [
@@ -163,6 +173,8 @@ class EntryStore(Protocol):
 
     async def get_by_request_id(self, request_id: str) -> EntryView | None: ...
 
+    async def get_by_request_ids(self, request_ids: Sequence[str]) -> dict[str, EntryView]: ...
+
     async def list(self, flt: EntryFilter) -> list[EntryView]: ...
 
     async def health(self, *, timeout_s: float) -> bool: ...
@@ -184,7 +196,7 @@ class ProofStore(Protocol):
     """What ``GET /entries/{id}/proof`` reads. Errors: DatabaseUnavailable (→ 503);
     VerificationError when the rows no longer match their anchored batch root."""
 
-    async def proof(self, entry_id: uuid.UUID) -> AnchoredEntry | PendingProof | None: ...
+    async def proof(self, entry_id: uuid.UUID) -> AnchoredEvent | PendingProof | None: ...
 
 
 _COLUMNS = (
@@ -211,6 +223,13 @@ class PgEntryStore:
             request_id,
         )
         return EntryView.from_row(row) if row is not None else None
+
+    async def get_by_request_ids(self, request_ids: Sequence[str]) -> dict[str, EntryView]:
+        rows = await self._db.fetch(
+            f"SELECT {_COLUMNS} FROM ledger.entries WHERE request_id = ANY($1::text[])",  # noqa: S608
+            list(request_ids),
+        )
+        return {r["request_id"]: EntryView.from_row(r) for r in rows}
 
     async def list(self, flt: EntryFilter) -> list[EntryView]:
         # Only fixed SQL fragments are concatenated; every value is a bind parameter.
@@ -245,8 +264,9 @@ class PgEntryStore:
     async def health(self, *, timeout_s: float) -> bool:
         return await self._db.health(timeout_s=timeout_s)
 
-    async def proof(self, entry_id: uuid.UUID) -> AnchoredEntry | PendingProof | None:
-        """The entry's ``ledger.anchored`` event, rebuilt from the rows as the anchorer does.
+    async def proof(self, entry_id: uuid.UUID) -> AnchoredEvent | PendingProof | None:
+        """The entry's ``ledger.anchored`` event, rebuilt from the rows as the anchorer does:
+        the batch's tree from its stored leaf hashes, the event from the entry's own row.
 
         A batch's members are fixed once it is claimed and its receipt is written in the same
         transaction that marks it anchored, so these reads need no common snapshot.
@@ -269,13 +289,13 @@ class PgEntryStore:
         if not batch.anchored:
             return PendingProof(id=entry.id, batch_id=batch.id)
         rows = await self._db.fetch(
-            f"SELECT {ENTRY_COLUMNS} FROM ledger.entries WHERE batch_id = $1"  # noqa: S608
+            f"SELECT {LEAF_COLUMNS} FROM ledger.entries WHERE batch_id = $1"  # noqa: S608
             " ORDER BY leaf_index",
             batch.id,
         )
-        members = [EntryRecord.from_row(r) for r in rows]
-        for event in anchored_events(batch, members):
-            if event.entry.entry_id == entry_id:
-                return event
-        raise VerificationError(f"entry {entry_id} is not a member of its batch {batch.id}")
+        leaves = [LeafRecord.from_row(r) for r in rows]
+        if entry.id not in {leaf.id for leaf in leaves}:
+            raise VerificationError(f"entry {entry_id} is not a member of its batch {batch.id}")
+        (event,) = anchored_events(batch, [entry], leaves=leaves)
+        return event
 

@@ -13,9 +13,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.anchorer.building import order_for_claim, plan_batch
-from shared.anchored import BatchRecord, EntryRecord, anchored_events
+from shared.anchored import BatchRecord, EntryRecord, anchored_events, receipt_info
 from shared.errors import VerificationError
 from shared.merkle import leaf_hash, verify_inclusion
+from shared.messages import AnchoredEntry
 from shared.statement import leaf_bytes, statement_bytes
 from shared.verify import RekorReceipt
 
@@ -151,7 +152,7 @@ def _anchored(rows: list[EntryRecord]) -> tuple[BatchRecord, list[EntryRecord]]:
 @pytest.mark.parametrize("n", [1, 7, 64])
 def test_events_carry_audit_paths_to_the_batch_root(n: int) -> None:
     batch, members = _anchored([_entry(i) for i in range(n)])
-    events = anchored_events(batch, members)
+    events = [e.model() for e in anchored_events(batch, members)]
     assert [e.leaf_index for e in events] == list(range(n))
     root = bytes.fromhex(batch.root_hash)
     for event, member in zip(events, members, strict=True):
@@ -175,11 +176,53 @@ def test_events_carry_audit_paths_to_the_batch_root(n: int) -> None:
 
 def test_events_are_byte_identical_across_rebuilds_and_row_orders() -> None:
     batch, members = _anchored([_entry(i) for i in range(20)])
-    first = [e.to_bytes() for e in anchored_events(batch, members)]
+    first = [e.value for e in anchored_events(batch, members)]
     shuffled = members[:]
     random.Random(1).shuffle(shuffled)
-    again = [e.to_bytes() for e in anchored_events(batch, shuffled)]
+    again = [e.value for e in anchored_events(batch, shuffled)]
     assert first == again
+
+
+@pytest.mark.parametrize("n", [1, 9])
+def test_event_bytes_are_what_the_model_serialises(n: int) -> None:
+    """The assembled JSON equals AnchoredEntry(...).model_dump_json(), built the slow way."""
+    batch, members = _anchored([_entry(i) for i in range(n)])
+    assert batch.receipt is not None
+    for event, member in zip(anchored_events(batch, members), members, strict=True):
+        slow = AnchoredEntry(
+            entry=member.signed_entry(),
+            leaf_index=member.leaf_index,
+            audit_path=event.model().audit_path,
+            batch=batch.info(),
+            receipt=receipt_info(batch.receipt),
+            anchored_at=member.anchored_at,
+        )
+        assert event.value == slow.model_dump_json().encode()
+        assert (event.entry_id, event.subject, event.request_id) == (
+            member.id, member.subject, member.request_id)
+
+
+def test_one_member_with_the_whole_batch_as_leaves() -> None:
+    """What ingest does for one proof: every leaf hash, one full row."""
+    batch, members = _anchored([_entry(i) for i in range(6)])
+    leaves = [replace(m, stored_leaf_hash=m.content_leaf_hash()).leaf_record() for m in members]
+    (one,) = anchored_events(batch, [members[4]], leaves=leaves)
+    assert one.value == anchored_events(batch, members)[4].value
+
+
+def test_stored_leaf_hashes_must_give_the_root() -> None:
+    batch, members = _anchored([_entry(i) for i in range(4)])
+    members[1] = replace(members[1], stored_leaf_hash=b"\x00" * 32)
+    with pytest.raises(VerificationError, match="changed after they were batched"):
+        anchored_events(batch, members)
+
+
+def test_content_changed_under_a_stored_leaf_hash_is_refused() -> None:
+    batch, members = _anchored([_entry(i) for i in range(4)])
+    members = [replace(m, stored_leaf_hash=m.content_leaf_hash()) for m in members]
+    members[2] = replace(members[2], sig=members[3].sig)  # the tree still adds up
+    with pytest.raises(VerificationError, match="no longer hashes to leaf 2"):
+        anchored_events(batch, members)
 
 
 def test_a_row_changed_after_batching_is_refused() -> None:

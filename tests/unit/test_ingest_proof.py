@@ -15,6 +15,7 @@ from services.ingest import OPENAPI_PATH, IngestDeps, build_app, create_token
 from services.ingest.auth import TokenStore
 from services.ingest.store import PendingProof
 from services.ingest.waiter import FutureRegistry
+from shared.anchored import AnchoredEvent
 from shared.bundle import verify_bundle
 from shared.errors import DatabaseUnavailable, VerificationError
 from shared.messages import AnchoredEntry
@@ -33,10 +34,16 @@ DB_DOWN = uuid.uuid4()
 
 class FakeProofs:
     def __init__(self, events: list[AnchoredEntry]) -> None:
-        self.events = {e.entry.entry_id: e for e in events}
+        self.events = {
+            e.entry.entry_id: AnchoredEvent(entry_id=e.entry.entry_id,
+                                            request_id=e.entry.request_id,
+                                            subject=e.entry.subject, leaf_index=e.leaf_index,
+                                            value=e.to_bytes())
+            for e in events
+        }
         self.asked: list[uuid.UUID] = []
 
-    async def proof(self, entry_id: uuid.UUID) -> AnchoredEntry | PendingProof | None:
+    async def proof(self, entry_id: uuid.UUID) -> AnchoredEvent | PendingProof | None:
         self.asked.append(entry_id)
         if entry_id == PENDING_UNBATCHED:
             return PendingProof(id=entry_id, batch_id=None)
