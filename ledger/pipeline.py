@@ -28,6 +28,7 @@ from typing import Any
 
 from shared.db import Database, migrate
 from shared.errors import ConfigError
+from shared.lifecycle import run_main
 from shared.settings import Settings
 from shared.telemetry import configure_logging
 
@@ -44,7 +45,7 @@ def _settings() -> Settings:
 def _run_stage(factory: Callable[[Settings], Coroutine[Any, Any, None]]) -> int:
     settings = _settings()
     configure_logging(settings.log_level)
-    asyncio.run(factory(settings))
+    run_main(factory(settings))
     return 0
 
 

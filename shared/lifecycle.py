@@ -20,9 +20,18 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-__all__ = ["Lifecycle", "run_service"]
+import uvloop
+
+__all__ = ["Lifecycle", "run_main", "run_service"]
 
 log = logging.getLogger("ledger.lifecycle")
+
+
+def run_main(main: Coroutine[Any, Any, None]) -> None:
+    """Run a process's top coroutine on uvloop (libuv): the stages spend a good part of
+    their CPU in the event loop and socket handling, which uvloop does in C."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 Closer = Callable[[], Awaitable[object]]
 

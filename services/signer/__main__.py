@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from shared.errors import ConfigError
+from shared.lifecycle import run_main
 from shared.settings import Settings
 from shared.telemetry import configure_logging
 
@@ -19,7 +19,7 @@ def main() -> int:
         print(f"ledger signer: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    asyncio.run(run_signer(settings))
+    run_main(run_signer(settings))
     return 0
 
 
