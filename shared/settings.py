@@ -47,6 +47,8 @@ class Settings(BaseModel):
     max_meta_depth: int = Field(default=8, gt=0)
     meta_schema_path: str = ""
     append_wait_ms: int = Field(default=5000, ge=0)
+    #: the largest ``POST /append/batch`` body (each entry also within the limits above)
+    max_batch_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     tokens_file: str = ""
     auth_disabled: bool = False
 
@@ -54,6 +56,8 @@ class Settings(BaseModel):
     signer_group: str = "ledger-signer"
     signer_batch_max: int = Field(default=200, gt=0, le=200)
     signer_batch_ms: int = Field(default=20, ge=0)
+    #: Vault ``batch_input`` calls a signer keeps in flight (each of ``signer_batch_max``)
+    signer_vault_in_flight: int = Field(default=4, ge=1, le=64)
 
     # --- anchorer -------------------------------------------------------------------------
     anchorer_group: str = "ledger-anchorer"

@@ -4,6 +4,7 @@ Routes (documented in ``openapi.json`` next to this file, served at ``GET /opena
 
 =========================================  ========  ==========================================
 ``POST /append``                           append    validate, publish, wait for the signer
+``POST /append/batch``                     append    up to 1,000 appends, one result each
 ``GET /entries``                           read      filters + keyset cursor pagination
 ``GET /entries/{id}``                      read      one entry (the 202 status URL)
 ``GET /entries/{id}/proof``                read      the offline proof bundle (409 until anchored)
@@ -32,17 +33,26 @@ How ``POST /append`` answers
    process's single ``ledger.signed`` tail (:mod:`.waiter`) resolves it. No database polling.
    Resolved → ``201`` in the runbook's shape; timed out → ``202`` with the status URL.
 
+``POST /append/batch`` runs the same steps for up to 1,000 entries at once: every entry is
+validated like an ``/append`` body and gets its own result (``201``, ``202``, ``409`` or the
+``4xx`` of its problem) at its index; one lookup covers the client-chosen request ids; the
+valid entries go to Kafka together; the answer is ``200`` with the results (``errors`` true
+when any entry was refused). Only a malformed envelope fails the whole request (``4xx``); if
+Kafka does not acknowledge, the answer is ``503`` naming the request id of every entry, so a
+retry with those ids is idempotent.
+
 Never logs or returns the payload or a token; logs carry request id and entry id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +61,7 @@ from typing import Any, Final, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from shared import fastjson
 from shared.errors import (
     ConfigError,
     DatabaseUnavailable,
@@ -58,7 +69,7 @@ from shared.errors import (
     KafkaUnavailable,
     VerificationError,
 )
-from shared.messages import AppendRequest
+from shared.messages import append_request_fields
 from shared.settings import Settings
 from shared.statement import content_sha256, entry_id_for
 from shared.telemetry import Metrics, log_context
@@ -79,8 +90,10 @@ from .store import (
 from .validation import (
     MetaSchema,
     RequestRejected,
+    ValidAppend,
     body_limit,
     parse_append,
+    parse_append_batch,
     resolve_request_id,
 )
 from .waiter import SignedWaiter
@@ -96,12 +109,14 @@ _RETRY_AFTER_S: Final = "2"
 _PROOF_RETRY_AFTER_S: Final = "5"
 _HEALTH_TIMEOUT_S: Final = 2.0
 _READ_CHUNK: Final = 64 * 1024
+_JSON_HEADER: Final = ("content-type", b"application/json")
 _JSON_TYPE_RE: Final = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
 _REQUEST_ID_PATH_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 #: route name → scope a token needs (routes not listed are open)
 _ROUTE_SCOPES: Final = {
     "append": "append",
+    "append_batch": "append",
     "list_entries": "read",
     "get_entry": "read",
     "get_entry_proof": "read",
@@ -110,13 +125,17 @@ _ROUTE_SCOPES: Final = {
 
 
 class Publisher(Protocol):
-    """Sends one record and returns once the broker acknowledged it (``acks=all``).
+    """Sends records and returns once the broker acknowledged them (``acks=all``).
 
-    Raises :class:`KafkaUnavailable` when it cannot; :class:`shared.kafka.Producer` fits.
+    Raises :class:`KafkaUnavailable` when it cannot; :class:`.publisher.KafkaPublisher` fits.
     """
 
     async def send(
         self, topic: str, key: bytes | str | None, value: bytes, headers: Any = None
+    ) -> object: ...
+
+    async def send_many(
+        self, records: Sequence[tuple[str, bytes | str | None, bytes, Any]]
     ) -> object: ...
 
 
@@ -138,6 +157,12 @@ class IngestDeps:
     proofs: ProofStore | None = None
 
 
+def _json(body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
+          ) -> web.Response:
+    return web.Response(body=fastjson.dumps(body), status=status, headers=headers,
+                        content_type="application/json")
+
+
 def _error(
     status: int,
     error: str,
@@ -153,12 +178,12 @@ def _error(
     body["message"] = message
     if extra:
         body.update(extra)
-    return web.json_response(body, status=status, headers=headers)
+    return _json(body, status=status, headers=headers)
 
 
 def _rejection(exc: RequestRejected) -> web.Response:
     headers = {"Retry-After": _RETRY_AFTER_S} if exc.status == 503 else None
-    return web.json_response(exc.body(), status=exc.status, headers=headers)
+    return _json(exc.body(), status=exc.status, headers=headers)
 
 
 def _route_label(request: web.Request) -> str:
@@ -205,15 +230,19 @@ class _Api:
         self.openapi = openapi
         self.meta_schema = deps.meta_schema or MetaSchema.from_path(settings.meta_schema_path)
         self.body_limit = body_limit(settings.max_payload_bytes, settings.max_meta_bytes)
+        self.batch_body_limit = settings.max_batch_body_bytes
         self.wait_s = settings.append_wait_ms / 1000
 
     # --- middlewares ------------------------------------------------------------------------
 
     @web.middleware
-    async def observe(
+    async def middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        """Metrics for every request, and JSON bodies for every error."""
+        """Metrics for every request, bearer auth where the route needs it, JSON errors.
+
+        One middleware, not three: each layer is a coroutine per request.
+        """
         started = time.monotonic()
         status = 500
         try:
@@ -229,7 +258,13 @@ class _Api:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         try:
-            return await handler(request)
+            principal = self._authenticate(request)
+            if isinstance(principal, web.Response):
+                return principal
+            if principal is None:
+                return await handler(request)
+            with log_context(token_name=principal.name):
+                return await handler(request)
         except RequestRejected as exc:
             return _rejection(exc)
         except DependencyError as exc:
@@ -256,13 +291,11 @@ class _Api:
             log.exception("unhandled error", extra={"path": request.path})
             return _error(500, "internal_error", "internal error")
 
-    @web.middleware
-    async def authenticate(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
+    def _authenticate(self, request: web.Request) -> Principal | web.Response | None:
+        """The caller (None for open routes or auth off), or the 401/403 to answer."""
         scope = _ROUTE_SCOPES.get(request.match_info.route.name or "")
         if scope is None or self.deps.tokens is None:
-            return await handler(request)
+            return None
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         token = token.strip()
@@ -289,22 +322,21 @@ class _Api:
                     )
                 },
             )
-        with log_context(token_name=principal.name):
-            return await handler(request)
+        return principal
 
     # --- POST /append ---------------------------------------------------------------------
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: web.Request, limit: int) -> bytes:
         if not _JSON_TYPE_RE.match(request.content_type.lower()):
             raise RequestRejected(
                 415, "Content-Type", "must be application/json",
                 error="unsupported_media_type",
             )
         too_large = RequestRejected(
-            413, "body", f"is too large (at most {self.body_limit} bytes)",
+            413, "body", f"is too large (at most {limit} bytes)",
             error="payload_too_large",
         )
-        if request.content_length is not None and request.content_length > self.body_limit:
+        if request.content_length is not None and request.content_length > limit:
             raise too_large
         chunks: list[bytes] = []
         size = 0
@@ -313,26 +345,42 @@ class _Api:
             if not chunk:
                 break
             size += len(chunk)
-            if size > self.body_limit:
+            if size > limit:
                 raise too_large
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _limits(self) -> dict[str, Any]:
+        return {
+            "max_payload_bytes": self.settings.max_payload_bytes,
+            "max_meta_bytes": self.settings.max_meta_bytes,
+            "max_meta_depth": self.settings.max_meta_depth,
+            "meta_schema": self.meta_schema,
+        }
+
+    def _wait_s(self, request: web.Request) -> tuple[bool, float]:
+        """(respond-async asked for, how long to wait for the signer)."""
+        prefer = request.headers.get("Prefer")
+        if prefer is None:
+            return False, self.wait_s
+        respond_async, wait_pref = _parse_prefer(prefer)
+        return respond_async, self.wait_s if wait_pref is None else min(self.wait_s, wait_pref)
+
+    def _message(self, valid: ValidAppend, request_id: str) -> bytes:
+        """The ``ledger.append`` JSON (values validated already; see append_request_fields)."""
+        return fastjson.dumps(append_request_fields(
+            request_id=request_id, subject=valid.subject, payload_sha256=valid.payload_sha256,
+            meta=valid.meta, submitted_at=self.deps.clock(),
+        ))
+
     async def append(self, request: web.Request) -> web.Response:
-        raw = await self._read_body(request)
-        valid = parse_append(
-            raw,
-            max_payload_bytes=self.settings.max_payload_bytes,
-            max_meta_bytes=self.settings.max_meta_bytes,
-            max_meta_depth=self.settings.max_meta_depth,
-            meta_schema=self.meta_schema,
-        )
+        raw = await self._read_body(request, self.body_limit)
+        valid = parse_append(raw, **self._limits())
         del raw  # the payload is gone from here on: only its hash remains
         client_id = resolve_request_id(valid.request_id, request.headers.get("Idempotency-Key"))
         request_id = client_id or str(uuid.uuid4())
         entry_id = entry_id_for(request_id)
-        respond_async, wait_pref = _parse_prefer(request.headers.get("Prefer"))
-        wait_s = self.wait_s if wait_pref is None else min(self.wait_s, wait_pref)
+        respond_async, wait_s = self._wait_s(request)
         content = content_sha256(
             subject=valid.subject, payload_sha256=valid.payload_sha256, meta=valid.meta
         )
@@ -346,20 +394,14 @@ class _Api:
                 existing = await self._existing(request_id)
                 if existing is not None:
                     return self._answer_existing(existing, content)
-            message = AppendRequest(
-                request_id=request_id,
-                subject=valid.subject,
-                payload_sha256=valid.payload_sha256,
-                meta=valid.meta,
-                submitted_at=self.deps.clock(),
-            )
-            headers = [("content-type", b"application/json"), *trace]
+            record = (self.settings.topic_append, valid.subject,
+                      self._message(valid, request_id), [_JSON_HEADER, *trace])
             if respond_async or wait_s <= 0:
-                await self._publish(message, headers)
+                await self._publish([record], [request_id], valid.payload_sha256)
                 self.metrics.append_wait.labels("async").inc()
                 return self._accepted(request_id, entry_id, preference_applied=respond_async)
             with self.deps.waiter.expect(entry_id) as signed:
-                await self._publish(message, headers)
+                await self._publish([record], [request_id], valid.payload_sha256)
                 done, _ = await asyncio.wait({signed}, timeout=wait_s)
             if not done or signed.cancelled():
                 self.metrics.append_wait.labels("timeout").inc()
@@ -372,13 +414,123 @@ class _Api:
             log.info("append stored", extra={"payload_sha256": view.payload_hash})
             return self._created(view, replayed=False)
 
+    async def append_batch(self, request: web.Request) -> web.Response:
+        """``POST /append/batch``: one result per entry (see the module docstring)."""
+        raw = await self._read_body(request, self.batch_body_limit)
+        items = parse_append_batch(raw, **self._limits())
+        del raw
+        respond_async, wait_s = self._wait_s(request)
+        trace = continue_trace(
+            request.headers.get("traceparent"), request.headers.get("tracestate")
+        )
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        # request id → (index of its first entry, content hash); later entries with the same
+        # id share that entry's result (same content) or are conflicts (other content)
+        first: dict[str, tuple[int, str]] = {}
+        followers: dict[int, list[int]] = {}
+        todo: list[tuple[int, ValidAppend, str, uuid.UUID, str]] = []
+        client_ids: list[str] = []
+        assigned: list[str | None] = [None] * len(items)  # for a 503: retry with these
+        for index, item in enumerate(items):
+            if isinstance(item, RequestRejected):
+                results[index] = {"index": index, "status": item.status, **item.body()}
+                continue
+            request_id = assigned[index] = item.request_id or str(uuid.uuid4())
+            content = content_sha256(
+                subject=item.subject, payload_sha256=item.payload_sha256, meta=item.meta
+            )
+            seen = first.get(request_id)
+            if seen is not None:
+                if seen[1] == content:
+                    followers.setdefault(seen[0], []).append(index)
+                else:
+                    results[index] = self._item_conflict(index, entry_id_for(request_id),
+                                                         request_id, earlier=seen[0])
+                continue
+            first[request_id] = (index, content)
+            if item.request_id is not None:
+                client_ids.append(request_id)
+            todo.append((index, item, request_id, entry_id_for(request_id), content))
+        if client_ids:
+            existing = await self._existing_many(client_ids)
+            kept = []
+            for index, item, request_id, entry_id, content in todo:
+                view = existing.get(request_id)
+                if view is None:
+                    kept.append((index, item, request_id, entry_id, content))
+                elif self._content_of(view) != content:
+                    results[index] = self._item_conflict(index, view.id, request_id)
+                else:
+                    results[index] = self._item_created(index, view, replayed=True)
+            todo = kept
+        records = [
+            (self.settings.topic_append, item.subject, self._message(item, request_id),
+             [_JSON_HEADER, *trace])
+            for _, item, request_id, _, _ in todo
+        ]
+        ids = [request_id for _, _, request_id, _, _ in todo]
+        waiting = not respond_async and wait_s > 0
+        with contextlib.ExitStack() as stack:
+            signed = [stack.enter_context(self.deps.waiter.expect(entry_id))
+                      for _, _, _, entry_id, _ in todo] if waiting else []
+            if records:
+                await self._publish(records, ids, None, every_id=assigned)
+            if signed:
+                await asyncio.wait(set(signed), timeout=wait_s)
+            for k, (index, _, request_id, entry_id, content) in enumerate(todo):
+                future = signed[k] if signed else None
+                if future is None or not future.done() or future.cancelled():
+                    results[index] = self._item_accepted(index, request_id, entry_id)
+                elif self._content_of(future.result()) != content:
+                    results[index] = self._item_conflict(index, entry_id, request_id)
+                else:
+                    results[index] = self._item_created(index, future.result(), replayed=False)
+        for leader, indexes in followers.items():
+            for index in indexes:
+                results[index] = {**(results[leader] or {}), "index": index}
+        done = [r for r in results if r is not None]
+        failed = sum(1 for r in done if r["status"] >= 400)
+        self.metrics.append_wait.labels("batch").inc(len(todo))
+        log.info("append batch", extra={"entries": len(items), "published": len(records),
+                                        "refused": failed})
+        return _json({"errors": failed > 0, "refused": failed, "results": done})
+
+    @staticmethod
+    def _item_accepted(index: int, request_id: str, entry_id: uuid.UUID) -> dict[str, Any]:
+        return {"index": index, "status": 202, "id": str(entry_id), "request_id": request_id,
+                "status_url": f"/entries/{entry_id}"}
+
+    @staticmethod
+    def _item_created(index: int, view: EntryView, *, replayed: bool) -> dict[str, Any]:
+        item: dict[str, Any] = {"index": index, "status": 201, "entry": view.to_json()}
+        if replayed:
+            item["replayed"] = True
+        return item
+
+    @staticmethod
+    def _item_conflict(index: int, entry_id: uuid.UUID, request_id: str,
+                       earlier: int | None = None) -> dict[str, Any]:
+        where = (f"entry {earlier} of this batch" if earlier is not None
+                 else "an earlier request")
+        return {"index": index, "status": 409, "error": "idempotency_conflict",
+                "field": "request_id",
+                "message": f"this request_id was already used by {where} with a different "
+                           "subject, payload or meta",
+                "id": str(entry_id), "request_id": request_id}
+
     async def _existing(self, request_id: str) -> EntryView | None:
+        return (await self._existing_many([request_id])).get(request_id)
+
+    async def _existing_many(self, request_ids: Sequence[str]) -> dict[str, EntryView]:
         try:
-            return await self.deps.store.get_by_request_id(request_id)
+            if len(request_ids) == 1:
+                view = await self.deps.store.get_by_request_id(request_ids[0])
+                return {} if view is None else {view.request_id: view}
+            return await self.deps.store.get_by_request_ids(request_ids)
         except DatabaseUnavailable as exc:
             # availability over an early answer: the signer's idempotency still decides
             log.warning("idempotency lookup skipped", extra={"error": type(exc).__name__})
-            return None
+            return {}
 
     @staticmethod
     def _content_of(view: EntryView) -> str:
@@ -402,23 +554,33 @@ class _Api:
             extra={"id": str(view.id), "request_id": view.request_id},
         )
 
-    async def _publish(self, message: AppendRequest, headers: list[tuple[str, bytes]]) -> None:
+    async def _publish(
+        self,
+        records: Sequence[tuple[str, bytes | str | None, bytes, Any]],
+        request_ids: Sequence[str],
+        payload_sha256: str | None,
+        *,
+        every_id: Sequence[str | None] | None = None,
+    ) -> None:
         try:
-            await self.deps.publisher.send(
-                self.settings.topic_append, message.subject, message.to_bytes(), headers
-            )
+            if len(records) == 1:
+                await self.deps.publisher.send(*records[0])
+            else:
+                await self.deps.publisher.send_many(records)
         except KafkaUnavailable as exc:
             log.warning("publish failed; answering 503", extra={"error": type(exc).__name__})
-            raise RequestUnavailable(message.request_id) from None
-        self.metrics.appends_published.inc()
-        log.info("append published", extra={"payload_sha256": message.payload_sha256})
+            raise RequestUnavailable(request_ids[0] if len(request_ids) == 1 else None,
+                                     every_id) from None
+        self.metrics.appends_published.inc(len(records))
+        if payload_sha256 is not None:
+            log.info("append published", extra={"payload_sha256": payload_sha256})
 
     @staticmethod
     def _created(view: EntryView, *, replayed: bool) -> web.Response:
         headers = {"Location": f"/entries/{view.id}"}
         if replayed:
             headers["Idempotent-Replayed"] = "true"
-        return web.json_response(view.to_json(), status=201, headers=headers)
+        return _json(view.to_json(), status=201, headers=headers)
 
     @staticmethod
     def _accepted(
@@ -435,7 +597,7 @@ class _Api:
             "status_url": status_url,
             "request_url": f"/entries/by-request/{request_id}",
         }
-        return web.json_response(body, status=202, headers=headers)
+        return _json(body, status=202, headers=headers)
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -488,7 +650,7 @@ class _Api:
                     "batch_id": None if proof.batch_id is None else str(proof.batch_id),
                 },
             )
-        return web.Response(body=proof.to_bytes(), content_type="application/json")
+        return web.Response(body=proof.value, content_type="application/json")
 
     async def get_entry_by_request(self, request: web.Request) -> web.Response:
         request_id = request.match_info["request_id"]
@@ -578,17 +740,24 @@ class _Api:
 
 
 class RequestUnavailable(RequestRejected):
-    """Kafka did not acknowledge: 503, and the client should retry with the same request id."""
+    """Kafka did not acknowledge: 503, and the client should retry with the same request id
+    (a batch: with the request id this answer gives each entry)."""
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(
+        self, request_id: str | None, request_ids: Sequence[str | None] | None = None
+    ) -> None:
         super().__init__(
             503, "kafka",
-            "the request was not acknowledged by Kafka; retry later with the same request_id",
+            "the request was not acknowledged by Kafka; retry later with the same request_id"
+            + ("s (given for every entry, in order)" if request_ids is not None else ""),
             error="unavailable",
         )
         self.request_id = request_id
+        self.request_ids = list(request_ids) if request_ids is not None else None
 
-    def body(self) -> dict[str, str]:
+    def body(self) -> dict[str, Any]:
+        if self.request_ids is not None:
+            return {**super().body(), "request_ids": self.request_ids}
         return {**super().body(), "request_id": self.request_id}
 
 
@@ -617,11 +786,12 @@ def build_app(settings: Settings, deps: IngestDeps) -> web.Application:
         )
     api = _Api(settings, deps, OPENAPI_PATH.read_bytes())
     app = web.Application(
-        middlewares=[api.observe, api.authenticate],
-        client_max_size=api.body_limit,
+        middlewares=[api.middleware],
+        client_max_size=max(api.body_limit, api.batch_body_limit),
     )
     r = app.router
     r.add_post("/append", api.append, name="append")
+    r.add_post("/append/batch", api.append_batch, name="append_batch")
     r.add_get("/entries", api.list_entries, name="list_entries", allow_head=False)
     r.add_get(
         "/entries/by-request/{request_id}", api.get_entry_by_request,

@@ -6,23 +6,21 @@ connections), handlers still waiting for the signer are woken (they answer 202 w
 status URL, since their request *was* acknowledged by Kafka), in-flight requests get the grace
 period to finish, then the producer is flushed and everything closes in reverse order.
 
-Kafka down at start is not fatal: the producer is started on first use, so the process comes
-up, ``/health`` says ``kafka: false`` and appends answer 503 until Kafka is back.
+Kafka down at start is not fatal: the producer is started on first use
+(:class:`.publisher.KafkaPublisher`), so the process comes up, ``/health`` says
+``kafka: false`` and appends answer 503 until Kafka is back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from shared.db import Database
 from shared.errors import KafkaUnavailable
-from shared.kafka import Producer, make_producer
 from shared.lifecycle import Lifecycle, run_service
 from shared.settings import Settings
 from shared.telemetry import Metrics
@@ -30,69 +28,15 @@ from shared.telemetry import Metrics
 from .app import IngestDeps, build_app, check_auth_config
 from .auth import TokenStore
 from .health import REKOR_UP_STATUSES, VAULT_UP_STATUSES, http_probe
+from .publisher import KafkaPublisher
 from .store import PgEntryStore
 from .waiter import KafkaSignedWaiter
 
-__all__ = ["LazyProducer", "run_ingest"]
+__all__ = ["run_ingest"]
 
 log = logging.getLogger("ledger.ingest")
 
 _PRODUCER_TIMEOUT_MS = 10_000
-
-
-class LazyProducer:
-    """A :class:`shared.kafka.Producer` started on first use (and again after a failed start).
-
-    Lets ingest start while Kafka is down; each send then fails fast with
-    :class:`KafkaUnavailable` (→ 503) instead of the process refusing to start.
-    """
-
-    def __init__(
-        self, settings: Settings, *, start_timeout_s: float = 5.0,
-        request_timeout_ms: int = _PRODUCER_TIMEOUT_MS,
-    ) -> None:
-        self._settings = settings
-        self._start_timeout_s = start_timeout_s
-        self._request_timeout_ms = request_timeout_ms
-        self._producer: Producer | None = None
-        self._lock = asyncio.Lock()
-        self._closed = False
-
-    async def _get(self) -> Producer:
-        if self._producer is not None:
-            return self._producer
-        async with self._lock:
-            if self._closed:
-                raise KafkaUnavailable("ingest is shutting down")
-            if self._producer is None:
-                self._producer = await make_producer(
-                    self._settings,
-                    client_id="ledger-ingest",
-                    request_timeout_ms=self._request_timeout_ms,
-                    start_timeout_s=self._start_timeout_s,
-                )
-            return self._producer
-
-    async def start(self) -> None:
-        """Try to start now; a failure is logged, not raised (the next send retries)."""
-        try:
-            await self._get()
-        except KafkaUnavailable as exc:
-            log.warning("Kafka unavailable at start; appends answer 503 until it is back",
-                        extra={"error": str(exc)[:200]})
-
-    async def send(
-        self, topic: str, key: bytes | str | None, value: bytes, headers: Any = None
-    ) -> object:
-        producer = await self._get()
-        return await producer.send(topic, key, value, headers)
-
-    async def close(self) -> None:
-        """Flush and stop; safe to call twice."""
-        async with self._lock:
-            self._closed = True
-            if self._producer is not None:
-                await self._producer.close()
 
 
 async def run_ingest(
@@ -114,7 +58,7 @@ async def run_ingest(
         tokens = None if settings.auth_disabled else TokenStore(settings.tokens_file)
         db = await Database.connect(settings, min_size=1, max_size=10)
         lc.on_close("database", db.close)
-        producer = LazyProducer(settings)
+        producer = KafkaPublisher(settings)
         lc.on_close("kafka producer", producer.close)
         await producer.start()
         waiter = KafkaSignedWaiter(settings)

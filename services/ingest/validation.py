@@ -24,16 +24,19 @@ import jsonschema.exceptions
 import jsonschema.validators
 import rfc8785
 
+from shared import fastjson
 from shared.errors import ConfigError
 from shared.messages import REQUEST_ID_PATTERN, SUBJECT_PATTERN
 
 __all__ = [
+    "BATCH_MAX_ENTRIES",
     "BODY_OVERHEAD_BYTES",
     "MetaSchema",
     "RequestRejected",
     "ValidAppend",
     "body_limit",
     "parse_append",
+    "parse_append_batch",
     "resolve_request_id",
 ]
 
@@ -45,6 +48,8 @@ _REQUEST_ID_MAX: Final = 128
 _KNOWN_FIELDS: Final = frozenset({"subject", "payload", "payload_sha256", "meta", "request_id"})
 #: room for the JSON around payload and meta (subject, request id, quotes, whitespace)
 BODY_OVERHEAD_BYTES: Final = 4096
+#: most entries one ``POST /append/batch`` may carry
+BATCH_MAX_ENTRIES: Final = 1000
 
 
 class RequestRejected(Exception):
@@ -245,7 +250,7 @@ def _check_meta(
             400, "meta", f"is nested too deeply (at most {max_depth} levels of objects/arrays)"
         )
     try:
-        canonical = rfc8785.dumps(meta)
+        canonical = fastjson.canonical(meta)
     except (rfc8785.CanonicalizationError, ValueError, TypeError) as exc:
         # e.g. integers beyond 2**53: they cannot be signed reproducibly
         raise RequestRejected(400, "meta", f"cannot be canonicalised (RFC 8785): {exc}") from None
@@ -259,20 +264,22 @@ def _check_meta(
     return meta
 
 
-def parse_append(
-    raw: bytes,
+def _load(raw: bytes) -> Any:
+    try:
+        return fastjson.loads(raw, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+        raise RequestRejected(400, "body", f"is not valid JSON ({detail})") from None
+
+
+def _validate_append(
+    body: Any,
     *,
     max_payload_bytes: int,
     max_meta_bytes: int,
     max_meta_depth: int,
     meta_schema: MetaSchema,
 ) -> ValidAppend:
-    """Parse and validate an append body; raise :class:`RequestRejected` on any problem."""
-    try:
-        body = json.loads(raw, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
-        raise RequestRejected(400, "body", f"is not valid JSON ({detail})") from None
     if not isinstance(body, dict):
         raise RequestRejected(400, "body", "must be a JSON object")
     unknown = sorted(set(body) - _KNOWN_FIELDS)
@@ -287,6 +294,62 @@ def parse_append(
     return ValidAppend(
         subject=subject, payload_sha256=payload_sha256, meta=meta, request_id=request_id
     )
+
+
+def parse_append(
+    raw: bytes,
+    *,
+    max_payload_bytes: int,
+    max_meta_bytes: int,
+    max_meta_depth: int,
+    meta_schema: MetaSchema,
+) -> ValidAppend:
+    """Parse and validate an append body; raise :class:`RequestRejected` on any problem."""
+    return _validate_append(
+        _load(raw), max_payload_bytes=max_payload_bytes, max_meta_bytes=max_meta_bytes,
+        max_meta_depth=max_meta_depth, meta_schema=meta_schema,
+    )
+
+
+def parse_append_batch(
+    raw: bytes,
+    *,
+    max_payload_bytes: int,
+    max_meta_bytes: int,
+    max_meta_depth: int,
+    meta_schema: MetaSchema,
+) -> list[ValidAppend | RequestRejected]:
+    """Parse a ``POST /append/batch`` body: ``{"entries": [<append body>, ...]}``.
+
+    A malformed envelope raises :class:`RequestRejected` (the whole request fails); each
+    entry is validated like a ``POST /append`` body, and a bad one becomes its own
+    :class:`RequestRejected` in the result, at its index, without failing the others.
+    """
+    doc = _load(raw)
+    if not isinstance(doc, dict):
+        raise RequestRejected(400, "body", "must be a JSON object with an entries array")
+    unknown = sorted(set(doc) - {"entries"})
+    if unknown:
+        raise RequestRejected(400, unknown[0][:64], "is not a known field")
+    entries = doc.get("entries")
+    if not isinstance(entries, list):
+        raise RequestRejected(400, "entries", "is required: an array of append requests")
+    if not 1 <= len(entries) <= BATCH_MAX_ENTRIES:
+        raise RequestRejected(
+            413 if entries else 400, "entries",
+            f"must hold between 1 and {BATCH_MAX_ENTRIES} entries (got {len(entries)})",
+            error="payload_too_large" if entries else "invalid_request",
+        )
+    out: list[ValidAppend | RequestRejected] = []
+    for entry in entries:
+        try:
+            out.append(_validate_append(
+                entry, max_payload_bytes=max_payload_bytes, max_meta_bytes=max_meta_bytes,
+                max_meta_depth=max_meta_depth, meta_schema=meta_schema,
+            ))
+        except RequestRejected as exc:
+            out.append(exc)
+    return out
 
 
 def resolve_request_id(body_value: str | None, header_value: str | None) -> str | None:

@@ -24,14 +24,9 @@ from shared.vault import TransitSigner
 from .publisher import KafkaSignedPublisher
 from .stage import EntryStore, SignerStage
 
-__all__ = ["CHUNKS_PER_POLL", "run_signer"]
+__all__ = ["run_signer"]
 
 log = logging.getLogger("ledger.signer")
-
-#: A poll takes up to this many Vault batches (each ≤ ``signer_batch_max``), signed in
-#: parallel and stored in one transaction.
-CHUNKS_PER_POLL = 4
-
 
 async def run_signer(
     settings: Settings,
@@ -83,7 +78,7 @@ async def run_signer(
             KafkaDeadLetters(producer),
             metrics=m,
             stopping=lc.stopping,
-            batch_max=settings.signer_batch_max * CHUNKS_PER_POLL,
+            batch_max=settings.signer_batch_max * settings.signer_vault_in_flight,
             batch_timeout_ms=settings.signer_batch_ms,
             backoff=backoff,
         )

@@ -42,13 +42,16 @@ class FakePublisher:
         self.fail = False
         self.on_send: Any = None
 
-    async def send(self, topic, key, value, headers=None):
+    async def send(self, topic, key, value, headers=None) -> None:
+        await self.send_many([(topic, key, value, headers)])
+
+    async def send_many(self, records) -> None:
         if self.fail:
             raise KafkaUnavailable("broker unreachable")
-        self.sent.append((topic, key, value, headers))
-        if self.on_send is not None:
-            self.on_send(value)
-        return None
+        for topic, key, value, headers in records:
+            self.sent.append((topic, key, value, headers))
+            if self.on_send is not None:
+                self.on_send(value)
 
 
 class FakeStore:
@@ -67,6 +70,12 @@ class FakeStore:
         if self.down:
             raise DatabaseUnavailable("down")
         return next((v for v in self.rows.values() if v.request_id == request_id), None)
+
+    async def get_by_request_ids(self, request_ids):
+        self.lookups += 1
+        if self.down:
+            raise DatabaseUnavailable("down")
+        return {v.request_id: v for v in self.rows.values() if v.request_id in request_ids}
 
     async def list(self, flt: EntryFilter):
         rows = sorted(self.rows.values(), key=lambda v: (v.created_at, v.id))
@@ -148,6 +157,13 @@ class Harness:
         h = {**self.auth(), "Content-Type": content_type, **(headers or {})}
         data = raw if raw is not None else json.dumps(body).encode()
         return await self.client.post("/append", data=data, headers=h)
+
+    async def post_batch(self, entries: Any, *, headers: dict[str, str] | None = None,
+                         raw: bytes | None = None):
+        assert self.client is not None
+        h = {**self.auth(), "Content-Type": "application/json", **(headers or {})}
+        data = raw if raw is not None else json.dumps({"entries": entries}).encode()
+        return await self.client.post("/append/batch", data=data, headers=h)
 
     def metric(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, labels)
@@ -584,3 +600,163 @@ async def test_trace_context_continues_the_clients_trace_or_starts_one(tmp_path)
     new_trace = started["traceparent"].decode().split("-")[1]
     assert len(new_trace) == 32 and new_trace != trace_id  # an invalid parent starts a trace
     assert "tracestate" not in started
+
+
+# --- POST /append/batch ---------------------------------------------------------------------
+
+ASYNC = {"Prefer": "respond-async"}
+
+
+async def test_batch_publishes_every_valid_entry_together_and_answers_each(tmp_path):
+    entries = [{"subject": f"orders/{i}", "payload": b64(f"doc {i}".encode()), "meta": {"i": i}}
+               for i in range(5)]
+    entries[3]["request_id"] = "client-3"
+    async with Harness(tmp_path) as h:
+        resp = await h.post_batch(entries, headers=ASYNC)
+        doc = await resp.json()
+        assert resp.status == 200, doc
+        assert doc["errors"] is False and doc["refused"] == 0
+        assert [r["index"] for r in doc["results"]] == list(range(5))
+        assert {r["status"] for r in doc["results"]} == {202}
+        assert doc["results"][3]["request_id"] == "client-3"
+        assert doc["results"][3]["id"] == str(entry_id_for("client-3"))
+        published = [decode(AppendRequest, value) for _, _, value, _ in h.publisher.sent]
+        assert [m.subject for m in published] == [e["subject"] for e in entries]
+        assert [m.request_id for m in published] == [r["request_id"] for r in doc["results"]]
+        for m, e in zip(published, entries, strict=True):
+            raw = base64.b64decode(str(e["payload"]))
+            assert m.payload_sha256 == hashlib.sha256(raw).hexdigest()
+        assert h.store.lookups == 1  # one lookup for the client ids
+        assert h.metric("ledger_appends_published_total") == 5
+
+
+async def test_a_bad_entry_gets_its_own_error_and_the_others_go_through(tmp_path):
+    entries = [
+        {"subject": "ok/1", "payload": b64(b"a")},
+        {"subject": "a b", "payload": b64(b"b")},
+        {"subject": "ok/2", "payload": b64(b"x" * 2000)},
+        {"subject": "ok/3", "payload_sha256": "ab" * 32, "meta": {"n": 2**60}},
+        "not an object",
+        {"subject": "ok/4", "payload": b64(b"d"), "colour": "red"},
+        {"subject": "ok/5", "payload": b64(b"e")},
+    ]
+    async with Harness(tmp_path) as h:
+        resp = await h.post_batch(entries, headers=ASYNC)
+        doc = await resp.json()
+        assert resp.status == 200 and doc["errors"] is True and doc["refused"] == 5
+        by_index = {r["index"]: r for r in doc["results"]}
+        assert [by_index[i]["status"] for i in range(7)] == [202, 400, 413, 400, 400, 400, 202]
+        assert by_index[1]["field"] == "subject" and "characters" in by_index[1]["message"]
+        assert by_index[2]["field"] == "payload" and by_index[2]["error"] == "payload_too_large"
+        assert by_index[3]["field"] == "meta" and "canonicalised" in by_index[3]["message"]
+        assert by_index[4]["field"] == "body"
+        assert by_index[5]["field"] == "colour"
+        assert [decode(AppendRequest, v).subject for _, _, v, _ in h.publisher.sent] == [
+            "ok/1", "ok/5"]
+
+
+async def test_repeated_request_ids_in_one_batch_share_or_conflict(tmp_path):
+    same = {"subject": "s/1", "payload": b64(b"one"), "request_id": "dup"}
+    other = {"subject": "s/1", "payload": b64(b"two"), "request_id": "dup"}
+    async with Harness(tmp_path) as h:
+        resp = await h.post_batch([same, dict(same), other], headers=ASYNC)
+        doc = await resp.json()
+        first, again, conflict = doc["results"]
+        assert first["status"] == again["status"] == 202 and first["id"] == again["id"]
+        assert again["index"] == 1
+        assert conflict["status"] == 409 and conflict["error"] == "idempotency_conflict"
+        assert "entry 0 of this batch" in conflict["message"]
+        assert len(h.publisher.sent) == 1
+
+
+async def test_stored_request_ids_are_answered_from_one_lookup(tmp_path):
+    async with Harness(tmp_path) as h:
+        stored = make_view("known", subject="s/1", payload=b"same")
+        changed = make_view("changed", subject="s/1", payload=b"before")
+        h.store.rows = {stored.id: stored, changed.id: changed}
+        resp = await h.post_batch([
+            {"subject": "s/1", "payload": b64(b"same"), "request_id": "known"},
+            {"subject": "s/1", "payload": b64(b"after"), "request_id": "changed"},
+            {"subject": "s/1", "payload": b64(b"new"), "request_id": "fresh"},
+        ], headers=ASYNC)
+        replayed, conflict, fresh = (await resp.json())["results"]
+        assert replayed["status"] == 201 and replayed["replayed"] is True
+        assert replayed["entry"]["id"] == str(stored.id)
+        assert conflict["status"] == 409 and conflict["id"] == str(changed.id)
+        assert fresh["status"] == 202
+        assert h.store.lookups == 1
+        assert [decode(AppendRequest, v).request_id for _, _, v, _ in h.publisher.sent] == [
+            "fresh"]
+
+
+async def test_batch_waits_for_the_signer_and_answers_201_per_entry(tmp_path):
+    async with Harness(tmp_path, append_wait_ms=300) as h:
+        def signer(value: bytes) -> None:
+            msg = decode(AppendRequest, value)
+            if msg.subject == "slow/1":
+                return  # never signed within the wait: stays 202
+            view = make_view(msg.request_id, subject=msg.subject, payload=b"p")
+            asyncio.get_running_loop().call_soon(h.waiter.resolve, view)
+
+        h.publisher.on_send = signer
+        resp = await h.post_batch([
+            {"subject": "fast/1", "payload": b64(b"p"), "request_id": "f1"},
+            {"subject": "slow/1", "payload": b64(b"p"), "request_id": "s1"},
+        ])
+        fast, slow = (await resp.json())["results"]
+        assert fast["status"] == 201 and fast["entry"]["request_id"] == "f1"
+        assert "replayed" not in fast
+        assert slow["status"] == 202 and slow["status_url"] == f"/entries/{entry_id_for('s1')}"
+        assert len(h.waiter) == 0, "no future left registered"
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "field"),
+    [
+        (b"[1, 2]", 400, "body"),
+        (b'{"entries": ', 400, "body"),
+        (b'{"entries": {}}', 400, "entries"),
+        (b'{"entries": []}', 400, "entries"),
+        (json.dumps({"entries": [{"subject": "s", "payload_sha256": "ab" * 32}] * 1001}).encode(),
+         413, "entries"),
+        (b'{"entries": [], "colour": 1}', 400, "colour"),
+    ],
+)
+async def test_a_malformed_envelope_fails_the_whole_request(tmp_path, raw, status, field):
+    async with Harness(tmp_path) as h:
+        resp = await h.post_batch(None, raw=raw)
+        doc = await resp.json()
+        assert resp.status == status, doc
+        assert doc["field"] == field and doc["message"]
+        assert h.publisher.sent == []
+
+
+async def test_batch_kafka_down_is_503_naming_a_request_id_per_entry(tmp_path):
+    async with Harness(tmp_path) as h:
+        h.publisher.fail = True
+        resp = await h.post_batch([
+            {"subject": "s/1", "payload": b64(b"a"), "request_id": "mine"},
+            {"subject": "bad subject", "payload": b64(b"b")},
+            {"subject": "s/2", "payload": b64(b"c")},
+        ], headers=ASYNC)
+        doc = await resp.json()
+        assert resp.status == 503 and resp.headers["Retry-After"]
+        ids = doc["request_ids"]
+        assert ids[0] == "mine" and ids[1] is None and ids[2] and ids[2] != "mine"
+
+
+async def test_batch_needs_the_append_scope(tmp_path):
+    async with Harness(tmp_path) as h:
+        entries = [{"subject": "s/1", "payload": b64(b"a")}]
+        assert (await h.post_batch(entries, headers=h.auth(h.read_token))).status == 403
+        assert (await h.post_batch(entries, headers={"Authorization": ""})).status == 401
+        assert h.publisher.sent == []
+
+
+async def test_batch_body_beyond_its_limit_is_413(tmp_path):
+    async with Harness(tmp_path, max_batch_body_bytes=2048) as h:
+        entries = [{"subject": "s/1", "payload": b64(b"x" * 500)}] * 10
+        resp = await h.post_batch(entries)
+        doc = await resp.json()
+        assert resp.status == 413 and doc["field"] == "body"
+        assert h.publisher.sent == []
