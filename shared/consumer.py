@@ -273,8 +273,10 @@ class _Batch(Generic[T]):
         self.to_dead_letter = [j for j in self.to_dead_letter if kept(j.record)]
         return before - len(self.records)
 
-    def still_ours(self, rejections: Iterable[Rejection]) -> list[Rejection]:
+    def still_ours(self, rejections: Sequence[Rejection]) -> list[Rejection]:
         """The rejections whose record was not dropped meanwhile (revoked partitions)."""
+        if not rejections:
+            return []
         kept = {(r.tp, r.offset) for r in self.records}
         return [j for j in rejections if (j.record.tp, j.record.offset) in kept]
 

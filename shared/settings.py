@@ -66,6 +66,10 @@ class Settings(BaseModel):
     sweeper_interval_s: float = Field(default=30.0, gt=0)
     sweeper_age_s: float = Field(default=60.0, gt=0)
 
+    # --- both consumer stages -------------------------------------------------------------
+    #: consumed batches a stage works on at once (committed in order; 1: one at a time)
+    pipeline_depth: int = Field(default=2, ge=1, le=16)
+
     # --- operations -----------------------------------------------------------------------
     metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no separate metrics server
     log_level: str = "INFO"

@@ -292,6 +292,7 @@ async def run_anchorer(
             batch_max=per_poll,
             batch_timeout_ms=max(settings.anchor_batch_ms, 100),
             backoff=backoff,
+            depth=settings.pipeline_depth,
         )
         rebalance.bind(loop)
 

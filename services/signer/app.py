@@ -81,6 +81,7 @@ async def run_signer(
             batch_max=settings.signer_batch_max * settings.signer_vault_in_flight,
             batch_timeout_ms=settings.signer_batch_ms,
             backoff=backoff,
+            depth=settings.pipeline_depth,
         )
         hooks.bind(loop)
 
