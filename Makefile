@@ -11,7 +11,7 @@ help:
 	@echo "make install           system packages, .venv, and the local stack's programs (idempotent)"
 	@echo "make run               install, then 'ledger dev' (stack + pipeline, Ctrl-C stops)"
 	@echo "make test              install, ruff, mypy, unit tests, then integration tests"
-	@echo "make bench             install, then the benchmarks (docs/benchmarks.md; not part of test)"
+	@echo "make bench             install, then the benchmarks (~20 min; rewrites docs/benchmarks.md)"
 	@echo "make stack-down        stop a stack left running in .stack"
 	@echo "make constraints       re-pin constraints.txt after a dependency change"
 
@@ -39,10 +39,12 @@ test: install
 	$(BIN)/python -m pytest -m unit tests
 	$(BIN)/python -m pytest -m integration tests
 
-# Benchmarks against the real local stack; they report ratios to baselines measured in the
-# same run and assert correctness only. `make test` never runs them (it collects only tests/).
+# Benchmarks against a real local stack started for the run, every stage its own process;
+# rewrites docs/benchmarks.md, docs/benchmarks/results.json and the charts. The previous
+# release's stages run the Kafka path in the same run. `make test` runs only a tiny profile.
+BENCH_BASELINE_REF ?= fecd862
 bench: install
-	$(BIN)/python -m pytest -m bench -s benchmarks
+	$(BIN)/python -m benchmarks --profile full --baseline-ref $(BENCH_BASELINE_REF)
 
 stack-down:
 	$(BIN)/ledger stack down
