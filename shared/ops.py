@@ -58,8 +58,15 @@ async def open_group_consumer(
     hooks: RebalanceHooks,
     lc: Lifecycle,
     backoff: Backoff,
+    fetch_max_wait_ms: int,
+    fetch_min_bytes: int,
 ) -> Consumer | None:
-    """A stage's group consumer on ``topic``, opened once Kafka answers (None if stopped)."""
+    """A stage's group consumer on ``topic``, opened once Kafka answers (None if stopped).
+
+    ``fetch_max_wait_ms`` / ``fetch_min_bytes``: how long the broker may hold a fetch for
+    more data. The longer, the bigger (and cheaper per entry) the batches at low rates, and
+    the more latency each hop adds.
+    """
 
     def open_consumer() -> Awaitable[Consumer]:
         return make_consumer(
@@ -69,6 +76,8 @@ async def open_group_consumer(
             client_id=client_id,
             on_assigned=hooks.assigned,
             on_revoked=hooks.revoked,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            fetch_min_bytes=fetch_min_bytes,
         )
 
     return await open_when_ready("kafka", open_consumer, lc, backoff)

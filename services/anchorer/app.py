@@ -138,8 +138,10 @@ def decode_signed(record: Record) -> uuid.UUID:
 def parallel_batches(batch_max: int) -> int:
     """How many anchor batches one poll may carry (anchored concurrently).
 
-    Small batches are bound by Rekor's latency (it answers once the entry is in the tree), so
-    N=1 runs up to 16 Rekor submissions at once; batches of 256 and more go one at a time.
+    Every batch waits for Rekor (it answers once the entry is in the tree, ~0.2 s), so a
+    poll carries several: N=1 runs up to 16 Rekor submissions at once, the default N=1000
+    four batches, and batches of 4096 and more go one at a time. With ``pipeline_depth``
+    polls in flight, that many times more.
     """
     return max(1, min(_MAX_PARALLEL_BATCHES, _PARALLEL_ENTRIES // batch_max))
 
@@ -233,7 +235,9 @@ async def run_anchorer(
         rekor = RekorClient.from_settings(settings)
         lc.on_close("rekor", rekor.close)
         producer = await open_when_ready(
-            "kafka", lambda: make_producer(settings, client_id=client_id), lc, backoff
+            # it sends whole record batches itself (send_many): nothing to linger for
+            "kafka", lambda: make_producer(settings, client_id=client_id, linger_ms=0), lc,
+            backoff,
         )
         if producer is None:
             return
@@ -273,6 +277,9 @@ async def run_anchorer(
         consumer = await open_group_consumer(
             settings, group_id=settings.anchorer_group, topic=settings.topic_signed,
             client_id=client_id, hooks=rebalance, lc=lc, backoff=backoff,
+            # batches wait up to anchor_batch_ms anyway: let fetches gather more at low rates
+            fetch_max_wait_ms=max(5, min(settings.anchor_batch_ms, 100)),
+            fetch_min_bytes=256 * 1024,
         )
         if consumer is None:
             return

@@ -48,7 +48,9 @@ async def run_signer(
         vault = TransitSigner(settings)
         lc.on_close("vault", vault.close)
         producer = await open_when_ready(
-            "kafka", lambda: make_producer(settings, client_id=client_id), lc, backoff
+            # it sends whole record batches itself (send_many): nothing to linger for
+            "kafka", lambda: make_producer(settings, client_id=client_id, linger_ms=0), lc,
+            backoff,
         )
         if producer is None:
             return
@@ -59,6 +61,8 @@ async def run_signer(
         consumer = await open_group_consumer(
             settings, group_id=settings.signer_group, topic=settings.topic_append,
             client_id=client_id, hooks=hooks, lc=lc, backoff=backoff,
+            # a waiting POST /append feels this hop: no longer than the poll window
+            fetch_max_wait_ms=max(5, settings.signer_batch_ms), fetch_min_bytes=64 * 1024,
         )
         if consumer is None:
             return
