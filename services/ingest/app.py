@@ -411,7 +411,7 @@ class _Api:
             self.metrics.append_wait.labels("stored").inc()
             if self._content_of(view) != content:
                 return self._conflict(view)
-            log.info("append stored", extra={"payload_sha256": view.payload_hash})
+            log.debug("append stored", extra={"payload_sha256": view.payload_hash})
             return self._created(view, replayed=False)
 
     async def append_batch(self, request: web.Request) -> web.Response:
@@ -572,8 +572,10 @@ class _Api:
             raise RequestUnavailable(request_ids[0] if len(request_ids) == 1 else None,
                                      every_id) from None
         self.metrics.appends_published.inc(len(records))
-        if payload_sha256 is not None:
-            log.info("append published", extra={"payload_sha256": payload_sha256})
+        if payload_sha256 is not None and log.isEnabledFor(logging.DEBUG):
+            # per request, so DEBUG: at thousands a second a line each costs more than the
+            # append; the unusual outcomes (timeout, replay, conflict, 503) stay at INFO
+            log.debug("append published", extra={"payload_sha256": payload_sha256})
 
     @staticmethod
     def _created(view: EntryView, *, replayed: bool) -> web.Response:

@@ -460,3 +460,47 @@ async def test_http_and_kafka_paths_agree_on_a_request_id(lane_settings, db):
         status, doc, _ = await ing.append(
             {"subject": subject, "payload": b64(b"x"), "meta": meta, "request_id": rid})
         assert status == 409 and doc["field"] == "request_id"
+
+
+async def test_append_batch_stores_each_valid_entry_once_and_answers_each(lane_settings, db):
+    async with ingest_running(lane_settings) as ing, signer_running(lane_settings):
+        await ing.warm_up()
+        subject = f"{ing.prefix}/batch"
+        entries = [{"subject": subject, "payload": b64(f"doc {i}".encode()),
+                    "request_id": ing.rid(f"b{i}"), "meta": {"i": i}} for i in range(40)]
+        entries[5] = {"subject": "no spaces allowed", "payload": b64(b"x")}
+        entries[7] = dict(entries[6])  # the same request twice: one entry
+        h = {"Authorization": f"Bearer {ing.writer}"}
+
+        async def post() -> dict[str, Any]:
+            async with ing.session.post(f"{ing.url}/append/batch", json={"entries": entries},
+                                        headers=h) as r:
+                assert r.status == 200, await r.text()
+                return dict(await r.json())
+
+        first = await post()
+        results = first["results"]
+        assert [r["index"] for r in results] == list(range(40))
+        assert first["errors"] is True and first["refused"] == 1
+        assert results[5]["status"] == 400 and results[5]["field"] == "subject"
+        valid = [i for i in range(40) if i != 5]
+        assert all(results[i]["status"] == 201 for i in valid), results  # waited for the signer
+        assert results[7]["entry"]["id"] == results[6]["entry"]["id"]
+        ids = {ing.rid(f"b{i}") for i in valid if i != 7}
+        stored = await db.fetch(
+            "SELECT request_id, payload_hash FROM ledger.entries WHERE subject = $1", subject)
+        assert {r["request_id"] for r in stored} == ids
+        by_id = {r["request_id"]: r["payload_hash"] for r in stored}
+        for i in valid:
+            rid = entries[i]["request_id"]
+            payload = base64.b64decode(str(entries[i]["payload"]))
+            assert by_id[rid] == hashlib.sha256(payload).hexdigest()
+
+        # the same batch again: every entry answered from the database, nothing published
+        before = await scan_topic(lane_settings, lane_settings.topic_append)
+        again = await post()
+        assert all(again["results"][i]["status"] == 201 and again["results"][i].get("replayed")
+                   for i in valid)
+        assert await scan_topic(lane_settings, lane_settings.topic_append) == before
+        assert int(await db.fetchval(
+            "SELECT count(*) FROM ledger.entries WHERE subject = $1", subject)) == len(ids)
