@@ -223,6 +223,7 @@ class Lane:
     prefix: str
     dir: Path
     processes: list[StageProcess] = field(default_factory=list)
+    _stopped: dict[str, float | None] = field(default_factory=dict)
 
     @classmethod
     async def create(cls, bench: Bench, *, partitions: int, **changes: Any) -> Lane:
@@ -316,14 +317,25 @@ class Lane:
 
     async def stop_stages(self) -> dict[str, float | None]:
         """Stop every process (SIGTERM drain); their peak RSS in MiB by name."""
-        rss: dict[str, float | None] = {}
+        rss = dict(self._stopped)
         for p in self.processes:
-            code = await p.stop()
-            rss[p.name] = p.rss_mb
-            if code != 0:
-                raise BenchError(f"{p.name} exited with {code} on SIGTERM:\n{p.tail()}")
+            rss[p.name] = await self._stop(p)
         self.processes.clear()
+        self._stopped.clear()
         return rss
+
+    async def stop_role(self, role: str) -> None:
+        """Stop the processes of one role now (their peak RSS is reported with the rest)."""
+        for p in [p for p in self.processes if p.role == role]:
+            self._stopped[p.name] = await self._stop(p)
+            self.processes.remove(p)
+
+    @staticmethod
+    async def _stop(p: StageProcess) -> float | None:
+        code = await p.stop()
+        if code != 0:
+            raise BenchError(f"{p.name} exited with {code} on SIGTERM:\n{p.tail()}")
+        return p.rss_mb
 
     def sample_rss(self) -> None:
         for p in self.processes:
@@ -382,7 +394,7 @@ class Lane:
                 return await watcher.total() >= count
 
             return await wait_for(done, within=within, what=f"{count} anchored events",
-                                  every=0.05)
+                                  every=0.1)
         finally:
             await watcher.stop()
 

@@ -134,6 +134,12 @@ def _fmt(value: Any, digits: int = 0) -> str:
     return str(value)
 
 
+def _ratio(a: Any, b: Any) -> str:
+    if not a or not b:
+        return "-"
+    return f"{a / b:.2g}x"
+
+
 def target_rows(results: Mapping[str, Any], s: Mapping[str, Any]) -> list[list[str]]:
     """Each target: goal, figure, the same-run baseline it is read against, met or not."""
     rows: list[list[str]] = []
@@ -148,11 +154,13 @@ def target_rows(results: Mapping[str, Any], s: Mapping[str, Any]) -> list[list[s
     vault4 = _get(results, "baselines", "vault_c4", "per_s")
     row("kafka_e2e", "≥ 5,000 (stretch 10,000)", e2e,
         None if e2e is None else e2e >= 5000,
-        f"previous release {_fmt(prev)}/s; raw Vault batch signing {_fmt(vault4)}/s; "
-        f"cores busy {_fmt(s.get('kafka_e2e_cores_busy'), 2)} of {os.cpu_count()}")
+        f"{_ratio(e2e, prev)} the previous release ({_fmt(prev)}/s); raw Vault batch "
+        f"signing {_fmt(vault4)}/s; cores busy {_fmt(s.get('kafka_e2e_cores_busy'), 2)} of "
+        f"{os.cpu_count()}")
     total = s.get("cpu_us_per_entry_total")
+    prev_cpu = s.get("previous_release_cpu_us_per_entry_total")
     row("cpu_total", "≤ 400", total, None if total is None else total <= 400,
-        f"previous release {_fmt(s.get('previous_release_cpu_us_per_entry_total'))} µs")
+        f"previous release {_fmt(prev_cpu)} µs ({_ratio(prev_cpu, total)} more)")
     cpu = s.get("cpu_us_per_entry") or {}
     ingest_cpu = _get(_step_at(results, "http_async", 1000.0), "cpu_us_per_entry", "ingest")
     stage_cpu = {"signer": cpu.get("signer"), "anchorer": cpu.get("anchorer"),
@@ -174,8 +182,10 @@ def target_rows(results: Mapping[str, Any], s: Mapping[str, Any]) -> list[list[s
             + (f"{_fmt(base['p99_ms'], 1)} ms at {_fmt(base['offered_per_s'])}/s"
                if base else "-"))
     amax = s.get("http_async_max_req_per_s")
+    tmax = s.get("trivial_handler_max_req_per_s")
     row("async_max", "≥ 3,000", amax, None if amax is None else amax >= 3000,
-        f"trivial aiohttp handler {_fmt(s.get('trivial_handler_max_req_per_s'))} req/s")
+        f"trivial aiohttp handler {_fmt(tmax)} req/s (ingest holds {_ratio(amax, tmax)} of "
+        "it, with the pipeline running)")
     step = _step_at(results, "http_wait", 500.0)
     p99 = None if step is None else step["p99_ms"]
     row("wait_500", "< 100", p99, None if p99 is None else p99 < 100,
@@ -195,7 +205,7 @@ def target_rows(results: Mapping[str, Any], s: Mapping[str, Any]) -> list[list[s
         ", ".join(f"{k} {_fmt(v)}" for k, v in drain.items()) or "-")
     bulk = s.get("http_bulk_max_entries_per_s")
     row("bulk", "≥ 10,000", bulk, None if bulk is None else bulk >= 10000,
-        f"single appends hold {_fmt(amax)} req/s")
+        f"single appends hold {_fmt(amax)} req/s ({_ratio(bulk, amax)} that)")
     return rows
 
 

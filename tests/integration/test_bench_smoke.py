@@ -42,6 +42,7 @@ async def test_the_smoke_profile_runs_every_scenario_and_reports(
         steps = results[mode]["steps"]
         assert steps and all(s["errors"] == 0 for s in steps), (mode, steps)
         assert results[mode]["exactly_once"]["rows"] == sum(s["entries"] for s in steps)
+        assert sum(s["published"] for s in steps) == sum(s["entries"] for s in steps)
     # CPU was read per process, the stages and every engine
     assert {"signer", "anchorer", "kafka", "postgres", "openbao", "trillian"} <= set(
         e2e["cpu_s"])
