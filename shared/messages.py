@@ -36,6 +36,7 @@ __all__ = [
     "SignedEntry",
     "append_request_fields",
     "decode",
+    "decode_object",
     "signed_entry_fields",
     "write_schemas",
 ]
@@ -209,8 +210,8 @@ _TOPIC_MODELS: dict[str, type[_Message]] = {
 }
 
 
-def decode(model: type[M], raw: bytes | None) -> M:
-    """Parse a Kafka value into ``model``; any problem raises :class:`InvalidMessage`."""
+def decode_object(raw: bytes | None) -> dict[str, Any]:
+    """A Kafka value as a version-1 JSON object; any problem raises :class:`InvalidMessage`."""
     if raw is None:
         raise InvalidMessage("empty message", detail="the message has no value")
     try:
@@ -221,6 +222,12 @@ def decode(model: type[M], raw: bytes | None) -> M:
         raise InvalidMessage("not a JSON object", detail=type(obj).__name__)
     if obj.get("version") != 1:
         raise InvalidMessage("unsupported version", detail=f"version={obj.get('version')!r}")
+    return obj
+
+
+def decode(model: type[M], raw: bytes | None) -> M:
+    """Parse a Kafka value into ``model``; any problem raises :class:`InvalidMessage`."""
+    obj = decode_object(raw)
     try:
         return model.model_validate(obj)
     except ValidationError as exc:

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shared import fastjson
 from shared.anchored import AnchoredEvent
 from shared.consumer import (
     Backoff,
@@ -45,6 +44,7 @@ from shared.db import Database
 from shared.errors import InvalidMessage, LedgerError
 from shared.kafka import Producer, Record, make_producer
 from shared.lifecycle import Lifecycle, run_service
+from shared.messages import decode_object
 from shared.ops import open_group_consumer, open_when_ready, serve_ops
 from shared.rekor import RekorClient
 from shared.settings import Settings
@@ -119,16 +119,7 @@ def decode_signed(record: Record) -> uuid.UUID:
     is then anchored as stored, or an unknown one, which is dead-lettered). The event was
     validated once already, where it entered the pipeline: the signer.
     """
-    if record.value is None:
-        raise InvalidMessage("empty message", detail="the message has no value")
-    try:
-        doc = fastjson.loads(record.value)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidMessage("not JSON", detail=str(exc)[:200]) from None
-    if not isinstance(doc, dict):
-        raise InvalidMessage("not a JSON object", detail=type(doc).__name__)
-    if doc.get("version") != 1:
-        raise InvalidMessage("unsupported version", detail=f"version={doc.get('version')!r}")
+    doc = decode_object(record.value)
     try:
         return uuid.UUID(doc["entry_id"])
     except (KeyError, TypeError, ValueError, AttributeError):
