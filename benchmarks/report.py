@@ -237,11 +237,7 @@ def charts(results: Mapping[str, Any], out: Path) -> list[Path]:
                 ax.set_xscale("log")
             ax.grid(alpha=0.3)
         fig.suptitle("Throughput against batch size (Kafka path, one knob at a time)")
-        fig.tight_layout()
-        path = out / "throughput-vs-batch.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, out / "throughput-vs-batch.png"))
 
     series = [("http_async", "ingest, respond-async"), ("http_wait", "ingest, default wait"),
               ("http_runbook", "runbook design"), ("http_trivial", "trivial aiohttp handler")]
@@ -263,11 +259,7 @@ def charts(results: Mapping[str, Any], out: Path) -> list[Path]:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         ax.set_title("HTTP latency against offered rate")
-        fig.tight_layout()
-        path = out / "latency-vs-rate.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, out / "latency-vs-rate.png"))
 
     bars = _cpu_bars(results)
     if bars:
@@ -283,12 +275,15 @@ def charts(results: Mapping[str, Any], out: Path) -> list[Path]:
         ax.legend(fontsize=8, ncol=4)
         ax.set_title("CPU per entry by process")
         plt.setp(ax.get_xticklabels(), rotation=15, ha="right", fontsize=8)
-        fig.tight_layout()
-        path = out / "cpu-per-entry.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, out / "cpu-per-entry.png"))
     return written
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _cpu_bars(results: Mapping[str, Any]) -> list[tuple[str, dict[str, float]]]:
