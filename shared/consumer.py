@@ -21,9 +21,11 @@ its own. With ``depth=1`` the loop is the plain one-batch-at-a-time loop.
   marks the record for the dead-letter topic instead.
 * The stage's ``process_batch`` gets the valid messages. It returns the messages it refuses
   one by one (e.g. an idempotency conflict) as :class:`Rejection`; those go to the DLQ too.
-  It raises :class:`DependencyError` when a dependency fails: then *nothing* is committed,
-  the assigned partitions are paused, and the same batch — kept in hand, never fetched
-  again — is retried after a back-off. ``process_batch`` must therefore be idempotent.
+  What it raises is handled by the error's declared :class:`shared.errors.Policy`, nothing
+  else: *retry* (a dependency failing) — nothing is committed, the assigned partitions are
+  paused, and the same batch, kept in hand and never fetched again, is retried after a
+  back-off, so ``process_batch`` must be idempotent; *stop* (and *dead-letter*, which is
+  only ever per message) — the exception ends the loop and the process.
 * :class:`DeadLetterer` publishes to ``<topic>.dlq`` with the error headers and awaits the
   ack; only then may the record's offset be committed.
 * :class:`Committer` commits exactly the next offset of every record of the batch
@@ -47,19 +49,12 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
 
-from shared.errors import (
-    DatabaseUnavailable,
-    DependencyError,
-    InvalidMessage,
-    KafkaUnavailable,
-    RekorUnavailable,
-    VaultUnavailable,
-)
+from shared.errors import InvalidMessage, KafkaUnavailable, LedgerError, Policy, policy_of
 from shared.kafka import Producer, Record, TopicPartition, dead_letter
 from shared.telemetry import Metrics, log_context
 
@@ -218,17 +213,16 @@ class Stage(Protocol[T]):
         ...
 
 
-def dependency_name(exc: DependencyError) -> str:
+def dependency_name(exc: LedgerError) -> str:
     """The ``dependency`` label of ``ledger_dependency_failures`` for an error."""
-    for cls, name in (
-        (VaultUnavailable, "vault"),
-        (DatabaseUnavailable, "database"),
-        (KafkaUnavailable, "kafka"),
-        (RekorUnavailable, "rekor"),
-    ):
-        if isinstance(exc, cls):
-            return name
-    return "other"
+    return exc.dependency
+
+
+def _retryable(exc: BaseException) -> LedgerError:
+    """``exc`` if its policy is to retry; otherwise it propagates (it stops the loop)."""
+    if isinstance(exc, LedgerError) and policy_of(exc) is Policy.RETRY:
+        return exc
+    raise exc
 
 
 # --- the steps -----------------------------------------------------------------------------
@@ -383,8 +377,9 @@ class ConsumerLoop(Generic[T]):
 
     The Kafka adapter's rebalance listener must call :meth:`on_partitions_revoked` and
     :meth:`on_partitions_assigned` (see :class:`RebalanceHooks`). ``clock`` is monotonic
-    seconds; waits happen only inside ``consumer.getmany`` so that the consumer keeps
-    polling (and stays in its group) while paused.
+    seconds; waits happen inside ``consumer.getmany`` so that the consumer keeps polling
+    (and stays in its group) while paused, except after a failing poll, when the loop waits
+    with ``sleep`` (default: until the delay passes or a stop is requested).
     """
 
     def __init__(
@@ -402,6 +397,7 @@ class ConsumerLoop(Generic[T]):
         keepalive_s: float = 0.5,
         lag_interval_s: float = 5.0,
         depth: int = 1,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         if depth < 1:
             raise ValueError("depth must be at least 1")
@@ -414,6 +410,7 @@ class ConsumerLoop(Generic[T]):
         self._batch_timeout_ms = max(batch_timeout_ms, 1)
         self._backoff = backoff or Backoff()
         self._clock = clock
+        self._sleep = sleep or self._sleep_unless_stopping
         self._keepalive_s = keepalive_s
         self._lag_interval_s = lag_interval_s
         self._next_lag_at = 0.0
@@ -562,12 +559,12 @@ class ConsumerLoop(Generic[T]):
         False when a stop was requested while a dependency kept failing (then this batch and
         every later one are abandoned uncommitted).
         """
-        failure: DependencyError | None = None
+        failure: LedgerError | None = None
         if batch.task is not None:
             try:
                 batch.task.result()
-            except DependencyError as exc:
-                failure = exc
+            except LedgerError as exc:
+                failure = _retryable(exc)
             finally:
                 batch.task = None
         while True:
@@ -575,8 +572,8 @@ class ConsumerLoop(Generic[T]):
                 try:
                     await self._commit(batch)
                     break
-                except DependencyError as exc:
-                    failure = exc
+                except LedgerError as exc:
+                    failure = _retryable(exc)
             self.failures += 1
             self._metrics.dependency_failures.labels(
                 stage=self._stage.name, dependency=dependency_name(failure)
@@ -599,8 +596,8 @@ class ConsumerLoop(Generic[T]):
             try:
                 await self._attempt(batch)
                 failure = None
-            except DependencyError as exc:
-                failure = exc
+            except LedgerError as exc:
+                failure = _retryable(exc)
         batch.turn.pass_()
         self._metrics.batch_seconds.labels(stage=self._stage.name).observe(
             self._clock() - batch.started
@@ -631,7 +628,9 @@ class ConsumerLoop(Generic[T]):
         self._poll_failures += 1
         self._metrics.dependency_failures.labels(stage=self._stage.name, dependency="kafka").inc()
         log.warning("poll failed; retrying", extra={"stage": self._stage.name, "error": str(exc)})
-        delay = self._backoff.delay(self._poll_failures - 1)
+        await self._sleep(self._backoff.delay(self._poll_failures - 1))
+
+    async def _sleep_unless_stopping(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=delay)
 
@@ -654,6 +653,7 @@ class ConsumerLoop(Generic[T]):
         Returns False if a stop was requested meanwhile.
         """
         deadline = self._clock() + delay
+        failed_polls = 0
         while not self._stopping.is_set():
             remaining = deadline - self._clock()
             if remaining <= 0:
@@ -664,7 +664,11 @@ class ConsumerLoop(Generic[T]):
                     max_records=self._batch_max,
                 )
             except KafkaUnavailable as exc:
+                # Kafka down too: a failing poll returns at once, so wait before the next one
+                failed_polls += 1
                 log.debug("poll while paused failed", extra={"error": str(exc)})
+                pause = min(remaining, self._keepalive_s, self._backoff.delay(failed_polls))
+                await self._sleep(max(pause, 0.01))
                 continue
             for tp, records in stray.items():
                 if records:

@@ -1,32 +1,53 @@
-"""The project's error hierarchy.
+"""The project's error hierarchy, and what each error means for the work in hand.
 
 Third-party exceptions (asyncpg, hvac, aiokafka, aiohttp) are translated into these at the
 adapter that calls the library; business code never sees a third-party exception.
 
-::
+Every class declares its :class:`Policy` — what a consumer stage does when it meets it — and
+the consumer loop decides from that declaration alone; ingest maps the same policy to HTTP
+(retry → 503 with ``Retry-After``, refuse → the request's own 4xx, stop → 500)::
 
-    LedgerError                      retryable?
-    ├── ConfigError                  no   settings are missing or invalid
-    ├── InvalidMessage               no   → dead-letter topic, partition moves on
-    │   └── IdempotencyConflict      no   same request id, different content
-    ├── DependencyError              yes  a service failed; pause, back off, retry
-    │   ├── KafkaUnavailable
-    │   ├── DatabaseUnavailable
-    │   │   └── SerializationFailure   40001/40P01 once the transaction's retries ran out
-    │   ├── VaultUnavailable
-    │   └── RekorUnavailable
-    ├── QueryError                   no   the database refused a statement (constraint …)
-    ├── VaultError                   no   Vault answered, but refused (bad key, bad input)
-    ├── RekorError                   no   Rekor answered 4xx other than 409
-    │   └── RekorConflict            no   409: the entry exists (carries its uuid)
-    └── VerificationError            no   a signature, proof or receipt does not verify
+    LedgerError                      policy       dependency
+    ├── ConfigError                  stop         -            settings missing or invalid
+    ├── InvalidMessage               dead-letter  -            the message can never succeed
+    │   └── IdempotencyConflict      dead-letter  -            same request id, other content
+    ├── DependencyError              retry        -            a service failed
+    │   ├── KafkaUnavailable         retry        kafka
+    │   ├── DatabaseUnavailable      retry        database
+    │   │   └── SerializationFailure retry        database     40001/40P01 after its retries
+    │   ├── VaultUnavailable         retry        vault
+    │   ├── RekorUnavailable         retry        rekor
+    │   └── ClaimRaced               retry        database     entries claimed meanwhile
+    ├── QueryError                   retry        database     the database refused a statement
+    ├── VaultError                   retry        vault        Vault refused (key, permission)
+    ├── RekorError                   retry        rekor        Rekor answered 4xx other than 409
+    │   └── RekorConflict            retry        rekor        409: the entry exists (its uuid)
+    └── VerificationError            retry        verification a signature or proof fails
+        └── ReceiptRejected          retry        rekor        Rekor's receipt did not verify
 
-Each class says whether it is retryable through :attr:`LedgerError.retryable`.
+* **retry** (:attr:`Policy.RETRY`): pause the stage, back off, retry the same batch; nothing
+  is committed meanwhile and nothing is dropped. Chosen for everything an operator can fix
+  behind the message's back — a service down, a key missing or forbidden, a migration not
+  applied, a dependency answering with something that does not verify — because none of it
+  is the message's fault: the signer sends Vault only its own canonical JSON, and the
+  anchorer trusts only stored rows.
+* **dead-letter** (:attr:`Policy.DEAD_LETTER`): the message itself is at fault; it goes to
+  ``<topic>.dlq`` with the reason and the partition moves on. Only per message, from
+  decoding or as a stage's rejection: raised for a whole batch it is a bug, and stops.
+* **stop** (:attr:`Policy.STOP`): a broken deployment or a bug; the process exits (and its
+  supervisor restarts it), uncommitted work is redelivered.
+
+``dependency`` labels ``ledger_dependency_failures_total``.
 """
 
 from __future__ import annotations
 
+import enum
+import uuid
+from typing import ClassVar
+
 __all__ = [
+    "ClaimRaced",
     "ConfigError",
     "DatabaseUnavailable",
     "DependencyError",
@@ -34,7 +55,9 @@ __all__ = [
     "InvalidMessage",
     "KafkaUnavailable",
     "LedgerError",
+    "Policy",
     "QueryError",
+    "ReceiptRejected",
     "RekorConflict",
     "RekorError",
     "RekorUnavailable",
@@ -42,13 +65,32 @@ __all__ = [
     "VaultError",
     "VaultUnavailable",
     "VerificationError",
+    "policy_of",
 ]
+
+
+class Policy(enum.Enum):
+    """What a stage does with the batch (or message) in hand when an error is raised."""
+
+    RETRY = "retry"
+    DEAD_LETTER = "dead-letter"
+    STOP = "stop"
 
 
 class LedgerError(Exception):
     """Base of every error this project raises on purpose."""
 
-    retryable: bool = False
+    policy: ClassVar[Policy] = Policy.STOP
+    dependency: ClassVar[str] = "other"
+
+    @property
+    def retryable(self) -> bool:
+        return self.policy is Policy.RETRY
+
+
+def policy_of(exc: BaseException) -> Policy:
+    """The policy of any exception: one of ours declares it; anything else is a bug (stop)."""
+    return exc.policy if isinstance(exc, LedgerError) else Policy.STOP
 
 
 class ConfigError(LedgerError):
@@ -57,6 +99,8 @@ class ConfigError(LedgerError):
 
 class InvalidMessage(LedgerError):
     """A message that can never be processed: it goes to the dead-letter topic."""
+
+    policy = Policy.DEAD_LETTER
 
     def __init__(self, reason: str, *, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -75,23 +119,25 @@ class IdempotencyConflict(InvalidMessage):
 class DependencyError(LedgerError):
     """A dependency is unavailable or failing; the work must pause and be retried."""
 
-    retryable = True
+    policy = Policy.RETRY
 
 
 class KafkaUnavailable(DependencyError):
-    pass
+    dependency = "kafka"
 
 
 class DatabaseUnavailable(DependencyError):
-    pass
+    dependency = "database"
 
 
 class VaultUnavailable(DependencyError):
-    pass
+    dependency = "vault"
 
 
 class RekorUnavailable(DependencyError):
     """Rekor is down, timed out, rate-limited (429) or answered 5xx."""
+
+    dependency = "rekor"
 
 
 class SerializationFailure(DatabaseUnavailable):
@@ -102,8 +148,22 @@ class SerializationFailure(DatabaseUnavailable):
         self.sqlstate = sqlstate
 
 
+class ClaimRaced(DependencyError):
+    """Some entries planned for a batch were claimed by another batch before the claim
+    committed: nothing was written; plan again with the entries still free."""
+
+    dependency = "database"
+
+
 class QueryError(LedgerError):
-    """The database refused a statement (constraint, syntax, ...); not retryable."""
+    """The database refused a statement (a constraint, a missing column, ...).
+
+    Inputs are validated before they reach SQL, so this means the schema or the database is
+    wrong (a migration not applied): pause and retry until an operator fixes it.
+    """
+
+    policy = Policy.RETRY
+    dependency = "database"
 
     def __init__(self, message: str, *, sqlstate: str) -> None:
         super().__init__(message)
@@ -111,11 +171,21 @@ class QueryError(LedgerError):
 
 
 class VaultError(LedgerError):
-    """Vault answered and refused the request (unknown key, permission denied, bad input)."""
+    """Vault answered and refused (unknown key, permission denied, bad input).
+
+    What a stage sends Vault is its own canonical JSON, never a message's raw bytes, so a
+    refusal is Vault's configuration, not the message's fault: pause until it is fixed.
+    """
+
+    policy = Policy.RETRY
+    dependency = "vault"
 
 
 class RekorError(LedgerError):
-    """Rekor answered with a client error other than 409."""
+    """Rekor answered with a client error other than 409 (the batch stays pending)."""
+
+    policy = Policy.RETRY
+    dependency = "rekor"
 
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
@@ -131,4 +201,24 @@ class RekorConflict(RekorError):
 
 
 class VerificationError(LedgerError):
-    """A signature, Merkle proof, checkpoint or Rekor receipt failed to verify."""
+    """A signature, Merkle proof, checkpoint or Rekor receipt failed to verify.
+
+    In a stage, what fails to verify came from a dependency (Vault's signature, Rekor's
+    receipt) or from the database (a row changed after batching): pause and alert, never
+    store or emit it. Offline (``ledger verify``, ``ledger audit``) it is the verdict.
+    """
+
+    policy = Policy.RETRY
+    dependency = "verification"
+
+
+class ReceiptRejected(VerificationError):
+    """Rekor's receipt for a batch failed a check: not stored, the batch stays pending and is
+    retried (a log that answers with bad proofs is not one we can use)."""
+
+    dependency = "rekor"
+
+    def __init__(self, batch_id: uuid.UUID, check: str, detail: str) -> None:
+        super().__init__(f"Rekor receipt for batch {batch_id} refused: {check}: {detail}")
+        self.batch_id = batch_id
+        self.check = check

@@ -27,8 +27,9 @@ Everything after the claim is keyed by the batch id and re-runnable: completing 
 is already anchored only re-emits its (identical) events; a retry re-sends the stored
 signature, so Rekor answers 409 instead of logging a second entry.
 
-Errors: :class:`RekorUnavailable` (and :class:`ReceiptRejected`, one of them),
-``VaultUnavailable`` and ``DatabaseUnavailable`` propagate so the caller pauses and retries.
+Errors: :class:`RekorUnavailable`, :class:`ReceiptRejected`, ``VaultUnavailable`` and
+``DatabaseUnavailable`` propagate; their policy (:mod:`shared.errors`) is to retry, so the
+caller pauses and retries.
 A Rekor 4xx other than 409 leaves the batch pending for the sweeper (logged), without
 stopping the stream.
 """
@@ -46,7 +47,9 @@ from typing import Any, Protocol
 
 from shared.anchored import AnchoredEvent, BatchRecord, EntryRecord, LeafRecord, anchored_events
 from shared.errors import (
+    ClaimRaced,
     DatabaseUnavailable,
+    ReceiptRejected,
     RekorConflict,
     RekorError,
     RekorUnavailable,
@@ -62,13 +65,12 @@ from shared.verify import (
 )
 
 from .building import plan_batch
-from .store import AnchorStore, ClaimRaced
+from .store import AnchorStore
 
 __all__ = [
     "AnchorResult",
     "Anchorer",
     "EventPublisher",
-    "ReceiptRejected",
     "RekorHealth",
     "RekorPort",
     "SignerPort",
@@ -77,19 +79,6 @@ __all__ = [
 log = logging.getLogger("ledger.anchorer")
 
 _CLAIM_ATTEMPTS = 5
-
-
-class ReceiptRejected(RekorUnavailable):
-    """Rekor's receipt failed verification: not stored, batch stays pending, retried later.
-
-    A :class:`RekorUnavailable`, so the consumer loop pauses, backs off and retries the same
-    batch instead of committing (a log that answers with bad proofs is not one we can use).
-    """
-
-    def __init__(self, batch_id: uuid.UUID, error: ReceiptVerificationError) -> None:
-        super().__init__(f"Rekor receipt for batch {batch_id} refused: {error}")
-        self.batch_id = batch_id
-        self.check = error.check
 
 
 # --- the narrow interfaces this module needs ---------------------------------------------
@@ -484,7 +473,7 @@ class Anchorer:
                 extra={"batch_id": str(batch.id), "reason": "receipt verification failed",
                        "check": exc.check, "detail": exc.detail[:300], "path": path},
             )
-            raise ReceiptRejected(batch.id, exc) from None
+            raise ReceiptRejected(batch.id, exc.check, exc.detail) from None
         except VerificationError as exc:  # malformed beyond the named checks
             self._metrics.receipt_failures.labels(check="receipt").inc()
             log.error(  # noqa: TRY400
@@ -492,9 +481,7 @@ class Anchorer:
                 extra={"batch_id": str(batch.id), "reason": "receipt verification failed",
                        "check": "receipt", "detail": str(exc)[:300], "path": path},
             )
-            raise ReceiptRejected(
-                batch.id, ReceiptVerificationError("receipt", str(exc))
-            ) from None
+            raise ReceiptRejected(batch.id, "receipt", str(exc)) from None
         log.info(
             "Rekor receipt verified",
             extra={"batch_id": str(batch.id), "rekor_uuid": receipt.uuid,

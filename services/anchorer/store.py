@@ -33,15 +33,12 @@ from shared.anchored import ENTRY_COLUMNS as _ENTRY_COLUMNS
 from shared.anchored import LEAF_COLUMNS as _LEAF_COLUMNS
 from shared.anchored import BatchRecord, EntryRecord, LeafRecord
 from shared.db import Database, Tx
+from shared.errors import ClaimRaced
 from shared.verify import RekorReceipt
 
 from .building import BatchPlan
 
-__all__ = ["AnchorStore", "ClaimRaced", "StoredCheckpoint"]
-
-
-class ClaimRaced(Exception):
-    """Some planned members were claimed by another batch before this claim committed."""
+__all__ = ["AnchorStore", "StoredCheckpoint"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from shared.errors import DependencyError
+from shared.errors import DependencyError, LedgerError, Policy, QueryError
 from shared.telemetry import Metrics
 
 from .anchoring import Anchorer
@@ -84,13 +84,15 @@ class Sweeper:
             if self._monitor is not None:
                 result = await self._monitor.check()
                 report.consistency_ok = None if result is None else result.ok
-        except DependencyError as exc:
+        except LedgerError as exc:
+            if exc.policy is not Policy.RETRY:
+                raise
             report.error = str(exc)
             log.warning("sweep round ended early: dependency failing", extra={"error": str(exc)})
         except Exception as exc:  # a bug in one round must not end the sweeper
             report.error = repr(exc)
             log.exception("sweep round failed")
-        with contextlib.suppress(DependencyError):
+        with contextlib.suppress(DependencyError, QueryError):
             self._metrics.pending_batches.set(await self._store.pending_count())
         self.rounds += 1
         if report.batches_redriven or report.entries_batched:

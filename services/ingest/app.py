@@ -65,8 +65,9 @@ from shared import fastjson
 from shared.errors import (
     ConfigError,
     DatabaseUnavailable,
-    DependencyError,
     KafkaUnavailable,
+    LedgerError,
+    Policy,
     VerificationError,
 )
 from shared.messages import append_request_fields
@@ -267,7 +268,11 @@ class _Api:
                 return await handler(request)
         except RequestRejected as exc:
             return _rejection(exc)
-        except DependencyError as exc:
+        except LedgerError as exc:
+            if exc.policy is not Policy.RETRY:
+                log.exception("unhandled error", extra={"path": request.path})
+                return _error(500, "internal_error", "internal error")
+            # what a stage would pause and retry on, a client retries later
             log.warning(
                 "dependency unavailable", extra={"error": type(exc).__name__, "path": request.path}
             )
@@ -744,6 +749,8 @@ class _Api:
 class RequestUnavailable(RequestRejected):
     """Kafka did not acknowledge: 503, and the client should retry with the same request id
     (a batch: with the request id this answer gives each entry)."""
+
+    policy = Policy.RETRY
 
     def __init__(
         self, request_id: str | None, request_ids: Sequence[str | None] | None = None

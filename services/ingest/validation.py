@@ -25,7 +25,7 @@ import jsonschema.validators
 import rfc8785
 
 from shared import fastjson
-from shared.errors import ConfigError
+from shared.errors import ConfigError, InvalidMessage
 from shared.messages import REQUEST_ID_PATTERN, SUBJECT_PATTERN
 
 __all__ = [
@@ -52,13 +52,17 @@ BODY_OVERHEAD_BYTES: Final = 4096
 BATCH_MAX_ENTRIES: Final = 1000
 
 
-class RequestRejected(Exception):
-    """A request the client must fix; ``status`` is the HTTP status to answer."""
+class RequestRejected(InvalidMessage):
+    """A request the client must fix; ``status`` is the HTTP status to answer.
+
+    An :class:`InvalidMessage`: the input itself is at fault, so it is refused and never
+    retried — over HTTP that is a 4xx instead of a dead-letter topic.
+    """
 
     def __init__(
         self, status: int, field: str, message: str, *, error: str = "invalid_request"
     ) -> None:
-        super().__init__(f"{field}: {message}")
+        super().__init__(error, detail=f"{field}: {message}")
         self.status = status
         self.field = field
         self.message = message

@@ -23,7 +23,8 @@ validated once, here, at its trust boundary; the statement is canonicalised once
 row's event is written from the values in hand (only ``created_at`` comes back from the
 database); metrics and logs are per batch (the per-entry line is DEBUG).
 
-Vault or the database failing raises :class:`DependencyError`: the loop pauses and retries
+Vault or the database failing, or Vault refusing (a key missing or forbidden), raises an
+error whose policy is to retry (:mod:`shared.errors`): the loop pauses and retries
 the same batch, and because steps 1 to 4 are idempotent a retry (or a replay after a crash)
 stores nothing twice. This stage never sees or logs a payload: requests carry only its
 SHA-256, and logs carry ids.
@@ -35,19 +36,17 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from shared import fastjson
 from shared.consumer import Message, Rejection, Turn
 from shared.db import Database, Row, Tx
 from shared.errors import (
-    DatabaseUnavailable,
     IdempotencyConflict,
     InvalidMessage,
-    QueryError,
     VaultError,
     VaultUnavailable,
     VerificationError,
@@ -67,22 +66,12 @@ __all__ = [
     "SignedPublisher",
     "Signer",
     "SignerStage",
-    "VaultRefused",
     "decode_append",
 ]
 
 log = logging.getLogger("ledger.signer")
-_T = TypeVar("_T")
 
 STAGE = "signer"
-
-
-class VaultRefused(VaultUnavailable):
-    """Vault answered but would not sign (permission, unknown key) or signed wrongly.
-
-    No message can be at fault (the input is our own canonical JSON), so the stage pauses
-    and retries instead of dead-lettering valid requests; an operator fixes Vault.
-    """
 
 
 # --- decoding --------------------------------------------------------------------------------
@@ -219,7 +208,7 @@ class EntryStore:
     async def existing(self, request_ids: Sequence[str]) -> dict[str, Row]:
         if not request_ids:
             return {}
-        rows = await self._guard(self._db.fetch(_SELECT_BY_REQUEST_ID, list(request_ids)))
+        rows = await self._db.fetch(_SELECT_BY_REQUEST_ID, list(request_ids))
         return {str(r["request_id"]): r for r in rows}
 
     async def insert(
@@ -261,16 +250,7 @@ class EntryStore:
 
         # Correct on row locks alone (ON CONFLICT, then a fresh read of the losers): no need
         # for serializable's predicate locks (see services/anchorer/store.py).
-        return await self._guard(self._db.transaction(work, isolation="read_committed"))
-
-    @staticmethod
-    async def _guard(aw: Awaitable[_T]) -> _T:
-        try:
-            return await aw
-        except QueryError as exc:
-            # Our inputs are validated, so a refused statement means the schema or the
-            # database is wrong (e.g. migrations not applied): pause and retry, never drop.
-            raise DatabaseUnavailable(f"database refused the signer's statement: {exc}") from None
+        return await self._db.transaction(work, isolation="read_committed")
 
 
 # --- the stage ---------------------------------------------------------------------------------
@@ -452,18 +432,16 @@ class SignerStage:
                 v: await self._vault.public_key(self._key, v)
                 for v in sorted({s.version for s in signatures})
             }
-        except VaultUnavailable as exc:
+        except (VaultUnavailable, VaultError, VerificationError) as exc:
+            # all retried (shared/errors.py): no message is at fault, an operator fixes Vault
             log.error("vault sign: %s", exc, extra={"key": self._key, "items": len(chunk)})  # noqa: TRY400
             raise
-        except (VaultError, VerificationError) as exc:
-            log.error("vault sign: %s", exc, extra={"key": self._key, "items": len(chunk)})  # noqa: TRY400
-            raise VaultRefused(f"vault sign: {exc}") from None
         finally:
             self._metrics.vault_latency.labels(key=self._key, op="sign").observe(
                 time.monotonic() - t0
             )
         if len(signatures) != len(chunk):
-            raise VaultRefused(
+            raise VaultError(
                 f"vault sign: {len(signatures)} signatures for {len(chunk)} statements"
             )
         # The adapter has verified every signature with the key version's public key (off

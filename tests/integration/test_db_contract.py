@@ -30,7 +30,7 @@ from shared.db import (
     load_migrations,
     migrate,
 )
-from shared.errors import ConfigError, DatabaseUnavailable
+from shared.errors import ConfigError, DatabaseUnavailable, DependencyError, Policy
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -177,7 +177,7 @@ async def test_schema_holds_a_runbook_shaped_entry_and_a_batch(db: Database) -> 
             uuid.uuid4(),
         )
     assert info.value.sqlstate == "23505"
-    assert not info.value.retryable
+    assert not isinstance(info.value, DependencyError) and info.value.policy is Policy.RETRY
 
 
 async def test_changed_migration_is_refused(db: Database) -> None:

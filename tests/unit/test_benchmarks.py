@@ -18,8 +18,9 @@ pytestmark = pytest.mark.unit
 
 
 def _spin(seconds: float) -> None:
-    end = time.process_time() + seconds
-    while time.process_time() < end:
+    """Burn ``seconds`` of this thread's own CPU (process time would count other threads)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
         pass
 
 

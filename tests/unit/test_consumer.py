@@ -10,17 +10,26 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
 from shared.consumer import Backoff, ConsumerLoop, Message, Rejection, Turn
 from shared.errors import (
+    ClaimRaced,
+    ConfigError,
     DatabaseUnavailable,
     IdempotencyConflict,
     InvalidMessage,
     KafkaUnavailable,
+    LedgerError,
+    QueryError,
+    ReceiptRejected,
+    RekorError,
+    VaultError,
     VaultUnavailable,
+    VerificationError,
 )
 from shared.kafka import Record, TopicPartition
 from shared.telemetry import Metrics
@@ -196,12 +205,20 @@ class Harness:
             keepalive_s=0.5,
             lag_interval_s=0.0,
             depth=depth,
+            sleep=self._sleep,
         )
+        self.sleeps: list[float] = []
         # stop once everything available has been consumed and nothing is in hand
         self.consumer.on_idle.append(self._stop_when_drained)
 
     def _random(self) -> float:
         return self.jitter[0]
+
+    async def _sleep(self, seconds: float) -> None:
+        """The loop's wait after a failing poll: advances the fake clock, takes no real time."""
+        self.sleeps.append(seconds)
+        self.clock.now += seconds
+        await asyncio.sleep(0)
 
     def _stop_when_drained(self) -> None:
         if not self.consumer.paused_tps and all(
@@ -390,6 +407,96 @@ async def test_a_failing_poll_is_retried_and_the_loop_keeps_running():
 
     assert h.consumer.committed == {P0: 1}
     assert h.metric("ledger_dependency_failures_total", {"stage": "test-stage", "dependency": "kafka"}) == 1
+
+
+# --- the error policy: the loop reads it from the error class alone -------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "dependency"),
+    [
+        (QueryError("relation ledger.entries does not exist (test)", sqlstate="42P01"), "database"),
+        (VaultError("permission denied (test)"), "vault"),
+        (RekorError("bad entry (test)", status=400), "rekor"),
+        (ReceiptRejected(uuid.UUID(int=1), check="inclusion proof", detail="root differs (test)"), "rekor"),
+        (VerificationError("signature does not verify (test)"), "verification"),
+        (ClaimRaced("claimed meanwhile (test)"), "database"),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Exception) else v,
+)
+async def test_errors_declared_retry_pause_and_retry_the_same_batch(error: LedgerError, dependency: str):
+    h = Harness({P0: [good(P0, 0, 1), good(P0, 1, 2)]})
+    h.stage.fail = [error]
+    paused_during_retry: list[bool] = []
+    h.stage.during.append(lambda: paused_during_retry.append(h.loop.paused))
+    await h.run()
+
+    assert h.stage.calls == [[(0, 0), (0, 1)]] * 2, "the same batch, retried"
+    assert paused_during_retry == [False, True]
+    assert h.consumer.committed == {P0: 2}
+    assert h.dlq.sent == [], "a dependency's refusal is not the message's fault"
+    assert h.metric("ledger_dependency_failures_total",
+                    {"stage": "test-stage", "dependency": dependency}) == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConfigError("LEDGER_VAULT_KEY is not set (test)"),
+        InvalidMessage("a whole batch refused at once is a bug (test)"),
+        IdempotencyConflict("raised instead of returned (test)"),
+        RuntimeError("a bug (test)"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+async def test_errors_declared_stop_end_the_loop_with_nothing_committed(error: Exception):
+    h = Harness({P0: [good(P0, 0, 1), good(P0, 1, 2)]})
+    h.stage.fail = [error]
+    with pytest.raises(type(error)) as raised:
+        await h.run()
+
+    assert raised.value is error
+    assert len(h.stage.calls) == 1, "not retried"
+    assert h.consumer.committed == {}, "redelivered to whoever runs next"
+    assert h.dlq.sent == []
+
+
+async def test_a_stop_error_in_a_later_batch_leaves_earlier_commits_and_nothing_after():
+    h = Harness({P0: [good(P0, i, i) for i in range(6)]}, batch_max=2, depth=2)
+    h.stage.fail = []
+    h.stage.during.append(
+        lambda: h.stage.fail.append(ConfigError("broken (test)")) if len(h.stage.calls) == 2 else None
+    )
+    with pytest.raises(ConfigError):
+        await h.run()
+
+    assert h.consumer.committed.get(P0, 0) <= 2, "nothing at or after the failing batch"
+
+
+async def test_kafka_down_while_paused_waits_between_polls_instead_of_spinning():
+    h = Harness({P0: [good(P0, 0, 1)]})
+    h.stage.fail = [VaultUnavailable("down (test)")] * 3  # back-off waits of 1, 2 and 4 s
+    h.loop._backoff = Backoff(base_s=1.0, cap_s=8.0, random=lambda: 1.0)
+    real_getmany = h.consumer.getmany
+    failed_polls = 0
+
+    async def getmany_down_while_paused(timeout_ms: int = 1000, max_records: int | None = None):
+        nonlocal failed_polls
+        await asyncio.sleep(0)
+        if h.loop.paused:  # a failing poll returns at once, taking no time
+            failed_polls += 1
+            raise KafkaUnavailable("broker down (test)")
+        return await real_getmany(timeout_ms=timeout_ms, max_records=max_records)
+
+    h.consumer.getmany = getmany_down_while_paused  # type: ignore[method-assign]
+    await h.run()
+
+    # the 7 s of back-off were slept, in steps no longer than the keep-alive poll (0.5 s),
+    # one failing poll per step: no tight loop against a dead broker
+    assert sum(h.sleeps) == pytest.approx(7.0)
+    assert max(h.sleeps) == pytest.approx(0.5)
+    assert failed_polls == len(h.sleeps) == 14
+    assert h.consumer.committed == {P0: 1}
 
 
 # --- several batches in flight (depth > 1) ---------------------------------------------------

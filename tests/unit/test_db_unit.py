@@ -16,7 +16,7 @@ from shared.db import (
     _translate,
     load_migrations,
 )
-from shared.errors import ConfigError, DatabaseUnavailable
+from shared.errors import ConfigError, DatabaseUnavailable, DependencyError, Policy
 
 pytestmark = pytest.mark.unit
 
@@ -100,7 +100,8 @@ def test_query_error_carries_sqlstate() -> None:
     error = _translate(_pg_error(asyncpg.UniqueViolationError))
     assert isinstance(error, QueryError)
     assert error.sqlstate == "23505"
-    assert not error.retryable
+    # not "unavailable", but paused on all the same: the schema is wrong, not the message
+    assert not isinstance(error, DependencyError) and error.policy is Policy.RETRY
     failure = _translate(_pg_error(asyncpg.SerializationError))
     assert isinstance(failure, SerializationFailure)
     assert failure.retryable

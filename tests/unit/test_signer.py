@@ -22,9 +22,16 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from services.signer.stage import NewRow, SignerStage, VaultRefused, decode_append
+from services.signer.stage import NewRow, SignerStage, decode_append
 from shared.consumer import Message
-from shared.errors import DependencyError, InvalidMessage, VaultError, VaultUnavailable
+from shared.errors import (
+    InvalidMessage,
+    LedgerError,
+    Policy,
+    VaultError,
+    VaultUnavailable,
+    VerificationError,
+)
 from shared.kafka import Record
 from shared.messages import AppendRequest, SignedEntry
 from shared.settings import Settings
@@ -233,14 +240,15 @@ async def test_a_row_stored_by_another_signer_meanwhile_resolves_like_an_existin
 
 @pytest.mark.parametrize(
     ("error", "kind"),
-    [(VaultUnavailable("sealed"), VaultUnavailable), (VaultError("permission denied"), VaultRefused)],
+    [(VaultUnavailable("sealed"), VaultUnavailable), (VaultError("permission denied"), VaultError)],
 )
-async def test_vault_failures_are_dependency_errors_and_store_nothing(error, kind, caplog):
+async def test_vault_failures_are_retried_and_store_nothing(error, kind, caplog):
     stage, store, vault, pub, _ = make_stage()
     vault.fail = error
-    with caplog.at_level(logging.ERROR, logger="ledger.signer"), pytest.raises(DependencyError) as info:
+    with caplog.at_level(logging.ERROR, logger="ledger.signer"), pytest.raises(LedgerError) as info:
         await stage.process_batch(msgs(req_bytes("a")))
     assert isinstance(info.value, kind)
+    assert info.value.policy is Policy.RETRY, "Vault down or refusing: pause, never dead-letter"
     assert store.rows == {} and pub.events == []
     assert any(r.getMessage().startswith("vault sign:") for r in caplog.records), "runbook log phrase"
 
@@ -294,8 +302,9 @@ async def test_a_signature_that_does_not_verify_never_reaches_storage(tamper, ca
     stage = SignerStage(store=store, vault=vault, publisher=pub, key_name=KEY, batch_max=200, metrics=Metrics())  # type: ignore[arg-type]
     try:
         if tamper:
-            with caplog.at_level(logging.ERROR, logger="ledger.signer"), pytest.raises(VaultRefused):
+            with caplog.at_level(logging.ERROR, logger="ledger.signer"), pytest.raises(VerificationError) as info:
                 await stage.process_batch(msgs(req_bytes("a")))
+            assert info.value.policy is Policy.RETRY
             assert store.rows == {} and pub.events == []
             assert any("vault sign:" in r.getMessage() for r in caplog.records)
         else:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from shared.errors import VaultError, VaultUnavailable, VerificationError
+from shared.errors import Policy, VaultError, VaultUnavailable, VerificationError
 from shared.settings import Settings
 from shared.vault import (
     BATCH_MAX,
@@ -148,7 +148,8 @@ def test_translate_keeps_vaults_message() -> None:
         action="sign",
     )
     assert "permission denied" in str(out)
-    assert not out.retryable
+    # Vault refused (not down): still paused on, since no message can be at fault
+    assert not isinstance(out, VaultUnavailable) and out.policy is Policy.RETRY
 
 
 @pytest.mark.parametrize(
