@@ -51,9 +51,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from shared.anchored import BatchRecord, EntryRecord
 from shared.errors import ConfigError, LedgerError, RekorError, VerificationError
 from shared.merkle import EMPTY_ROOT, leaf_hash, node_hash
+from shared.records import BatchRecord, EntryRecord
 from shared.statement import (
     STATEMENT_VERSION,
     canonical_json,
@@ -632,7 +632,7 @@ class AuditReport:
 _ENTRY_SELECT = (
     "e.id, e.request_id, e.subject, e.payload_hash, e.meta::text AS meta, e.submitted_at, "
     "e.created_at, e.statement, e.sig, e.key_name, e.key_version, e.pubkey, e.batch_id, "
-    "e.leaf_index, e.anchored_at, e.content_sha256, e.rekor_log_id, e.rekor_index"
+    "e.leaf_index, e.anchored_at, e.content_sha256, e.rekor_log_id, e.rekor_index, e.leaf_hash"
 )
 _BATCH_SELECT = (
     "id, created_at, state, size, root_hash, manifest, manifest_sha256, anchor_sig, "

@@ -1,9 +1,9 @@
 """Building ``ledger.anchored`` events (the offline proof bundles) from database rows.
 
 Shared by the anchorer, which emits one event per entry of an anchored batch, and by ingest,
-which serves the same document at ``GET /entries/{id}/proof``. Both read the rows with
-:data:`ENTRY_COLUMNS` / :data:`BATCH_COLUMNS` and build with :func:`anchored_events`, so the
-proof an HTTP client downloads is byte-identical to the entry's Kafka event.
+which serves the same document at ``GET /entries/{id}/proof``. Both read the rows through
+:class:`shared.repository.Repository` and build with :func:`anchored_events`, so the proof
+an HTTP client downloads is byte-identical to the entry's Kafka event.
 
 The batch's tree is built from the leaf hashes the signer stored (``leaf_hash``; derived
 from the row for rows stored before that column existed) and must give the batch's stored
@@ -20,234 +20,18 @@ no clock, no randomness.
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 from shared import fastjson
 from shared.errors import VerificationError
-from shared.merkle import MerkleTree, leaf_hash
-from shared.messages import AnchoredEntry, BatchInfo, ReceiptInfo, SignedEntry, signed_entry_fields
-from shared.statement import leaf_bytes
+from shared.merkle import MerkleTree
+from shared.messages import AnchoredEntry, ReceiptInfo
+from shared.records import BatchRecord, EntryRecord, LeafRecord
 from shared.verify import RekorReceipt
 
-__all__ = [
-    "BATCH_COLUMNS",
-    "ENTRY_COLUMNS",
-    "LEAF_COLUMNS",
-    "AnchoredEvent",
-    "BatchRecord",
-    "EntryRecord",
-    "LeafRecord",
-    "anchored_events",
-    "receipt_info",
-]
-
-#: the ``ledger.entries`` columns :meth:`EntryRecord.from_row` reads
-ENTRY_COLUMNS = (
-    "id, request_id, subject, payload_hash, meta::text AS meta, submitted_at, created_at, "
-    "statement, sig, key_name, key_version, pubkey, batch_id, leaf_index, anchored_at, "
-    "leaf_hash"
-)
-#: the ``ledger.entries`` columns :meth:`LeafRecord.from_row` reads: what a tree needs. The
-#: leaf's inputs come along only for rows without a stored leaf hash.
-LEAF_COLUMNS = (
-    "id, created_at, batch_id, leaf_index, leaf_hash, "
-    "CASE WHEN leaf_hash IS NULL THEN statement END AS statement, "
-    "CASE WHEN leaf_hash IS NULL THEN sig END AS sig, "
-    "CASE WHEN leaf_hash IS NULL THEN key_name END AS key_name, "
-    "CASE WHEN leaf_hash IS NULL THEN key_version END AS key_version"
-)
-#: rows written by the signer always carry the key name; the column is nullable only for
-#: the runbook's legacy rows, which were signed with its default key
-_LEGACY_KEY_NAME = "ledger-ed25519"
-
-
-def _derived_leaf(
-    entry_id: uuid.UUID, statement: bytes, sig: str, key_name: str, key_version: int
-) -> bytes:
-    return leaf_hash(leaf_bytes(entry_id=entry_id, statement=statement, signature=sig,
-                                key_name=key_name, key_version=key_version))
-
-
-@dataclass(frozen=True, slots=True)
-class LeafRecord:
-    """What building or checking a batch tree needs of one ``ledger.entries`` row."""
-
-    id: uuid.UUID
-    created_at: datetime
-    leaf_hash: bytes
-    batch_id: uuid.UUID | None = None
-    leaf_index: int | None = None
-
-    @property
-    def tree_leaf(self) -> bytes:
-        """The leaf hash a batch tree uses for this row."""
-        return self.leaf_hash
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> LeafRecord:
-        stored = row["leaf_hash"]
-        if stored is None:  # a row from before the signer stored leaf hashes
-            stored = _derived_leaf(row["id"], bytes(row["statement"]), row["sig"],
-                                   row["key_name"] or _LEGACY_KEY_NAME, row["key_version"])
-        return cls(id=row["id"], created_at=row["created_at"], leaf_hash=bytes(stored),
-                   batch_id=row["batch_id"], leaf_index=row["leaf_index"])
-#: the ``ledger.batches`` columns :meth:`BatchRecord.from_row` reads
-BATCH_COLUMNS = (
-    "id, created_at, state, size, root_hash, manifest, manifest_sha256, anchor_sig, "
-    "anchor_key_version, anchor_pubkey, receipt::text AS receipt, anchored_at"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class EntryRecord:
-    """One ``ledger.entries`` row, as the anchorer reads it."""
-
-    id: uuid.UUID
-    request_id: str
-    subject: str
-    payload_hash: str
-    meta: dict[str, Any]
-    submitted_at: datetime
-    created_at: datetime
-    statement: bytes
-    sig: str
-    key_name: str
-    key_version: int
-    pubkey: str
-    batch_id: uuid.UUID | None = None
-    leaf_index: int | None = None
-    anchored_at: datetime | None = None
-    #: the leaf hash the signer stored (None for older rows)
-    stored_leaf_hash: bytes | None = None
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> EntryRecord:
-        meta = row["meta"]
-        if isinstance(meta, str):
-            meta = fastjson.loads(meta)
-        return cls(
-            id=row["id"],
-            request_id=row["request_id"],
-            subject=row["subject"],
-            payload_hash=row["payload_hash"],
-            meta=dict(meta or {}),
-            submitted_at=row["submitted_at"],
-            created_at=row["created_at"],
-            statement=bytes(row["statement"]),
-            sig=row["sig"],
-            key_name=row["key_name"] or _LEGACY_KEY_NAME,
-            key_version=row["key_version"],
-            pubkey=row["pubkey"],
-            batch_id=row.get("batch_id"),
-            leaf_index=row.get("leaf_index"),
-            anchored_at=row.get("anchored_at"),
-            stored_leaf_hash=None if row.get("leaf_hash") is None else bytes(row["leaf_hash"]),
-        )
-
-    def leaf(self) -> bytes:
-        """The Merkle leaf data (``shared.statement.leaf_bytes``) of this row."""
-        return leaf_bytes(
-            entry_id=self.id,
-            statement=self.statement,
-            signature=self.sig,
-            key_name=self.key_name,
-            key_version=self.key_version,
-        )
-
-    def content_leaf_hash(self) -> bytes:
-        """The leaf hash this row's signed content gives now."""
-        return leaf_hash(self.leaf())
-
-    @property
-    def tree_leaf(self) -> bytes:
-        """The leaf hash a batch tree uses for this row: the stored one, else derived."""
-        return self.stored_leaf_hash or self.content_leaf_hash()
-
-    def leaf_record(self) -> LeafRecord:
-        """This row as a tree sees it."""
-        return LeafRecord(id=self.id, created_at=self.created_at, leaf_hash=self.tree_leaf,
-                          batch_id=self.batch_id, leaf_index=self.leaf_index)
-
-    def signed_entry_fields(self) -> dict[str, Any]:
-        return signed_entry_fields(
-            entry_id=self.id,
-            request_id=self.request_id,
-            subject=self.subject,
-            payload_sha256=self.payload_hash,
-            meta=self.meta,
-            submitted_at=self.submitted_at,
-            created_at=self.created_at,
-            statement=self.statement,
-            signature=self.sig,
-            key_name=self.key_name,
-            key_version=self.key_version,
-            public_key=self.pubkey,
-        )
-
-    def signed_entry(self) -> SignedEntry:
-        return SignedEntry.model_validate(self.signed_entry_fields())
-
-
-@dataclass(frozen=True, slots=True)
-class BatchRecord:
-    """One ``ledger.batches`` row."""
-
-    id: uuid.UUID
-    created_at: datetime
-    state: str
-    size: int
-    root_hash: str
-    manifest: bytes
-    manifest_sha256: str
-    anchor_sig: bytes
-    anchor_key_version: int
-    anchor_pubkey: str
-    receipt: RekorReceipt | None = None
-    anchored_at: datetime | None = None
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> BatchRecord:
-        receipt_raw = row["receipt"]
-        receipt = None
-        if receipt_raw is not None:
-            data = json.loads(receipt_raw) if isinstance(receipt_raw, str) else receipt_raw
-            receipt = RekorReceipt.model_validate(data)
-        return cls(
-            id=row["id"],
-            created_at=row["created_at"],
-            state=row["state"],
-            size=row["size"],
-            root_hash=row["root_hash"],
-            manifest=bytes(row["manifest"]),
-            manifest_sha256=row["manifest_sha256"],
-            anchor_sig=bytes(row["anchor_sig"]),
-            anchor_key_version=row["anchor_key_version"],
-            anchor_pubkey=row["anchor_pubkey"],
-            receipt=receipt,
-            anchored_at=row["anchored_at"],
-        )
-
-    @property
-    def anchored(self) -> bool:
-        return self.state == "anchored" and self.receipt is not None
-
-    def info(self) -> BatchInfo:
-        return BatchInfo(
-            batch_id=self.id,
-            size=self.size,
-            root=self.root_hash,
-            manifest=base64.b64encode(self.manifest).decode("ascii"),
-            manifest_sha256=self.manifest_sha256,
-            anchor_signature=base64.b64encode(self.anchor_sig).decode("ascii"),
-            anchor_key_version=self.anchor_key_version,
-            anchor_public_key=self.anchor_pubkey,
-        )
+__all__ = ["AnchoredEvent", "anchored_events", "receipt_info"]
 
 
 def receipt_info(receipt: RekorReceipt) -> ReceiptInfo:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from shared.anchored import AnchoredEvent, BatchRecord, EntryRecord, LeafRecord, anchored_events
+from shared.anchored import AnchoredEvent, anchored_events
 from shared.errors import (
     ClaimRaced,
     DatabaseUnavailable,
@@ -55,6 +55,8 @@ from shared.errors import (
     RekorUnavailable,
     VerificationError,
 )
+from shared.records import BatchRecord, EntryRecord, LeafRecord, NewBatch
+from shared.repository import Repository
 from shared.telemetry import Metrics, Stopwatch, log_context
 from shared.verify import (
     ExpectedEntry,
@@ -65,7 +67,6 @@ from shared.verify import (
 )
 
 from .building import plan_batch
-from .store import AnchorStore
 
 __all__ = [
     "AnchorResult",
@@ -181,7 +182,7 @@ class Anchorer:
     def __init__(
         self,
         *,
-        store: AnchorStore,
+        store: Repository,
         signer: SignerPort,
         rekor: RekorPort,
         publisher: EventPublisher,
@@ -281,12 +282,13 @@ class Anchorer:
                 self._anchor_key, signature.version
             )
             try:
-                await self._store.claim(
-                    plan,
-                    anchor_sig=signature.raw,
-                    key_version=signature.version,
-                    pubkey_pem=public_key.pem,
-                )
+                await self._store.claim(NewBatch(
+                    id=plan.batch_id, created_at=plan.created_at,
+                    member_ids=[m.id for m in plan.members], root_hex=plan.root_hex,
+                    manifest=plan.manifest, manifest_sha256=plan.manifest_sha256,
+                    anchor_sig=signature.raw, anchor_key_version=signature.version,
+                    anchor_pubkey=public_key.pem,
+                ))
             except ClaimRaced:
                 log.info(
                     "entries claimed by another batch meanwhile; re-planning",

@@ -47,6 +47,7 @@ from shared.lifecycle import Lifecycle, run_service
 from shared.messages import decode_object
 from shared.ops import open_group_consumer, open_when_ready, serve_ops
 from shared.rekor import RekorClient
+from shared.repository import Repository
 from shared.settings import Settings
 from shared.telemetry import Metrics, log_context
 from shared.tracing import TraceCarrier
@@ -55,7 +56,6 @@ from shared.vault import TransitSigner
 from .anchoring import Anchorer
 from .batcher import AccumulatingConsumer
 from .checkpoints import ConsistencyMonitor
-from .store import AnchorStore
 from .sweeper import Sweeper
 from .trust import LogKeySource
 
@@ -234,7 +234,7 @@ async def run_anchorer(
             return
         lc.on_close("producer", producer.close)
 
-        store = AnchorStore(db)
+        store = Repository(db)
         traces = TraceCarrier()
         keys = LogKeySource(
             configured=settings.rekor_public_key,

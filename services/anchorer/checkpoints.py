@@ -19,10 +19,9 @@ from typing import Any, Protocol
 
 from shared.errors import RekorError, RekorUnavailable, VerificationError
 from shared.merkle import verify_consistency
+from shared.repository import Repository
 from shared.telemetry import Metrics
 from shared.verify import Checkpoint, LogKey, verify_checkpoint
-
-from .store import AnchorStore
 
 __all__ = ["ConsistencyMonitor", "ConsistencyResult"]
 
@@ -50,7 +49,7 @@ class ConsistencyResult:
 
 class ConsistencyMonitor:
     def __init__(
-        self, *, store: AnchorStore, rekor: _LogRekor, log_key: _KeySource, metrics: Metrics
+        self, *, store: Repository, rekor: _LogRekor, log_key: _KeySource, metrics: Metrics
     ) -> None:
         self._store = store
         self._rekor = rekor

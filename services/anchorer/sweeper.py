@@ -23,11 +23,11 @@ import logging
 from dataclasses import dataclass
 
 from shared.errors import DependencyError, LedgerError, Policy, QueryError
+from shared.repository import Repository
 from shared.telemetry import Metrics
 
 from .anchoring import Anchorer
 from .checkpoints import ConsistencyMonitor
-from .store import AnchorStore
 
 __all__ = ["SweepReport", "Sweeper"]
 
@@ -51,7 +51,7 @@ class Sweeper:
         self,
         *,
         anchorer: Anchorer,
-        store: AnchorStore,
+        store: Repository,
         monitor: ConsistencyMonitor | None,
         metrics: Metrics,
         interval_s: float,

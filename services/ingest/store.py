@@ -1,10 +1,10 @@
-"""Read-only queries of ``ledger.entries`` for the HTTP API, and the entry's JSON shape.
+"""What the HTTP API reads of the ledger, and the entry's JSON shape.
 
-Ingest never writes entries (the signer does). Queries go through :class:`shared.db.Database`
-so database errors arrive as :class:`DatabaseUnavailable` / :class:`QueryError`. Listing uses
-keyset pagination over ``(created_at, id)``: the cursor is opaque to clients (base64url JSON
-of the last row's key and the order) and pages never skip or repeat a row, even while rows
-are being inserted.
+Ingest never writes entries (the signer does). Reads go through
+:class:`shared.repository.Repository`, so database errors arrive as
+:class:`DatabaseUnavailable` / :class:`QueryError`. Listing uses keyset pagination over
+``(created_at, id)``: the cursor is opaque to clients (base64url JSON of the last row's key
+and the order) and pages never skip or repeat a row, even while rows are being inserted.
 
 Never selects the statement bytes into a response log; nothing here logs row contents.
 """
@@ -20,19 +20,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from shared.anchored import (
-    BATCH_COLUMNS,
-    ENTRY_COLUMNS,
-    LEAF_COLUMNS,
-    AnchoredEvent,
-    BatchRecord,
-    EntryRecord,
-    LeafRecord,
-    anchored_events,
-)
-from shared.db import Database, Row
+from shared.anchored import AnchoredEvent, anchored_events
+from shared.db import Database
 from shared.errors import VerificationError
 from shared.messages import SignedEntry
+from shared.records import EntryRecord
+from shared.repository import EntryQuery, Repository
 from shared.statement import format_time
 
 __all__ = [
@@ -105,25 +98,22 @@ class EntryView:
         )
 
     @classmethod
-    def from_row(cls, row: Row) -> EntryView:
-        meta = row["meta"]
-        if isinstance(meta, str):
-            meta = json.loads(meta)
+    def from_record(cls, entry: EntryRecord) -> EntryView:
         return cls(
-            id=row["id"],
-            subject=row["subject"],
-            payload_hash=row["payload_hash"],
-            signature=row["sig"],
-            public_key=row["pubkey"],
-            created_at=row["created_at"],
-            rekor_log_id=row["rekor_log_id"],
-            rekor_index=row["rekor_index"],
-            request_id=row["request_id"],
-            key_version=row["key_version"],
-            meta=meta if isinstance(meta, dict) else {},
-            submitted_at=row["submitted_at"],
-            anchored_at=row["anchored_at"],
-            content_sha256=row["content_sha256"],
+            id=entry.id,
+            subject=entry.subject,
+            payload_hash=entry.payload_hash,
+            signature=entry.sig,
+            public_key=entry.pubkey,
+            created_at=entry.created_at,
+            rekor_log_id=entry.rekor_log_id,
+            rekor_index=entry.rekor_index,
+            request_id=entry.request_id,
+            key_version=entry.key_version,
+            meta=entry.meta,
+            submitted_at=entry.submitted_at,
+            anchored_at=entry.anchored_at,
+            content_sha256=entry.content_sha256,
         )
 
 
@@ -199,70 +189,34 @@ class ProofStore(Protocol):
     async def proof(self, entry_id: uuid.UUID) -> AnchoredEvent | PendingProof | None: ...
 
 
-_COLUMNS = (
-    "id, subject, payload_hash, sig, pubkey, meta::text AS meta, rekor_log_id, rekor_index, "
-    "created_at, anchored_at, request_id, key_version, submitted_at, content_sha256"
-)
-
-
 class PgEntryStore:
-    """:class:`EntryStore` on PostgreSQL/CockroachDB through :class:`shared.db.Database`."""
+    """:class:`EntryStore` and :class:`ProofStore` on the ledger's tables
+    (:class:`shared.repository.Repository`)."""
 
     def __init__(self, db: Database) -> None:
-        self._db = db
+        self._repo = Repository(db)
 
     async def get(self, entry_id: uuid.UUID) -> EntryView | None:
-        row = await self._db.fetchrow(
-            f"SELECT {_COLUMNS} FROM ledger.entries WHERE id = $1", entry_id  # noqa: S608
-        )
-        return EntryView.from_row(row) if row is not None else None
+        entry = await self._repo.entry(entry_id)
+        return EntryView.from_record(entry) if entry is not None else None
 
     async def get_by_request_id(self, request_id: str) -> EntryView | None:
-        row = await self._db.fetchrow(
-            f"SELECT {_COLUMNS} FROM ledger.entries WHERE request_id = $1",  # noqa: S608
-            request_id,
-        )
-        return EntryView.from_row(row) if row is not None else None
+        return (await self.get_by_request_ids([request_id])).get(request_id)
 
     async def get_by_request_ids(self, request_ids: Sequence[str]) -> dict[str, EntryView]:
-        rows = await self._db.fetch(
-            f"SELECT {_COLUMNS} FROM ledger.entries WHERE request_id = ANY($1::text[])",  # noqa: S608
-            list(request_ids),
-        )
-        return {r["request_id"]: EntryView.from_row(r) for r in rows}
+        found = await self._repo.entries_by_request_id(request_ids)
+        return {rid: EntryView.from_record(entry) for rid, entry in found.items()}
 
     async def list(self, flt: EntryFilter) -> list[EntryView]:
-        # Only fixed SQL fragments are concatenated; every value is a bind parameter.
-        where: list[str] = []
-        args: list[Any] = []
-
-        def bind(value: Any) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
-        if flt.subject is not None:
-            where.append(f"subject = {bind(flt.subject)}")
-        if flt.created_from is not None:
-            where.append(f"created_at >= {bind(flt.created_from)}")
-        if flt.created_to is not None:
-            where.append(f"created_at < {bind(flt.created_to)}")
-        if flt.anchored is True:
-            where.append("anchored_at IS NOT NULL")
-        elif flt.anchored is False:
-            where.append("anchored_at IS NULL")
-        op, direction = (">", "ASC") if flt.order == "asc" else ("<", "DESC")
-        if flt.after is not None:
-            t, i = bind(flt.after.created_at), bind(flt.after.id)
-            where.append(f"(created_at, id) {op} ({t}, {i})")
-        sql = f"SELECT {_COLUMNS} FROM ledger.entries"  # noqa: S608
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY created_at {direction}, id {direction} LIMIT {bind(flt.limit)}"
-        rows = await self._db.fetch(sql, *args)
-        return [EntryView.from_row(r) for r in rows]
+        after = None if flt.after is None else (flt.after.created_at, flt.after.id)
+        entries = await self._repo.entries(EntryQuery(
+            subject=flt.subject, created_from=flt.created_from, created_to=flt.created_to,
+            anchored=flt.anchored, order=flt.order, after=after, limit=flt.limit,
+        ))
+        return [EntryView.from_record(entry) for entry in entries]
 
     async def health(self, *, timeout_s: float) -> bool:
-        return await self._db.health(timeout_s=timeout_s)
+        return await self._repo.health(timeout_s=timeout_s)
 
     async def proof(self, entry_id: uuid.UUID) -> AnchoredEvent | PendingProof | None:
         """The entry's ``ledger.anchored`` event, rebuilt from the rows as the anchorer does:
@@ -271,31 +225,16 @@ class PgEntryStore:
         A batch's members are fixed once it is claimed and its receipt is written in the same
         transaction that marks it anchored, so these reads need no common snapshot.
         """
-        row = await self._db.fetchrow(
-            f"SELECT {ENTRY_COLUMNS} FROM ledger.entries WHERE id = $1", entry_id  # noqa: S608
-        )
-        if row is None:
+        entry = await self._repo.entry(entry_id)
+        if entry is None:
             return None
-        entry = EntryRecord.from_row(row)
         if entry.batch_id is None:
             return PendingProof(id=entry.id, batch_id=None)
-        batch_row = await self._db.fetchrow(
-            f"SELECT {BATCH_COLUMNS} FROM ledger.batches WHERE id = $1",  # noqa: S608
-            entry.batch_id,
-        )
-        if batch_row is None:
+        batch = await self._repo.batch(entry.batch_id)
+        if batch is None or not batch.anchored:
             return PendingProof(id=entry.id, batch_id=entry.batch_id)
-        batch = BatchRecord.from_row(batch_row)
-        if not batch.anchored:
-            return PendingProof(id=entry.id, batch_id=batch.id)
-        rows = await self._db.fetch(
-            f"SELECT {LEAF_COLUMNS} FROM ledger.entries WHERE batch_id = $1"  # noqa: S608
-            " ORDER BY leaf_index",
-            batch.id,
-        )
-        leaves = [LeafRecord.from_row(r) for r in rows]
+        leaves = await self._repo.batch_leaves(batch.id)
         if entry.id not in {leaf.id for leaf in leaves}:
             raise VerificationError(f"entry {entry_id} is not a member of its batch {batch.id}")
         (event,) = anchored_events(batch, [entry], leaves=leaves)
         return event
-

@@ -17,12 +17,13 @@ from shared.db import Database
 from shared.kafka import make_producer
 from shared.lifecycle import Lifecycle, run_service
 from shared.ops import open_group_consumer, open_when_ready, serve_ops
+from shared.repository import Repository
 from shared.settings import Settings
 from shared.telemetry import Metrics
 from shared.vault import TransitSigner
 
 from .publisher import KafkaSignedPublisher
-from .stage import EntryStore, SignerStage
+from .stage import SignerStage
 
 __all__ = ["run_signer"]
 
@@ -69,7 +70,7 @@ async def run_signer(
         lc.on_close("consumer", consumer.close)
 
         stage = SignerStage(
-            store=EntryStore(db),
+            store=Repository(db),
             vault=vault,
             publisher=KafkaSignedPublisher(producer, settings.topic_signed),
             key_name=settings.vault_transit_key,

@@ -41,9 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from shared import fastjson
 from shared.consumer import Message, Rejection, Turn
-from shared.db import Database, Row, Tx
 from shared.errors import (
     IdempotencyConflict,
     InvalidMessage,
@@ -52,9 +50,9 @@ from shared.errors import (
     VerificationError,
 )
 from shared.kafka import Record
-from shared.merkle import leaf_hash
-from shared.messages import AppendRequest, decode, signed_entry_fields
-from shared.statement import content_sha256, entry_id_for, leaf_bytes, statement_bytes
+from shared.messages import AppendRequest, decode
+from shared.records import EntryRecord, NewEntry
+from shared.statement import content_sha256, entry_id_for, statement_bytes
 from shared.telemetry import Metrics, log_context
 from shared.tracing import trace_headers
 from shared.vault import PublicKey, Signature
@@ -149,148 +147,25 @@ class Signer(Protocol):
 SignedEvent = tuple[str, bytes, Sequence[tuple[str, bytes]]]
 
 
+class EntryStore(Protocol):
+    """``ledger.entries`` as the signer uses it (:class:`shared.repository.Repository`)."""
+
+    async def entries_by_request_id(
+        self, request_ids: Sequence[str]
+    ) -> dict[str, EntryRecord]: ...
+
+    async def insert_entries(
+        self, entries: Sequence[NewEntry]
+    ) -> tuple[dict[str, datetime], dict[str, EntryRecord]]: ...
+
+
 class SignedPublisher(Protocol):
     """Publishes ``ledger.signed`` events and returns once Kafka acknowledged all of them."""
 
     async def publish_signed(self, events: Sequence[SignedEvent]) -> None: ...
 
 
-# --- storage -----------------------------------------------------------------------------------
-
-_COLUMNS = (
-    "id, subject, payload_hash, sig, pubkey, meta::text AS meta, created_at, request_id, "
-    "key_name, key_version, statement, submitted_at, content_sha256"
-)
-
-# Built from constants only; every value is a bind parameter. Only what the signer does not
-# know already comes back.
-_INSERT = """
-INSERT INTO ledger.entries
-    (id, subject, payload_hash, sig, pubkey, meta, request_id, key_name, key_version,
-     statement, submitted_at, content_sha256, leaf_hash)
-SELECT u.id, u.subject, u.payload_hash, u.sig, u.pubkey, u.meta::jsonb, u.request_id,
-       u.key_name, u.key_version, u.statement, u.submitted_at, u.content_sha256, u.leaf_hash
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::text[], $9::int[], $10::bytea[], $11::timestamptz[],
-            $12::text[], $13::bytea[])
-     AS u(id, subject, payload_hash, sig, pubkey, meta, request_id, key_name, key_version,
-          statement, submitted_at, content_sha256, leaf_hash)
-ON CONFLICT (request_id) DO NOTHING
-RETURNING request_id, created_at
-"""
-
-_SELECT_BY_REQUEST_ID = (
-    f"SELECT {_COLUMNS} FROM ledger.entries WHERE request_id = ANY($1::text[])"  # noqa: S608
-)
-
-
-@dataclass(frozen=True, slots=True)
-class NewRow:
-    sign: SignRequest
-    signature: Signature
-    public_key_pem: str
-
-    def leaf_hash(self) -> bytes:
-        """``SHA256(0x00 || leaf)`` of this entry (what the anchorer's tree is built over)."""
-        return leaf_hash(leaf_bytes(
-            entry_id=self.sign.entry_id, statement=self.sign.statement,
-            signature=self.signature.vault, key_name=self.signature.key_name,
-            key_version=self.signature.version,
-        ))
-
-
-class EntryStore:
-    """``ledger.entries`` as the signer uses it: read by request id, insert idempotently."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    async def existing(self, request_ids: Sequence[str]) -> dict[str, Row]:
-        if not request_ids:
-            return {}
-        rows = await self._db.fetch(_SELECT_BY_REQUEST_ID, list(request_ids))
-        return {str(r["request_id"]): r for r in rows}
-
-    async def insert(
-        self, rows: Sequence[NewRow]
-    ) -> tuple[dict[str, datetime], dict[str, Row]]:
-        """Insert ``rows`` in one transaction; return (``created_at`` of the inserted, the rows
-        already stored) by request id.
-
-        "Already stored" are rows another process inserted first (found by the conflict).
-        """
-        leaves = [r.leaf_hash() for r in rows]
-        metas = [fastjson.dumps(r.sign.request.meta).decode() for r in rows]
-
-        async def work(tx: Tx) -> tuple[dict[str, datetime], dict[str, Row]]:
-            inserted = await tx.fetch(
-                _INSERT,
-                [r.sign.entry_id for r in rows],
-                [r.sign.request.subject for r in rows],
-                [r.sign.request.payload_sha256 for r in rows],
-                [r.signature.vault for r in rows],
-                [r.public_key_pem for r in rows],
-                metas,
-                [r.sign.request.request_id for r in rows],
-                [r.signature.key_name for r in rows],
-                [r.signature.version for r in rows],
-                [r.sign.statement for r in rows],
-                [r.sign.request.submitted_at for r in rows],
-                [r.sign.content_sha256 for r in rows],
-                leaves,
-            )
-            new = {str(r["request_id"]): r["created_at"] for r in inserted}
-            missing = [r.sign.request.request_id for r in rows if r.sign.request.request_id
-                       not in new]
-            others: dict[str, Row] = {}
-            if missing:
-                found = await tx.fetch(_SELECT_BY_REQUEST_ID, missing)
-                others = {str(r["request_id"]): r for r in found}
-            return new, others
-
-        # Correct on row locks alone (ON CONFLICT, then a fresh read of the losers): no need
-        # for serializable's predicate locks (see services/anchorer/store.py).
-        return await self._db.transaction(work, isolation="read_committed")
-
-
 # --- the stage ---------------------------------------------------------------------------------
-
-
-def _event_of_row(row: Row) -> bytes:
-    """The ``ledger.signed`` JSON of a stored row (an entry stored before this batch)."""
-    return fastjson.dumps(signed_entry_fields(
-        entry_id=row["id"],
-        request_id=row["request_id"],
-        subject=row["subject"],
-        payload_sha256=row["payload_hash"],
-        meta=fastjson.loads(row["meta"]),
-        submitted_at=row["submitted_at"],
-        created_at=row["created_at"],
-        statement=bytes(row["statement"]),
-        signature=row["sig"],
-        key_name=row["key_name"] or "",
-        key_version=row["key_version"],
-        public_key=row["pubkey"],
-    ))
-
-
-def _event_of_new(new: NewRow, created_at: datetime) -> bytes:
-    """The ``ledger.signed`` JSON of a row this batch inserted, from the values in hand."""
-    q = new.sign.request
-    return fastjson.dumps(signed_entry_fields(
-        entry_id=new.sign.entry_id,
-        request_id=q.request_id,
-        subject=q.subject,
-        payload_sha256=q.payload_sha256,
-        meta=q.meta,
-        submitted_at=q.submitted_at,
-        created_at=created_at,
-        statement=new.sign.statement,
-        signature=new.signature.vault,
-        key_name=new.signature.key_name,
-        key_version=new.signature.version,
-        public_key=new.public_key_pem,
-    ))
 
 
 @dataclass
@@ -335,7 +210,7 @@ class SignerStage:
         steps 3-4 run in stream order (``turn``), so of two messages with the same request id
         and other content, the earlier one is stored and the later one refused."""
         ids = list(dict.fromkeys(m.value.request.request_id for m in messages))
-        stored = await self._store.existing(ids)
+        stored = await self._store.entries_by_request_id(ids)
         res = _Resolution(publish={}, to_sign={}, rejected=[], outcome={})
         for m in messages:
             self._resolve(res, m, stored.get(m.value.request.request_id))
@@ -349,21 +224,22 @@ class SignerStage:
         return res.rejected
 
     async def _store_and_publish(
-        self, messages: Sequence[Message[SignRequest]], res: _Resolution, new_rows: list[NewRow]
+        self, messages: Sequence[Message[SignRequest]], res: _Resolution,
+        new_rows: list[NewEntry]
     ) -> None:
         if new_rows:
-            inserted, raced = await self._store.insert(new_rows)
+            inserted, raced = await self._store.insert_entries(new_rows)
             for new in new_rows:
-                rid = new.sign.request.request_id
+                rid = new.request_id
                 created_at = inserted.get(rid)
                 if created_at is not None:
-                    res.publish[rid] = (_event_of_new(new, created_at), new.sign)
+                    res.publish[rid] = (new.signed_event(created_at), res.to_sign[rid])
                     res.outcome[rid] = "new"
             for rid, row in raced.items():
                 # another signer stored it between our read and our insert
                 first = res.to_sign[rid]
-                if row["content_sha256"] == first.content_sha256:
-                    res.publish[rid] = (_event_of_row(row), first)
+                if row.content_sha256 == first.content_sha256:
+                    res.publish[rid] = (row.signed_event(), first)
                     res.outcome[rid] = "existing"
             # messages whose request id turned out to be stored with other content
             already = {id(j.record) for j in res.rejected}
@@ -372,19 +248,21 @@ class SignerStage:
                 if (
                     other is not None
                     and id(m.record) not in already
-                    and other["content_sha256"] != m.value.content_sha256
+                    and other.content_sha256 != m.value.content_sha256
                 ):
                     res.rejected.append(self._conflict(m, other))
         await self._publish(res)
 
     # --- steps ---------------------------------------------------------------------------------
 
-    def _resolve(self, res: _Resolution, m: Message[SignRequest], row: Row | None) -> None:
+    def _resolve(
+        self, res: _Resolution, m: Message[SignRequest], row: EntryRecord | None
+    ) -> None:
         rid = m.value.request.request_id
         if row is not None:
-            if row["content_sha256"] == m.value.content_sha256:
+            if row.content_sha256 == m.value.content_sha256:
                 if rid not in res.publish:
-                    res.publish[rid] = (_event_of_row(row), m.value)
+                    res.publish[rid] = (row.signed_event(), m.value)
                 res.outcome[rid] = "existing"
             else:
                 res.rejected.append(self._conflict(m, row))
@@ -404,25 +282,25 @@ class SignerStage:
                 )
             )
 
-    def _conflict(self, m: Message[SignRequest], row: Row) -> Rejection:
+    def _conflict(self, m: Message[SignRequest], row: EntryRecord) -> Rejection:
         rid = m.value.request.request_id
         return Rejection(
             m.record,
             IdempotencyConflict(
                 rid,
-                f"request_id={rid} is stored as entry {row['id']} with other content "
-                f"(content_sha256 {row['content_sha256']} != {m.value.content_sha256})",
+                f"request_id={rid} is stored as entry {row.id} with other content "
+                f"(content_sha256 {row.content_sha256} != {m.value.content_sha256})",
             ),
         )
 
-    async def _sign(self, requests: list[SignRequest]) -> list[NewRow]:
+    async def _sign(self, requests: list[SignRequest]) -> list[NewEntry]:
         chunks = [
             requests[i : i + self._batch_max] for i in range(0, len(requests), self._batch_max)
         ]
         signed = await asyncio.gather(*(self._sign_chunk(c) for c in chunks))
         return [row for chunk in signed for row in chunk]
 
-    async def _sign_chunk(self, chunk: list[SignRequest]) -> list[NewRow]:
+    async def _sign_chunk(self, chunk: list[SignRequest]) -> list[NewEntry]:
         """One Vault ``batch_input`` call; every signature checked against the PEM we store."""
         self._metrics.vault_batch_size.observe(len(chunk))
         t0 = time.monotonic()
@@ -447,7 +325,13 @@ class SignerStage:
         # The adapter has verified every signature with the key version's public key (off
         # the event loop); that very key's PEM is what we store next to the signature.
         return [
-            NewRow(sign=req, signature=sig, public_key_pem=keys[sig.version].pem)
+            NewEntry(
+                id=req.entry_id, request_id=req.request.request_id, subject=req.request.subject,
+                payload_hash=req.request.payload_sha256, meta=req.request.meta,
+                submitted_at=req.request.submitted_at, statement=req.statement, sig=sig.vault,
+                key_name=sig.key_name, key_version=sig.version, pubkey=keys[sig.version].pem,
+                content_sha256=req.content_sha256,
+            )
             for req, sig in zip(chunk, signatures, strict=True)
         ]
 

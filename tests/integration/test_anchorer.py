@@ -41,7 +41,6 @@ from sigstore_models.common import v1 as common_v1
 from deploy.local.process import free_port
 from services.anchorer import run_anchorer
 from services.anchorer.checkpoints import ConsistencyMonitor
-from services.anchorer.store import AnchorStore
 from services.anchorer.trust import LogKeySource
 from services.signer.app import run_signer
 from shared.db import Database, migrate
@@ -50,6 +49,7 @@ from shared.lifecycle import Lifecycle
 from shared.merkle import leaf_hash, verify_inclusion
 from shared.messages import AnchoredEntry, AppendRequest
 from shared.rekor import RekorClient
+from shared.repository import Repository
 from shared.settings import ENV_NAMES, Settings
 from shared.statement import leaf_bytes
 from shared.telemetry import Metrics
@@ -715,7 +715,7 @@ async def test_sweeper_batches_entries_whose_event_was_lost(world: World) -> Non
 
 async def test_consistency_monitor_checks_the_real_log(world: World) -> None:
     metrics = Metrics()
-    store = AnchorStore(world.db)
+    store = Repository(world.db)
     async with RekorClient(world.direct_rekor_url, timeout_s=20) as rekor:
         keys = LogKeySource(configured=world.settings.rekor_public_key,
                             rekor_url=world.direct_rekor_url, pins=store, fetcher=rekor)
@@ -771,7 +771,7 @@ class _NoFetch:
 async def test_unconfigured_log_key_is_pinned_once_with_a_loud_warning(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = AnchorStore(world.db)
+    store = Repository(world.db)
     async with RekorClient(world.direct_rekor_url, timeout_s=20) as rekor:
         with caplog.at_level("WARNING", logger="ledger.anchorer.trust"):
             key = await LogKeySource(configured="", rekor_url=world.direct_rekor_url,

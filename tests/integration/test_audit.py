@@ -31,11 +31,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from services.anchorer import run_anchorer
 from services.signer.app import run_signer
-from shared.anchored import ENTRY_COLUMNS, EntryRecord
 from shared.db import Database, migrate
 from shared.kafka import ensure_topics, make_producer
 from shared.merkle import MerkleTree
 from shared.messages import AppendRequest
+from shared.records import ENTRY_COLUMNS, EntryRecord
 from shared.settings import Settings
 from shared.statement import content_sha256, entry_id_for, manifest_bytes, statement_bytes
 from tests.integration.test_anchorer import running, wait_for

@@ -12,13 +12,10 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
-import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from shared.db import (
@@ -36,54 +33,7 @@ from shared.settings import Settings
 pytestmark = pytest.mark.integration
 
 
-# --- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def db_settings(request: pytest.FixtureRequest) -> Settings:
-    try:
-        settings = request.getfixturevalue("settings")
-    except pytest.FixtureLookupError:
-        if not os.environ.get("CRDB_DSN"):
-            pytest.skip("no local stack fixture and CRDB_DSN is not set")
-        settings = Settings.from_env()
-    assert isinstance(settings, Settings)
-    return settings
-
-
-def _with_database(dsn: str, name: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + name))
-
-
-@pytest.fixture
-async def fresh_settings(
-    request: pytest.FixtureRequest, db_settings: Settings
-) -> AsyncIterator[Settings]:
-    """Settings pointing at a new, empty database (dropped afterwards when we made it)."""
-    name = f"contract_{uuid.uuid4().hex[:10]}"
-    try:
-        stack = request.getfixturevalue("stack")
-    except pytest.FixtureLookupError:
-        stack = None
-    service = getattr(stack, "service", None)
-    if callable(service) and hasattr(service("postgres"), "create_database"):
-        dsn = await asyncio.to_thread(service("postgres").create_database, name)
-        yield db_settings.model_copy(update={"database_dsn": dsn})
-        return
-    conn = await asyncpg.connect(db_settings.database_dsn, timeout=10)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    yield db_settings.model_copy(
-        update={"database_dsn": _with_database(db_settings.database_dsn, name)}
-    )
-    conn = await asyncpg.connect(db_settings.database_dsn, timeout=10)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await conn.close()
+# --- fixtures (db_settings, fresh_settings: tests/integration/conftest.py) ---------------
 
 
 @pytest.fixture

@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.anchorer.building import order_for_claim, plan_batch
-from shared.anchored import BatchRecord, EntryRecord, anchored_events, receipt_info
+from shared.anchored import anchored_events, receipt_info
 from shared.errors import VerificationError
 from shared.merkle import leaf_hash, verify_inclusion
 from shared.messages import AnchoredEntry
+from shared.records import BatchRecord, EntryRecord
 from shared.statement import leaf_bytes, statement_bytes
 from shared.verify import RekorReceipt
 

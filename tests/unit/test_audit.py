@@ -32,9 +32,9 @@ from ledger.audit import (
     resolve_log_key,
 )
 from services.anchorer.building import plan_batch
-from shared.anchored import BatchRecord, EntryRecord
 from shared.errors import ConfigError
 from shared.merkle import MerkleTree
+from shared.records import BatchRecord, EntryRecord
 from shared.statement import content_sha256, entry_id_for, manifest_bytes, statement_bytes
 from shared.verify import LogKey, RekorReceipt, load_log_key
 from tests.unit.test_bundle import _hashedrekord, _pem

@@ -28,10 +28,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from services.anchorer.building import plan_batch
-from shared.anchored import BatchRecord, EntryRecord, anchored_events
+from shared.anchored import anchored_events
 from shared.bundle import STEPS, BundleVerificationError, StepResult, verify_bundle
 from shared.errors import VerificationError
 from shared.messages import AnchoredEntry
+from shared.records import BatchRecord, EntryRecord
 from shared.statement import entry_id_for, format_time, statement_bytes
 from shared.verify import RekorReceipt
 from tests.unit.test_verify import FakeLog

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from services.signer.stage import NewRow, SignerStage, decode_append
+from services.signer.stage import SignerStage, decode_append
 from shared.consumer import Message
 from shared.errors import (
     InvalidMessage,
@@ -34,10 +34,12 @@ from shared.errors import (
 )
 from shared.kafka import Record
 from shared.messages import AppendRequest, SignedEntry
+from shared.records import EntryRecord, NewEntry
 from shared.settings import Settings
 from shared.statement import content_sha256, entry_id_for, statement_bytes
 from shared.telemetry import Metrics
 from shared.vault import PublicKey, Signature, TransitSigner
+from tests.support.fake_repository import FakeRepository
 
 pytestmark = pytest.mark.unit
 
@@ -122,40 +124,25 @@ class FakeVault:
         return self.public
 
 
-class FakeStore:
-    """Rows by request id; ``race`` rows appear "inserted by another signer" at insert time."""
+class FakeStore(FakeRepository):
+    """``race`` rows appear "inserted by another signer" just before an insert."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, dict[str, Any]] = {}
-        self.race: dict[str, dict[str, Any]] = {}
+        super().__init__()
+        self.race: dict[str, EntryRecord] = {}
         self.inserts: list[list[str]] = []
 
-    async def existing(self, request_ids: Sequence[str]) -> dict[str, Any]:
-        return {r: self.rows[r] for r in request_ids if r in self.rows}
+    @property
+    def rows(self) -> dict[str, EntryRecord]:
+        return {e.request_id: e for e in self.entries_by_id.values()}
 
-    async def insert(self, rows: Sequence[NewRow]) -> tuple[dict[str, Any], dict[str, Any]]:
-        self.rows.update(self.race)
-        self.inserts.append([r.sign.request.request_id for r in rows])
-        new, other = {}, {}
-        for r in rows:
-            rid = r.sign.request.request_id
-            if rid in self.rows:
-                other[rid] = self.rows[rid]
-                continue
-            self.rows[rid] = row_from(r)
-            new[rid] = self.rows[rid]["created_at"]
-        return new, other
-
-
-def row_from(r: NewRow) -> dict[str, Any]:
-    q = r.sign.request
-    return {
-        "id": r.sign.entry_id, "subject": q.subject, "payload_hash": q.payload_sha256, "sig": r.signature.vault,
-        "pubkey": r.public_key_pem, "meta": json.dumps(q.meta), "created_at": datetime.now(UTC), "request_id": q.request_id,
-        "key_name": r.signature.key_name, "key_version": r.signature.version, "statement": r.sign.statement,
-        "submitted_at": q.submitted_at, "content_sha256": r.sign.content_sha256,
-        "leaf_hash": r.leaf_hash(),
-    }
+    async def insert_entries(
+        self, entries: Sequence[NewEntry]
+    ) -> tuple[dict[str, datetime], dict[str, EntryRecord]]:
+        for record in self.race.values():
+            self.add_entry(record)
+        self.inserts.append([e.request_id for e in entries])
+        return await super().insert_entries(entries)
 
 
 class FakePublisher:
@@ -171,7 +158,7 @@ class FakePublisher:
 
 def make_stage(batch_max: int = 200):
     store, vault, pub, metrics = FakeStore(), FakeVault(), FakePublisher(), Metrics()
-    stage = SignerStage(store=store, vault=vault, publisher=pub, key_name=KEY, batch_max=batch_max, metrics=metrics)  # type: ignore[arg-type]
+    stage = SignerStage(store=store, vault=vault, publisher=pub, key_name=KEY, batch_max=batch_max, metrics=metrics)
     return stage, store, vault, pub, metrics
 
 
@@ -212,7 +199,7 @@ async def test_duplicates_in_one_batch_are_collapsed_before_signing_and_a_confli
 async def test_stored_request_ids_are_not_signed_again_and_conflicts_are_rejected():
     stage, store, vault, pub, metrics = make_stage()
     await stage.process_batch(msgs(req_bytes("a")))
-    first_sig = store.rows["a"]["sig"]
+    first_sig = store.rows["a"].sig
     batch = msgs(req_bytes("a"), req_bytes("a", meta={"changed": True}))
     rejected = await stage.process_batch(batch)
 
@@ -234,7 +221,7 @@ async def test_a_row_stored_by_another_signer_meanwhile_resolves_like_an_existin
 
     assert [j.record for j in rejected] == [batch[1].record]
     assert {e.request_id: e.signature for e, _ in pub.events} == {
-        "x": other_store.rows["x"]["sig"], "z": store.rows["z"]["sig"],
+        "x": other_store.rows["x"].sig, "z": store.rows["z"].sig,
     }
 
 
@@ -299,7 +286,7 @@ async def test_a_signature_that_does_not_verify_never_reaches_storage(tamper, ca
     vault = TransitSigner(Settings(vault_token="t"), client_factory=lambda: client,
                           transport=client)
     store, pub = FakeStore(), FakePublisher()
-    stage = SignerStage(store=store, vault=vault, publisher=pub, key_name=KEY, batch_max=200, metrics=Metrics())  # type: ignore[arg-type]
+    stage = SignerStage(store=store, vault=vault, publisher=pub, key_name=KEY, batch_max=200, metrics=Metrics())
     try:
         if tamper:
             with caplog.at_level(logging.ERROR, logger="ledger.signer"), pytest.raises(VerificationError) as info:
@@ -310,7 +297,7 @@ async def test_a_signature_that_does_not_verify_never_reaches_storage(tamper, ca
         else:
             await stage.process_batch(msgs(req_bytes("a")))
             row = store.rows["a"]
-            client.private.public_key().verify(base64.b64decode(row["sig"].split(":")[2]), row["statement"])
-            assert row["id"] == entry_id_for("a") and isinstance(row["id"], uuid.UUID)
+            client.private.public_key().verify(base64.b64decode(row.sig.split(":")[2]), row.statement)
+            assert row.id == entry_id_for("a") and isinstance(row.id, uuid.UUID)
     finally:
         await vault.close()

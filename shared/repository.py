@@ -1,0 +1,352 @@
+"""Every statement on the ledger's tables, in one place.
+
+``ledger.entries`` and ``ledger.batches`` are read and written only here (the rows they map
+to are in :mod:`shared.records`), as are ``ledger.checkpoints`` and ``ledger.rekor_pins``.
+The signer inserts entries, the anchorer claims and completes batches, ingest and
+``ledger audit`` read. Rules this module keeps, so that several signers, anchorers and
+sweepers can work on the same rows at once:
+
+* an entry is inserted once per request id (``ON CONFLICT (request_id) DO NOTHING``, then
+  a fresh read of the rows another process stored first);
+* an entry's ``batch_id`` is set once: the claim is ``UPDATE ... WHERE batch_id IS NULL``
+  inside a transaction that also inserts the batch row (manifest, anchor signature, state
+  ``pending``); if any member was claimed meanwhile (its row lock makes the UPDATE re-check
+  ``batch_id IS NULL``, so the row count comes up short) the whole transaction is rolled
+  back (:class:`ClaimRaced`) and the caller re-plans with the rows still free;
+* completing a batch is ``UPDATE ... WHERE state = 'pending'``: completing an anchored batch
+  again changes nothing;
+* inserts, claims and completions rely on row locks alone, so they run READ COMMITTED on
+  PostgreSQL: serializable transactions there take predicate locks on every row and index
+  page read, which with several batches in flight cost more than twice the CPU of the
+  writes and abort one another on false conflicts (measured; see ``docs/design.md``).
+  CockroachDB runs them serializable unless read committed is enabled, which is just as
+  correct;
+* no external call happens inside a transaction (``Database.transaction`` may re-run it).
+
+SQL stays within what PostgreSQL and CockroachDB both accept; JSON travels as text. Only
+fixed SQL fragments are concatenated; every value is a bind parameter.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from shared import fastjson
+from shared.db import Database, Tx
+from shared.errors import ClaimRaced
+from shared.records import (
+    BATCH_COLUMNS,
+    ENTRY_COLUMNS,
+    LEAF_COLUMNS,
+    BatchRecord,
+    EntryRecord,
+    LeafRecord,
+    NewBatch,
+    NewEntry,
+)
+from shared.verify import RekorReceipt
+
+__all__ = ["EntryQuery", "Repository", "StoredCheckpoint"]
+
+Order = Literal["asc", "desc"]
+
+_INSERT_ENTRIES = """
+INSERT INTO ledger.entries
+    (id, subject, payload_hash, sig, pubkey, meta, request_id, key_name, key_version,
+     statement, submitted_at, content_sha256, leaf_hash)
+SELECT u.id, u.subject, u.payload_hash, u.sig, u.pubkey, u.meta::jsonb, u.request_id,
+       u.key_name, u.key_version, u.statement, u.submitted_at, u.content_sha256, u.leaf_hash
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::int[], $10::bytea[], $11::timestamptz[],
+            $12::text[], $13::bytea[])
+     AS u(id, subject, payload_hash, sig, pubkey, meta, request_id, key_name, key_version,
+          statement, submitted_at, content_sha256, leaf_hash)
+ON CONFLICT (request_id) DO NOTHING
+RETURNING request_id, created_at
+"""
+_ENTRIES_BY_REQUEST_ID = (
+    f"SELECT {ENTRY_COLUMNS} FROM ledger.entries WHERE request_id = ANY($1::text[])"  # noqa: S608
+)
+_CLAIM = (
+    "UPDATE ledger.entries AS e SET batch_id = $1, leaf_index = u.idx"
+    " FROM unnest($2::uuid[], $3::int[]) AS u(id, idx)"
+    " WHERE e.id = u.id AND e.batch_id IS NULL"
+)
+_INSERT_BATCH = (
+    "INSERT INTO ledger.batches (id, created_at, state, size, root_hash, manifest,"
+    " manifest_sha256, anchor_sig, anchor_key_version, anchor_pubkey)"
+    " VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9)"
+)
+_COMPLETE_BATCH = (
+    "UPDATE ledger.batches SET state = 'anchored', rekor_uuid = $2,"
+    " rekor_log_index = $3, rekor_log_id = $4, integrated_time = $5,"
+    " receipt = $6::jsonb, anchored_at = now()"
+    " WHERE id = $1 AND state = 'pending' RETURNING anchored_at"
+)
+# rekor_log_id keeps the runbook's meaning: the Rekor entry that anchors the row (its uuid);
+# rekor_index is that entry's global log index.
+_COMPLETE_MEMBERS = (
+    "UPDATE ledger.entries SET rekor_log_id = $2, rekor_index = $3, anchored_at = $4"
+    " WHERE batch_id = $1"
+)
+_INSERT_CHECKPOINT = (
+    "INSERT INTO ledger.checkpoints (log_id, tree_size, root_hash, checkpoint)"
+    " VALUES ($1, $2, $3, $4) ON CONFLICT (log_id, tree_size) DO NOTHING"
+)
+_PINNED_KEY = "SELECT public_key FROM ledger.rekor_pins WHERE rekor_url = $1"
+
+
+@dataclass(frozen=True, slots=True)
+class EntryQuery:
+    """A page of entries in ``(created_at, id)`` order (keyset pagination: a page never
+    skips or repeats a row, even while rows are being inserted)."""
+
+    subject: str | None = None
+    created_from: datetime | None = None  # inclusive
+    created_to: datetime | None = None  # exclusive
+    anchored: bool | None = None
+    order: Order = "asc"
+    #: the ``(created_at, id)`` of the last row of the previous page
+    after: tuple[datetime, uuid.UUID] | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    log_id: str
+    tree_size: int
+    root_hash: str
+    checkpoint: str
+
+
+class Repository:
+    """The ledger's tables through :class:`shared.db.Database` (errors arrive translated:
+    :class:`DatabaseUnavailable`, :class:`QueryError`, :class:`ClaimRaced`)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # --- entries: the signer ------------------------------------------------------------
+
+    async def entries_by_request_id(self, request_ids: Sequence[str]) -> dict[str, EntryRecord]:
+        if not request_ids:
+            return {}
+        rows = await self._db.fetch(_ENTRIES_BY_REQUEST_ID, list(request_ids))
+        return {str(r["request_id"]): EntryRecord.from_row(r) for r in rows}
+
+    async def insert_entries(
+        self, entries: Sequence[NewEntry]
+    ) -> tuple[dict[str, datetime], dict[str, EntryRecord]]:
+        """Insert ``entries`` in one transaction; return (``created_at`` of the inserted, the
+        rows another process stored first) by request id."""
+        columns = (
+            [e.id for e in entries], [e.subject for e in entries],
+            [e.payload_hash for e in entries], [e.sig for e in entries],
+            [e.pubkey for e in entries], [fastjson.dumps(e.meta).decode() for e in entries],
+            [e.request_id for e in entries], [e.key_name for e in entries],
+            [e.key_version for e in entries], [e.statement for e in entries],
+            [e.submitted_at for e in entries], [e.content_sha256 for e in entries],
+            [e.leaf_hash() for e in entries],
+        )
+
+        async def work(tx: Tx) -> tuple[dict[str, datetime], dict[str, EntryRecord]]:
+            inserted = await tx.fetch(_INSERT_ENTRIES, *columns)
+            new = {str(r["request_id"]): r["created_at"] for r in inserted}
+            missing = [e.request_id for e in entries if e.request_id not in new]
+            others: dict[str, EntryRecord] = {}
+            if missing:
+                found = await tx.fetch(_ENTRIES_BY_REQUEST_ID, missing)
+                others = {str(r["request_id"]): EntryRecord.from_row(r) for r in found}
+            return new, others
+
+        return await self._db.transaction(work, isolation="read_committed")
+
+    # --- entries: reading ---------------------------------------------------------------
+
+    async def entry(self, entry_id: uuid.UUID) -> EntryRecord | None:
+        row = await self._db.fetchrow(
+            f"SELECT {ENTRY_COLUMNS} FROM ledger.entries WHERE id = $1", entry_id  # noqa: S608
+        )
+        return None if row is None else EntryRecord.from_row(row)
+
+    async def entries(self, query: EntryQuery) -> list[EntryRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+
+        def bind(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if query.subject is not None:
+            where.append(f"subject = {bind(query.subject)}")
+        if query.created_from is not None:
+            where.append(f"created_at >= {bind(query.created_from)}")
+        if query.created_to is not None:
+            where.append(f"created_at < {bind(query.created_to)}")
+        if query.anchored is not None:
+            where.append("anchored_at IS NOT NULL" if query.anchored else "anchored_at IS NULL")
+        op, direction = (">", "ASC") if query.order == "asc" else ("<", "DESC")
+        if query.after is not None:
+            t, i = bind(query.after[0]), bind(query.after[1])
+            where.append(f"(created_at, id) {op} ({t}, {i})")
+        sql = f"SELECT {ENTRY_COLUMNS} FROM ledger.entries"  # noqa: S608
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY created_at {direction}, id {direction} LIMIT {bind(query.limit)}"
+        return [EntryRecord.from_row(r) for r in await self._db.fetch(sql, *args)]
+
+    async def leaves(self, ids: Sequence[uuid.UUID]) -> list[LeafRecord]:
+        """What a tree needs of the rows of ``ids`` that exist (any order)."""
+        rows = await self._db.fetch(
+            f"SELECT {LEAF_COLUMNS} FROM ledger.entries WHERE id = ANY($1::uuid[])",  # noqa: S608
+            list(ids),
+        )
+        return [LeafRecord.from_row(r) for r in rows]
+
+    async def batch_leaves(self, batch_id: uuid.UUID) -> list[LeafRecord]:
+        """What a tree needs of every member of a batch, in leaf order."""
+        rows = await self._db.fetch(
+            f"SELECT {LEAF_COLUMNS} FROM ledger.entries WHERE batch_id = $1"  # noqa: S608
+            " ORDER BY leaf_index",
+            batch_id,
+        )
+        return [LeafRecord.from_row(r) for r in rows]
+
+    async def members(self, batch_id: uuid.UUID) -> list[EntryRecord]:
+        """Every member of a batch, in leaf order."""
+        rows = await self._db.fetch(
+            f"SELECT {ENTRY_COLUMNS} FROM ledger.entries WHERE batch_id = $1"  # noqa: S608
+            " ORDER BY leaf_index",
+            batch_id,
+        )
+        return [EntryRecord.from_row(r) for r in rows]
+
+    async def unbatched_entries(self, *, older_than_s: float, limit: int) -> list[uuid.UUID]:
+        rows = await self._db.fetch(
+            "SELECT id FROM ledger.entries WHERE batch_id IS NULL"
+            " AND created_at < now() - $1 * INTERVAL '1 second'"
+            " ORDER BY created_at, id LIMIT $2",
+            float(older_than_s),
+            limit,
+        )
+        return [r["id"] for r in rows]
+
+    # --- batches ------------------------------------------------------------------------
+
+    async def batch(self, batch_id: uuid.UUID) -> BatchRecord | None:
+        row = await self._db.fetchrow(
+            f"SELECT {BATCH_COLUMNS} FROM ledger.batches WHERE id = $1", batch_id  # noqa: S608
+        )
+        return None if row is None else BatchRecord.from_row(row)
+
+    async def pending_batches(self, *, older_than_s: float, limit: int) -> list[uuid.UUID]:
+        rows = await self._db.fetch(
+            "SELECT id FROM ledger.batches WHERE state = 'pending'"
+            " AND created_at < now() - $1 * INTERVAL '1 second'"
+            " ORDER BY created_at LIMIT $2",
+            float(older_than_s),
+            limit,
+        )
+        return [r["id"] for r in rows]
+
+    async def pending_count(self) -> int:
+        return int(
+            await self._db.fetchval("SELECT count(*) FROM ledger.batches WHERE state = 'pending'")
+        )
+
+    async def claim(self, batch: NewBatch) -> None:
+        """Claim every member of ``batch`` and persist it as pending, atomically.
+
+        Raises :class:`ClaimRaced` (nothing written) if a member is no longer free.
+        """
+
+        async def tx(t: Tx) -> None:
+            status = await t.execute(
+                _CLAIM, batch.id, list(batch.member_ids), list(range(batch.size))
+            )
+            if _affected(status) != batch.size:
+                raise ClaimRaced(f"claimed {_affected(status)} of {batch.size}")
+            await t.execute(
+                _INSERT_BATCH, batch.id, batch.created_at, batch.size, batch.root_hex,
+                batch.manifest, batch.manifest_sha256.hex(), batch.anchor_sig,
+                batch.anchor_key_version, batch.anchor_pubkey,
+            )
+
+        await self._db.transaction(tx, isolation="read_committed")
+
+    async def complete(self, batch_id: uuid.UUID, receipt: RekorReceipt) -> datetime | None:
+        """Store the verified receipt (and its checkpoint) and mark the batch and its members
+        anchored. Returns the anchoring time, or None if the batch was already anchored."""
+        receipt_json = receipt.model_dump_json()
+
+        async def tx(t: Tx) -> datetime | None:
+            anchored_at: datetime | None = await t.fetchval(
+                _COMPLETE_BATCH, batch_id, receipt.uuid, receipt.log_index, receipt.log_id,
+                receipt.integrated_time, receipt_json,
+            )
+            if anchored_at is None:
+                return None
+            await t.execute(
+                _COMPLETE_MEMBERS, batch_id, receipt.uuid, receipt.log_index, anchored_at
+            )
+            if receipt.checkpoint is not None:
+                await t.execute(_INSERT_CHECKPOINT, receipt.log_id, receipt.tree_size,
+                                receipt.root_hash.lower(), receipt.checkpoint)
+            return anchored_at
+
+        return await self._db.transaction(tx, isolation="read_committed")
+
+    # --- Rekor checkpoints and the pinned log key ---------------------------------------
+
+    async def latest_checkpoint(self, log_id: str, origin: str) -> StoredCheckpoint | None:
+        row = await self._db.fetchrow(
+            "SELECT log_id, tree_size, root_hash, checkpoint FROM ledger.checkpoints"
+            " WHERE log_id = $1 AND substr(checkpoint, 1, length($2) + 1) = $2 || chr(10)"
+            " ORDER BY tree_size DESC LIMIT 1",
+            log_id,
+            origin,
+        )
+        if row is None:
+            return None
+        return StoredCheckpoint(log_id=row["log_id"], tree_size=int(row["tree_size"]),
+                                root_hash=row["root_hash"], checkpoint=row["checkpoint"])
+
+    async def store_checkpoint(
+        self, *, log_id: str, tree_size: int, root_hash: str, checkpoint: str
+    ) -> None:
+        await self._db.execute(_INSERT_CHECKPOINT, log_id, tree_size, root_hash, checkpoint)
+
+    async def pin_log_key(self, *, rekor_url: str, pem: str, log_id: str) -> str:
+        """Pin ``pem`` for ``rekor_url`` unless a key is pinned already; return the pinned PEM."""
+
+        async def tx(t: Tx) -> str:
+            await t.execute(
+                "INSERT INTO ledger.rekor_pins (rekor_url, public_key, log_id)"
+                " VALUES ($1, $2, $3) ON CONFLICT (rekor_url) DO NOTHING",
+                rekor_url,
+                pem,
+                log_id,
+            )
+            pinned: str = await t.fetchval(_PINNED_KEY, rekor_url)
+            return pinned
+
+        return await self._db.transaction(tx)
+
+    async def pinned_log_key(self, rekor_url: str) -> str | None:
+        value: str | None = await self._db.fetchval(_PINNED_KEY, rekor_url)
+        return value
+
+    async def health(self, *, timeout_s: float) -> bool:
+        return await self._db.health(timeout_s=timeout_s)
+
+
+def _affected(status: str) -> int:
+    """Row count of an ``UPDATE n`` / ``INSERT 0 n`` command status."""
+    try:
+        return int(status.rsplit(" ", 1)[-1])
+    except ValueError:
+        return 0
