@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from shared.anchored import BatchRecord, EntryRecord
 from shared.errors import ConfigError, LedgerError, RekorError, VerificationError
-from shared.merkle import EMPTY_ROOT, leaf_hash, node_hash
+from shared.merkle import RootAccumulator, leaf_hash
 from shared.statement import (
     STATEMENT_VERSION,
     canonical_json,
@@ -79,7 +79,6 @@ __all__ = [
     "BatchChecker",
     "EntryChecker",
     "Problem",
-    "RootAccumulator",
     "check_batch_record",
     "check_online_entry",
     "cmd_audit",
@@ -311,38 +310,6 @@ class EntryChecker:
 
 
 # --- batches ----------------------------------------------------------------------------------
-
-
-class RootAccumulator:
-    """The RFC 6962 root of leaves added one at a time, in O(log n) memory.
-
-    Keeps the roots of the complete subtrees so far (largest first); the root of the whole
-    list folds them from the right, which is exactly RFC 6962's split at the largest power
-    of two.
-    """
-
-    __slots__ = ("_stack", "size")
-
-    def __init__(self) -> None:
-        self._stack: list[tuple[int, bytes]] = []
-        self.size = 0
-
-    def add(self, leaf: bytes) -> None:
-        """Add one leaf *hash* (``shared.merkle.leaf_hash`` of the leaf data)."""
-        node, height = leaf, 0
-        while self._stack and self._stack[-1][0] == height:
-            node = node_hash(self._stack.pop()[1], node)
-            height += 1
-        self._stack.append((height, node))
-        self.size += 1
-
-    def root(self) -> bytes:
-        if not self._stack:
-            return EMPTY_ROOT
-        node = self._stack[-1][1]
-        for _, left in reversed(self._stack[:-1]):
-            node = node_hash(left, node)
-        return node
 
 
 def _ranges(indexes: Iterable[tuple[int, int]]) -> str:

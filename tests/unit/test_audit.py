@@ -26,7 +26,6 @@ from ledger.audit import (
     BatchColumns,
     EntryChecker,
     Problem,
-    RootAccumulator,
     check_batch_record,
     check_online_entry,
     resolve_log_key,
@@ -118,16 +117,6 @@ def checks(problems: list[Problem]) -> set[str]:
 
 
 # --- the clean case and the tree --------------------------------------------------------------
-
-
-@pytest.mark.parametrize("n", [*range(0, 18), 31, 32, 33, 100])
-def test_streamed_root_is_the_rfc6962_root(n: int) -> None:
-    leaves = [hashlib.sha256(f"leaf {i}".encode()).digest() for i in range(n)]
-    acc = RootAccumulator()
-    for h in leaves:
-        acc.add(h)
-    assert acc.size == n
-    assert acc.root() == MerkleTree(leaves).root
 
 
 def test_a_genuine_batch_has_no_problems(ledger: Ledger) -> None:
