@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import hashlib
 import json
 import sys
@@ -54,6 +52,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from shared.anchored import BatchRecord, EntryRecord
 from shared.errors import ConfigError, LedgerError, RekorError, VerificationError
 from shared.merkle import RootAccumulator, leaf_hash
+from shared.signatures import (
+    MalformedSignature,
+    load_public_key_der,
+    parse_vault_signature,
+    verify_manifest_signature,
+)
 from shared.statement import (
     STATEMENT_VERSION,
     canonical_json,
@@ -69,8 +73,6 @@ from shared.verify import (
     ReceiptVerificationError,
     RekorReceipt,
     load_log_key,
-    load_public_key_der,
-    verify_manifest_signature,
     verify_receipt,
 )
 
@@ -136,21 +138,6 @@ def _short(value: Any, limit: int = 120) -> str:
 
 
 # --- entries ----------------------------------------------------------------------------------
-
-
-def _parse_vault_signature(text: str) -> tuple[int, bytes]:
-    """``vault:v<N>:<base64>`` → (N, raw signature); ValueError when malformed."""
-    parts = text.split(":")
-    if len(parts) != 3 or parts[0] != "vault" or not parts[1].startswith("v"):
-        raise ValueError("expected vault:v<N>:<base64>")
-    try:
-        version = int(parts[1][1:])
-        raw = base64.b64decode(parts[2], validate=True)
-    except (ValueError, binascii.Error):
-        raise ValueError("bad key version or base64 in vault:v<N>:<base64>") from None
-    if version < 1 or not raw:
-        raise ValueError("bad key version or empty signature")
-    return version, raw
 
 
 _STATEMENT_KEYS = frozenset(
@@ -259,9 +246,9 @@ class EntryChecker:
 
     def _check_signature(self, row: EntryRecord, bad: Callable[[str, str], None]) -> None:
         try:
-            version, raw = _parse_vault_signature(row.sig)
-        except ValueError as exc:
-            bad("signature", f"malformed signature: {exc}")
+            version, raw = parse_vault_signature(row.sig)
+        except MalformedSignature as exc:
+            bad("signature", f"malformed signature: {exc.reason}")
             return
         if version != row.key_version:
             bad("signature", f"the signature names key version {version}, the row says "

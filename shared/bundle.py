@@ -50,6 +50,12 @@ from pydantic import ValidationError
 from shared.errors import VerificationError
 from shared.merkle import leaf_hash, root_from_inclusion_proof
 from shared.messages import AnchoredEntry
+from shared.signatures import (
+    MalformedSignature,
+    load_public_key_der,
+    parse_vault_signature,
+    verify_manifest_signature,
+)
 from shared.statement import (
     STATEMENT_VERSION,
     canonical_json,
@@ -63,8 +69,6 @@ from shared.verify import (
     ReceiptVerificationError,
     RekorReceipt,
     load_log_key,
-    load_public_key_der,
-    verify_manifest_signature,
     verify_receipt,
 )
 
@@ -150,21 +154,6 @@ class _Run:
 
 def _b64(text: str) -> bytes:
     return base64.b64decode(text, validate=True)
-
-
-def _parse_vault_signature(text: str) -> tuple[int, bytes]:
-    """``vault:v<N>:<base64>`` → (N, raw); ValueError when malformed."""
-    parts = text.split(":")
-    if len(parts) != 3 or parts[0] != "vault" or not parts[1].startswith("v"):
-        raise ValueError("expected vault:v<N>:<base64>")
-    try:
-        version = int(parts[1][1:])
-        raw = _b64(parts[2])
-    except (ValueError, binascii.Error):
-        raise ValueError("bad version or base64 in vault:v<N>:<base64>") from None
-    if version < 1 or not raw:
-        raise ValueError("bad version or empty signature")
-    return version, raw
 
 
 def _load_bundle(bundle: AnchoredEntry | Mapping[str, Any], run: _Run) -> AnchoredEntry:
@@ -280,9 +269,9 @@ def verify_bundle(
     except binascii.Error:
         raise run.fail("statement", "the statement is not valid base64") from None
     try:
-        sig_version, signature = _parse_vault_signature(entry.signature)
-    except ValueError as exc:
-        raise run.fail("statement", f"malformed entry signature: {exc}") from None
+        sig_version, signature = parse_vault_signature(entry.signature)
+    except MalformedSignature as exc:
+        raise run.fail("statement", f"malformed entry signature: {exc.reason}") from None
     if sig_version != entry.key_version:
         raise run.fail(
             "statement",
