@@ -67,6 +67,7 @@ from shared.statement import (
     manifest_bytes,
     parse_time,
 )
+from shared.trust import load_configured_key
 from shared.verify import (
     ExpectedEntry,
     LogKey,
@@ -864,8 +865,6 @@ async def resolve_log_key(
 ) -> tuple[LogKey, str]:
     """The pinned Rekor key and where it came from: ``--rekor-key``, else
     ``LEDGER_REKOR_PUBLIC_KEY``, else the pin in ``ledger.rekor_pins`` for ``rekor_url``."""
-    from services.anchorer.trust import load_configured_key  # noqa: PLC0415
-
     if rekor_key_file:
         try:
             with open(rekor_key_file, "rb") as f:  # noqa: ASYNC230 - one small local file
