@@ -45,36 +45,29 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
 from shared.anchored import BatchRecord, EntryRecord
+from shared.checks import (
+    StatementFields,
+    anchor_signature_problems,
+    entry_signature_problems,
+    manifest_digest_problems,
+    manifest_problems,
+    read_entry_signature,
+    receipt_problems,
+    statement_problems,
+)
 from shared.errors import ConfigError, LedgerError, RekorError, VerificationError
 from shared.merkle import RootAccumulator, leaf_hash
-from shared.signatures import (
-    MalformedSignature,
-    load_public_key_der,
-    parse_vault_signature,
-    verify_manifest_signature,
-)
+from shared.signatures import load_public_key_der
 from shared.statement import (
-    STATEMENT_VERSION,
-    canonical_json,
     content_sha256,
     entry_id_for,
-    format_time,
-    manifest_bytes,
-    parse_time,
 )
 from shared.trust import load_configured_key
 from shared.verify import (
-    ExpectedEntry,
     LogKey,
-    ReceiptVerificationError,
     RekorReceipt,
     load_log_key,
-    verify_receipt,
 )
 
 __all__ = [
@@ -125,12 +118,9 @@ class Problem:
         }
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal as RFC 8785 JSON (``1`` is not ``true``)."""
-    try:
-        return canonical_json(a) == canonical_json(b)
-    except Exception:  # noqa: BLE001 - a value JSON cannot hold is simply not equal
-        return False
+def _column(field: str) -> str:
+    """The ``ledger.entries`` column that holds a statement field (for problem sentences)."""
+    return f"column {'payload_hash' if field == 'payload_sha256' else field}"
 
 
 def _short(value: Any, limit: int = 120) -> str:
@@ -139,11 +129,6 @@ def _short(value: Any, limit: int = 120) -> str:
 
 
 # --- entries ----------------------------------------------------------------------------------
-
-
-_STATEMENT_KEYS = frozenset(
-    {"v", "request_id", "subject", "payload_sha256", "meta", "submitted_at"}
-)
 
 
 @dataclass
@@ -155,34 +140,17 @@ class _KeyUse:
 class EntryChecker:
     """The checks of one row against itself (no batch needed), plus key consistency.
 
-    ``check(row)`` returns the row's problems. Public keys are parsed once per distinct PEM.
-    Across all rows it remembers which public keys each (key name, version) was used with;
-    :meth:`finish` reports the rows whose key differs from the one most rows of that version
-    carry (a row signed with some other key but claiming the ledger's key version).
+    ``check(row)`` returns the row's problems: the checks of :mod:`shared.checks` that a
+    proof bundle's entry gets too, worded for database columns. Across all rows it remembers
+    which public keys each (key name, version) was used with; :meth:`finish` reports the
+    rows whose key differs from the one most rows of that version carry (a row signed with
+    some other key but claiming the ledger's key version).
     """
 
     _SAMPLE = 100
 
     def __init__(self) -> None:
-        self._keys: dict[str, tuple[ed25519.Ed25519PublicKey | None, str]] = {}
         self._uses: dict[tuple[str, int], dict[str, _KeyUse]] = {}
-
-    def _key(self, pem: str) -> tuple[ed25519.Ed25519PublicKey | None, str]:
-        found = self._keys.get(pem)
-        if found is None:
-            try:
-                der = load_public_key_der(pem)
-                pub = serialization.load_der_public_key(der)
-                found = (
-                    pub if isinstance(pub, ed25519.Ed25519PublicKey) else None,
-                    hashlib.sha256(der).hexdigest(),
-                )
-            except (VerificationError, ValueError):
-                found = (None, "")
-            if len(self._keys) > 10_000:  # a pathological table: do not grow without bound
-                self._keys.clear()
-            self._keys[pem] = found
-        return found
 
     def check(
         self,
@@ -215,55 +183,25 @@ class EntryChecker:
         return problems
 
     def _check_statement(self, row: EntryRecord, bad: Callable[[str, str], None]) -> None:
-        try:
-            doc = json.loads(row.statement)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            bad("statement", "the stored statement is not JSON")
-            return
-        if not isinstance(doc, dict) or set(doc) != _STATEMENT_KEYS:
-            fields = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
-            bad("statement", f"the stored statement has fields {fields}, expected "
-                f"{sorted(_STATEMENT_KEYS)}")
-            return
-        if not _same(doc["v"], STATEMENT_VERSION):
-            bad("statement", f"statement version {doc['v']!r} is not {STATEMENT_VERSION}")
-        for column, name, value in (
-            ("request_id", "request_id", row.request_id),
-            ("subject", "subject", row.subject),
-            ("payload_hash", "payload_sha256", row.payload_hash),
-            ("meta", "meta", row.meta),
-        ):
-            if not _same(doc[name], value):
-                bad("statement_fields", f"column {column} {_short(value)} is not the signed "
-                    f"{name} {_short(doc[name])}")
-        signed_time = doc["submitted_at"]
-        try:
-            same_time = isinstance(signed_time, str) and parse_time(signed_time) == row.submitted_at
-        except ValueError:
-            same_time = False
-        if not same_time:
-            bad("statement_fields", f"column submitted_at {format_time(row.submitted_at)} is not "
-                f"the signed submitted_at {signed_time!r}")
+        claimed = StatementFields(row.request_id, row.subject, row.payload_hash, row.meta,
+                                  row.submitted_at)
+        for check, detail in statement_problems(row.statement, claimed, label=_column,
+                                                show=_short):
+            bad(check, detail)
 
     def _check_signature(self, row: EntryRecord, bad: Callable[[str, str], None]) -> None:
-        try:
-            version, raw = parse_vault_signature(row.sig)
-        except MalformedSignature as exc:
-            bad("signature", f"malformed signature: {exc.reason}")
+        raw, problems = read_entry_signature(row.sig, row.key_version)
+        for detail in problems:
+            bad("signature", detail)
+        if raw is None:
             return
-        if version != row.key_version:
-            bad("signature", f"the signature names key version {version}, the row says "
-                f"{row.key_version}")
-        pub, fingerprint = self._key(row.pubkey)
-        if pub is None:
-            bad("signature", "the row's public key is not an Ed25519 public key")
+        problems = entry_signature_problems(row.pubkey, raw, row.statement)
+        for detail in problems:
+            bad("signature", detail)
+        if problems:
             return
-        try:
-            pub.verify(raw, row.statement)
-        except InvalidSignature:
-            bad("signature", "the Ed25519 signature does not verify over the stored statement "
-                "with the row's public key")
-            return
+        # only keys that really signed their row count towards the key version's majority
+        fingerprint = hashlib.sha256(load_public_key_der(row.pubkey)).hexdigest()
         use = self._uses.setdefault((row.key_name, row.key_version), {}).setdefault(
             fingerprint, _KeyUse()
         )
@@ -401,19 +339,6 @@ class BatchChecker:
         return self.problems
 
 
-def _parse_manifest(manifest: bytes) -> dict[str, Any] | None:
-    """The manifest's fields if it is exactly a canonical batch manifest, else None."""
-    try:
-        doc = json.loads(manifest)
-        rebuilt = manifest_bytes(
-            batch_id=uuid.UUID(doc["batch_id"]), size=doc["size"], root_hex=doc["root"],
-            created_at=parse_time(doc["created_at"]),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return doc if rebuilt == manifest and isinstance(doc, dict) else None
-
-
 @dataclass(frozen=True, slots=True)
 class BatchColumns:
     """The batch row's copies of receipt fields (``rekor_uuid``, ``rekor_log_index``, ...)."""
@@ -431,46 +356,25 @@ def check_batch_record(
     key) the stored receipt against the pinned Rekor key."""
     problems: list[Problem] = []
 
-    def bad(check: str, detail: str) -> None:
-        problems.append(Problem(check, detail, batch.id))
+    def bad(check: str, details: list[str], prefix: str = "") -> None:
+        problems.extend(Problem(check, prefix + detail, batch.id) for detail in details)
 
-    doc = _parse_manifest(batch.manifest)
-    if doc is None:
-        bad("manifest", "the stored manifest is not a canonical batch manifest")
-    else:
-        for name, value, stored in (
-            ("batch_id", doc["batch_id"], str(batch.id)),
-            ("size", doc["size"], batch.size),
-            ("root", doc["root"], batch.root_hash),
-            ("created_at", doc["created_at"], format_time(batch.created_at)),
-        ):
-            if not _same(value, stored):
-                bad("manifest", f"the manifest's {name} {value!r} is not the row's {stored!r}")
-    digest = hashlib.sha256(batch.manifest).digest()
-    if digest.hex() != batch.manifest_sha256:
-        bad("manifest_digest", f"SHA-256 of the manifest is {digest.hex()}, the row says "
-            f"{batch.manifest_sha256}")
-    try:
-        verify_manifest_signature(batch.anchor_pubkey, digest, batch.anchor_sig)
-    except VerificationError as exc:
-        bad("anchor_signature", f"{exc} (over the manifest's SHA-256)")
-    except ValueError as exc:
-        bad("anchor_signature", f"unusable anchor key or signature: {exc}")
+    bad("manifest", manifest_problems(batch.manifest, batch_id=batch.id, size=batch.size,
+                                      root=batch.root_hash, created_at=batch.created_at))
+    bad("manifest_digest", manifest_digest_problems(batch.manifest, batch.manifest_sha256))
+    bad("anchor_signature", anchor_signature_problems(batch.anchor_pubkey, batch.manifest,
+                                                      batch.anchor_sig))
     if batch.state != "anchored":
         return problems
     receipt = batch.receipt
     if receipt is None:
-        bad("receipt", "the batch is marked anchored but has no stored receipt")
+        bad("receipt", ["the batch is marked anchored but has no stored receipt"])
         return problems
     if log_key is not None:
-        expected = ExpectedEntry(digest.hex(), batch.anchor_sig, batch.anchor_pubkey)
-        try:
-            verify_receipt(receipt, log_key, expected=expected)
-        except ReceiptVerificationError as exc:
-            bad("receipt", f"the stored Rekor receipt does not verify: {exc.check}: "
-                f"{exc.detail}")
-        except VerificationError as exc:
-            bad("receipt", f"the stored Rekor receipt does not verify: {exc}")
+        bad("receipt", receipt_problems(receipt, log_key, manifest=batch.manifest,
+                                        anchor_signature=batch.anchor_sig,
+                                        anchor_public_key=batch.anchor_pubkey),
+            prefix="the stored Rekor receipt does not verify: ")
     if columns is not None:
         for name, value, from_receipt in (
             ("rekor_uuid", columns.rekor_uuid, receipt.uuid),
@@ -479,8 +383,8 @@ def check_batch_record(
             ("integrated_time", columns.integrated_time, receipt.integrated_time),
         ):
             if value != from_receipt:
-                bad("receipt_columns", f"column {name} {value!r} is not the receipt's "
-                    f"{from_receipt!r}")
+                bad("receipt_columns", [f"column {name} {value!r} is not the receipt's "
+                                        f"{from_receipt!r}"])
     return problems
 
 
@@ -502,13 +406,11 @@ def check_online_entry(
     except VerificationError as exc:
         return [Problem("rekor_online", f"Rekor's answer for {stored.uuid} is malformed: {exc}",
                         batch.id)]
-    digest = hashlib.sha256(batch.manifest).hexdigest()
-    try:
-        verify_receipt(live, log_key,
-                       expected=ExpectedEntry(digest, batch.anchor_sig, batch.anchor_pubkey))
-    except VerificationError as exc:
+    for detail in receipt_problems(live, log_key, manifest=batch.manifest,
+                                   anchor_signature=batch.anchor_sig,
+                                   anchor_public_key=batch.anchor_pubkey):
         problems.append(Problem("rekor_online", f"the entry Rekor serves for {stored.uuid} "
-                                f"does not hold this batch's manifest and signature: {exc}",
+                                f"does not hold this batch's manifest and signature: {detail}",
                                 batch.id))
     for name, now, then in (
         ("body", live.body, stored.body),
