@@ -255,19 +255,9 @@ def _step_anchor_signature(b: _Bundle) -> str:
 
 
 def _rekor_receipt(info: ReceiptInfo) -> RekorReceipt:
-    return RekorReceipt(
-        uuid=info.uuid,
-        log_index=info.log_index,
-        tree_index=info.tree_index,
-        log_id=info.log_id,
-        integrated_time=info.integrated_time,
-        body=info.body,
-        signed_entry_timestamp=info.signed_entry_timestamp,
-        inclusion_hashes=tuple(info.hashes),
-        root_hash=info.root_hash,
-        tree_size=info.tree_size,
-        checkpoint=info.checkpoint,
-    )
+    """The receipt in the form :func:`shared.verify.verify_receipt` checks."""
+    fields = info.model_dump(exclude={"hashes"})
+    return RekorReceipt.model_validate({**fields, "inclusion_hashes": info.hashes})
 
 
 def _step_receipt(b: _Bundle) -> str:
