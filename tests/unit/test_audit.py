@@ -8,12 +8,16 @@ the batch and the entry.
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import json
+import subprocess
+import sys
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -396,3 +400,44 @@ def test_a_problem_line_names_batch_entry_and_leaf() -> None:
     assert f"batch {b}" in line and f"entry {e}" in line and "leaf 3" in line
     assert "root: differs" in line
     assert Problem("x", "y").line().startswith("\u2717 batch - entry -")
+
+
+# --- what the auditor may depend on ------------------------------------------------------------
+
+REPO = Path(__file__).parents[2]
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("tree", ["shared", "ledger/audit"])
+def test_neither_shared_nor_the_auditor_imports_a_service(tree: str) -> None:
+    forbidden = ("services", "deploy", "ledger") if tree == "shared" else ("services", "deploy")
+    files = sorted((REPO / tree).rglob("*.py"))
+    assert files
+    found = {
+        f"{path.relative_to(REPO)}: {name}"
+        for path in files
+        for name in _imports(path)
+        if name.split(".")[0] in forbidden
+    }
+    assert not found, sorted(found)
+
+
+def test_the_audit_checks_import_nothing_that_talks_to_a_network() -> None:
+    code = (
+        "import sys, ledger.audit.entries, ledger.audit.batches, ledger.audit.report\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "{'aiohttp', 'aiokafka', 'asyncpg', 'hvac', 'requests', 'httpx', 'urllib3', 'services'} "
+        "or m in {'shared.rekor', 'shared.settings', 'shared.vault', 'shared.db', 'shared.kafka'}]"
+        "\nassert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)

@@ -13,15 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from shared import signatures
 from shared.errors import VerificationError
-from shared.signatures import (
-    MalformedSignature,
-    ed25519_key,
-    ed25519_verifies,
-    load_public_key_der,
-    parse_vault_signature,
-    verify_manifest_signature,
-)
 
 pytestmark = pytest.mark.unit
 
@@ -36,7 +29,7 @@ def _pem(private: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> byt
 
 
 def test_parse_vault_signature() -> None:
-    assert parse_vault_signature("vault:v3:" + base64.b64encode(b"sig").decode()) == (3, b"sig")
+    assert signatures.parse_vault_signature("vault:v3:" + base64.b64encode(b"sig").decode()) == (3, b"sig")
 
 
 @pytest.mark.parametrize(
@@ -54,8 +47,8 @@ def test_parse_vault_signature() -> None:
     ],
 )
 def test_parse_vault_signature_rejects_malformed(text: str, reason: str) -> None:
-    with pytest.raises(MalformedSignature) as exc:
-        parse_vault_signature(text)
+    with pytest.raises(signatures.MalformedSignature) as exc:
+        signatures.parse_vault_signature(text)
     assert isinstance(exc.value, VerificationError)
     assert exc.value.reason == reason
     assert str(exc.value) == f"malformed Vault signature ({reason})"
@@ -69,36 +62,36 @@ def test_a_key_reads_the_same_from_pem_text_pem_bytes_and_der() -> None:
     der = private.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    assert load_public_key_der(_pem(private)) == der
-    assert load_public_key_der(_pem(private).decode()) == der
-    assert load_public_key_der(b"\n  " + _pem(private)) == der
-    assert load_public_key_der(der) == der
+    assert signatures.load_public_key_der(_pem(private)) == der
+    assert signatures.load_public_key_der(_pem(private).decode()) == der
+    assert signatures.load_public_key_der(b"\n  " + _pem(private)) == der
+    assert signatures.load_public_key_der(der) == der
 
 
 @pytest.mark.parametrize("junk", [b"", b"not a key", "-----BEGIN PUBLIC KEY-----\nAAAA\n"])
 def test_what_is_not_a_public_key_is_refused(junk: bytes | str) -> None:
     with pytest.raises(VerificationError, match="not a public key"):
-        load_public_key_der(junk)
+        signatures.load_public_key_der(junk)
 
 
 def test_only_an_ed25519_key_is_an_entry_key() -> None:
     private = ed25519.Ed25519PrivateKey.generate()
-    key = ed25519_key(load_public_key_der(_pem(private)))
+    key = signatures.ed25519_key(signatures.load_public_key_der(_pem(private)))
     assert key is not None and key.public_bytes_raw() == private.public_key().public_bytes_raw()
-    assert ed25519_key(load_public_key_der(_pem(ec.generate_private_key(ec.SECP256R1())))) is None
+    assert signatures.ed25519_key(signatures.load_public_key_der(_pem(ec.generate_private_key(ec.SECP256R1())))) is None
 
 
 def test_ed25519_verifies_only_the_signed_bytes_with_the_signing_key() -> None:
     private = ed25519.Ed25519PrivateKey.generate()
-    key = ed25519_key(load_public_key_der(_pem(private)))
+    key = signatures.ed25519_key(signatures.load_public_key_der(_pem(private)))
     assert key is not None
     signature = private.sign(b"statement")
-    assert ed25519_verifies(key, signature, b"statement")
-    assert not ed25519_verifies(key, signature, b"statement ")
-    assert not ed25519_verifies(key, signature[:-1] + bytes([signature[-1] ^ 1]), b"statement")
-    assert not ed25519_verifies(key, b"short", b"statement")
-    other = ed25519_key(load_public_key_der(_pem(ed25519.Ed25519PrivateKey.generate())))
-    assert other is not None and not ed25519_verifies(other, signature, b"statement")
+    assert signatures.ed25519_verifies(key, signature, b"statement")
+    assert not signatures.ed25519_verifies(key, signature, b"statement ")
+    assert not signatures.ed25519_verifies(key, signature[:-1] + bytes([signature[-1] ^ 1]), b"statement")
+    assert not signatures.ed25519_verifies(key, b"short", b"statement")
+    other = signatures.ed25519_key(signatures.load_public_key_der(_pem(ed25519.Ed25519PrivateKey.generate())))
+    assert other is not None and not signatures.ed25519_verifies(other, signature, b"statement")
 
 
 # --- the anchor signature ---------------------------------------------------------------------
@@ -108,14 +101,14 @@ def test_manifest_signature_is_ecdsa_p256_over_the_digest() -> None:
     anchor = ec.generate_private_key(ec.SECP256R1())
     digest = hashlib.sha256(b"manifest").digest()
     signature = anchor.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-    verify_manifest_signature(_pem(anchor), digest, signature)
-    verify_manifest_signature(_pem(anchor).decode(), digest, signature)
+    signatures.verify_manifest_signature(_pem(anchor), digest, signature)
+    signatures.verify_manifest_signature(_pem(anchor).decode(), digest, signature)
     with pytest.raises(VerificationError, match="does not verify"):
-        verify_manifest_signature(_pem(anchor), hashlib.sha256(b"other").digest(), signature)
+        signatures.verify_manifest_signature(_pem(anchor), hashlib.sha256(b"other").digest(), signature)
     with pytest.raises(VerificationError, match="P-256"):
-        verify_manifest_signature(_pem(ec.generate_private_key(ec.SECP384R1())), digest, signature)
+        signatures.verify_manifest_signature(_pem(ec.generate_private_key(ec.SECP384R1())), digest, signature)
     with pytest.raises(VerificationError, match="not a public key"):
-        verify_manifest_signature(b"junk", digest, signature)
+        signatures.verify_manifest_signature(b"junk", digest, signature)
 
 
 # --- offline ------------------------------------------------------------------------------------
