@@ -26,47 +26,45 @@ is one of :data:`STEPS`; ``passed`` holds the steps that passed before it):
                       this digest, anchor signature and anchor key
 ``payload``           (only with a payload) SHA-256 of the payload is the entry's payload hash
 
+Each step is one small function in :data:`_STEP_TABLE`, run in that order; the checks
+themselves are :mod:`shared.checks`, which ``ledger audit`` runs on database rows too. A step
+function decodes what it needs from the bundle, runs its check and returns what it
+established; it raises ``_Failed`` with the first problem.
+
 The Rekor log key is never taken from the bundle: the verifier pins it. Nothing here does
 I/O or imports anything that talks to a network.
 """
+
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
-import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydantic import ValidationError
 
+from shared.checks import (
+    StatementFields,
+    anchor_signature_problems,
+    audit_path_problems,
+    entry_signature_problems,
+    manifest_digest_problems,
+    manifest_problems,
+    read_entry_signature,
+    receipt_problems,
+    statement_problems,
+)
 from shared.errors import VerificationError
-from shared.merkle import leaf_hash, root_from_inclusion_proof
-from shared.messages import AnchoredEntry
-from shared.statement import (
-    STATEMENT_VERSION,
-    canonical_json,
-    format_time,
-    leaf_bytes,
-    manifest_bytes,
-    parse_time,
-)
-from shared.verify import (
-    ExpectedEntry,
-    ReceiptVerificationError,
-    RekorReceipt,
-    load_log_key,
-    load_public_key_der,
-    verify_manifest_signature,
-    verify_receipt,
-)
+from shared.messages import AnchoredEntry, ReceiptInfo
+from shared.signatures import load_public_key_der
+from shared.statement import leaf_bytes
+from shared.verify import RekorReceipt, load_log_key
 
 __all__ = [
     "STEPS",
@@ -135,117 +133,191 @@ class VerificationReport:
     steps: tuple[StepResult, ...]
 
 
-class _Run:
-    """Collects passed steps; :meth:`fail` builds the error for the current step."""
+class _Failed(Exception):
+    """The current step failed; the driver turns it into a :class:`BundleVerificationError`."""
 
-    def __init__(self) -> None:
-        self.passed: list[StepResult] = []
-
-    def ok(self, step: Step, detail: str) -> None:
-        self.passed.append(StepResult(step, detail))
-
-    def fail(self, step: Step, detail: str) -> BundleVerificationError:
-        return BundleVerificationError(step, detail, tuple(self.passed))
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
-def _b64(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)
+def _first(problems: list[str]) -> None:
+    if problems:
+        raise _Failed(problems[0])
 
 
-def _parse_vault_signature(text: str) -> tuple[int, bytes]:
-    """``vault:v<N>:<base64>`` → (N, raw); ValueError when malformed."""
-    parts = text.split(":")
-    if len(parts) != 3 or parts[0] != "vault" or not parts[1].startswith("v"):
-        raise ValueError("expected vault:v<N>:<base64>")
+def _b64(text: str, what: str) -> bytes:
     try:
-        version = int(parts[1][1:])
-        raw = _b64(parts[2])
-    except (ValueError, binascii.Error):
-        raise ValueError("bad version or base64 in vault:v<N>:<base64>") from None
-    if version < 1 or not raw:
-        raise ValueError("bad version or empty signature")
-    return version, raw
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise _Failed(f"the {what} is not valid base64") from None
 
 
-def _load_bundle(bundle: AnchoredEntry | Mapping[str, Any], run: _Run) -> AnchoredEntry:
+@dataclass(slots=True)
+class _Bundle:
+    """The bundle being verified, the verifier's pins, and what earlier steps decoded."""
+
+    doc: AnchoredEntry
+    rekor_key: bytes
+    pinned_entry_key: bytes | None
+    payload: bytes | None
+    statement: bytes = b""
+    signature: bytes = b""
+    manifest: bytes = b""
+    anchor_signature: bytes = b""
+
+
+# --- the steps, in order ------------------------------------------------------------------------
+
+
+def _step_bundle(bundle: AnchoredEntry | Mapping[str, Any]) -> AnchoredEntry:
     if isinstance(bundle, AnchoredEntry):
         return bundle
     if not isinstance(bundle, Mapping):
-        raise run.fail("bundle", f"expected a JSON object, got {type(bundle).__name__}")
+        raise _Failed(f"expected a JSON object, got {type(bundle).__name__}")
     if bundle.get("version") != 1:
-        raise run.fail("bundle", f"unsupported version {bundle.get('version')!r}")
+        raise _Failed(f"unsupported version {bundle.get('version')!r}")
     try:
         return AnchoredEntry.model_validate(dict(bundle))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
         )
-        raise run.fail("bundle", f"not a ledger.anchored v1 document: {problems[:500]}") from None
+        raise _Failed(f"not a ledger.anchored v1 document: {problems[:500]}") from None
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal as RFC 8785 JSON (so ``1``, ``1.0`` and ``true`` stay different where JSON does)."""
-    try:
-        return canonical_json(a) == canonical_json(b)
-    except Exception:  # noqa: BLE001 - a value JSON cannot hold is simply not equal
-        return False
+def _step_statement(b: _Bundle) -> str:
+    entry = b.doc.entry
+    b.statement = _b64(entry.statement, "statement")
+    raw, problems = read_entry_signature(entry.signature, entry.key_version)
+    if raw is None or problems:
+        raise _Failed(problems[0])
+    b.signature = raw
+    return f"{len(b.statement)} statement bytes, signed by {entry.key_name} v{entry.key_version}"
 
 
-def _check_statement_fields(statement: bytes, bundle: AnchoredEntry, run: _Run) -> None:
-    entry = bundle.entry
-    try:
-        doc = json.loads(statement)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise run.fail("statement_fields", "the signed statement is not JSON") from None
-    if not isinstance(doc, dict):
-        raise run.fail("statement_fields", "the signed statement is not a JSON object")
-    expected_keys = {"v", "request_id", "subject", "payload_sha256", "meta", "submitted_at"}
-    if set(doc) != expected_keys:
-        raise run.fail(
-            "statement_fields",
-            f"the signed statement has fields {sorted(doc)}, expected {sorted(expected_keys)}",
-        )
-    if not _same(doc["v"], STATEMENT_VERSION):
-        raise run.fail("statement_fields", f"statement version {doc['v']!r} is not 1")
-    for name, value in (
-        ("request_id", entry.request_id),
-        ("subject", entry.subject),
-        ("payload_sha256", entry.payload_sha256),
-        ("meta", entry.meta),
-    ):
-        if not _same(doc[name], value):
-            raise run.fail(
-                "statement_fields",
-                f"entry {name} {value!r} is not the signed {name} {doc[name]!r}",
-            )
-    signed_time = doc["submitted_at"]
-    try:
-        same_time = isinstance(signed_time, str) and parse_time(signed_time) == entry.submitted_at
-    except ValueError:
-        same_time = False
-    if not same_time:
-        raise run.fail(
-            "statement_fields",
-            f"entry submitted_at {format_time(entry.submitted_at)} is not the signed "
-            f"submitted_at {signed_time!r}",
-        )
-
-
-def _parse_manifest(manifest: bytes) -> dict[str, Any] | None:
-    """The manifest's fields if it is exactly a canonical batch manifest, else None."""
-    try:
-        mdoc = json.loads(manifest)
-        rebuilt = manifest_bytes(
-            batch_id=uuid.UUID(mdoc["batch_id"]),
-            size=mdoc["size"],
-            root_hex=mdoc["root"],
-            created_at=parse_time(mdoc["created_at"]),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
+def _step_entry_key(b: _Bundle) -> str | None:
+    if b.pinned_entry_key is None:
         return None
-    if rebuilt != manifest or not isinstance(mdoc, dict):
+    try:
+        entry_der = load_public_key_der(b.doc.entry.public_key)
+    except VerificationError:
+        return None  # not a key at all: the entry_signature step says so
+    try:
+        pinned_der = load_public_key_der(b.pinned_entry_key)
+    except VerificationError as exc:
+        raise _Failed(f"the pinned entry key: {exc}") from None
+    if pinned_der != entry_der:
+        raise _Failed("the entry was not signed with the pinned entry key")
+    return "the entry's public key is the pinned key"
+
+
+def _step_entry_signature(b: _Bundle) -> str:
+    _first(entry_signature_problems(b.doc.entry.public_key, b.signature, b.statement))
+    return "Ed25519 signature over the statement verifies"
+
+
+def _step_statement_fields(b: _Bundle) -> str:
+    entry = b.doc.entry
+    claimed = StatementFields(entry.request_id, entry.subject, entry.payload_sha256, entry.meta,
+                              entry.submitted_at)
+    _first([detail for _, detail in statement_problems(b.statement, claimed)])
+    return "request id, subject, payload hash, meta and submission time are the signed ones"
+
+
+def _step_audit_path(b: _Bundle) -> str:
+    doc, entry = b.doc, b.doc.entry
+    leaf = leaf_bytes(entry_id=entry.entry_id, statement=b.statement, signature=entry.signature,
+                      key_name=entry.key_name, key_version=entry.key_version)
+    _first(audit_path_problems(leaf, doc.leaf_index, doc.batch.size, doc.audit_path,
+                               doc.batch.root))
+    return f"leaf {doc.leaf_index} of {doc.batch.size} leads to batch root {doc.batch.root}"
+
+
+def _step_manifest(b: _Bundle) -> str:
+    batch = b.doc.batch
+    b.manifest = _b64(batch.manifest, "manifest")
+    _first(manifest_problems(b.manifest, batch_id=batch.batch_id, size=batch.size,
+                             root=batch.root))
+    return f"names batch {batch.batch_id}, size {batch.size}, root {batch.root}"
+
+
+def _step_manifest_digest(b: _Bundle) -> str:
+    _first(manifest_digest_problems(b.manifest, b.doc.batch.manifest_sha256))
+    return f"SHA-256 {b.doc.batch.manifest_sha256}"
+
+
+def _step_anchor_signature(b: _Bundle) -> str:
+    batch = b.doc.batch
+    b.anchor_signature = _b64(batch.anchor_signature, "anchor signature")
+    _first(anchor_signature_problems(batch.anchor_public_key, b.manifest, b.anchor_signature))
+    return f"ECDSA P-256 signature by anchor key v{batch.anchor_key_version} verifies"
+
+
+def _rekor_receipt(info: ReceiptInfo) -> RekorReceipt:
+    """The receipt in the form :func:`shared.verify.verify_receipt` checks."""
+    fields = info.model_dump(exclude={"hashes"})
+    return RekorReceipt.model_validate({**fields, "inclusion_hashes": info.hashes})
+
+
+def _step_receipt(b: _Bundle) -> str:
+    try:
+        log_key = load_log_key(b.rekor_key)
+    except VerificationError as exc:
+        raise _Failed(f"the pinned Rekor key: {exc}") from None
+    receipt = _rekor_receipt(b.doc.receipt)
+    _first(receipt_problems(receipt, log_key, manifest=b.manifest,
+                            anchor_signature=b.anchor_signature,
+                            anchor_public_key=b.doc.batch.anchor_public_key))
+    integrated_at = datetime.fromtimestamp(receipt.integrated_time, tz=UTC)
+    return (f"Rekor entry {receipt.uuid} at log index {receipt.log_index}, integrated "
+            f"{integrated_at.isoformat()}, verifies with the pinned log key "
+            f"{log_key.log_id[:16]}…")
+
+
+def _step_payload(b: _Bundle) -> str | None:
+    if b.payload is None:
         return None
-    return mdoc
+    digest = hashlib.sha256(b.payload).hexdigest()
+    if digest != b.doc.entry.payload_sha256:
+        raise _Failed(f"SHA-256 of the payload is {digest}, the entry's payload hash is "
+                      f"{b.doc.entry.payload_sha256}")
+    return f"SHA-256 of the payload is the entry's payload hash {digest}"
+
+
+#: Every step after ``bundle``, in :data:`STEPS` order. A step that returns None did not apply
+#: (no pinned entry key, no payload) and is not reported.
+_STEP_TABLE: tuple[tuple[Step, Callable[[_Bundle], str | None]], ...] = (
+    ("statement", _step_statement),
+    ("entry_key", _step_entry_key),
+    ("entry_signature", _step_entry_signature),
+    ("statement_fields", _step_statement_fields),
+    ("audit_path", _step_audit_path),
+    ("manifest", _step_manifest),
+    ("manifest_digest", _step_manifest_digest),
+    ("anchor_signature", _step_anchor_signature),
+    ("receipt", _step_receipt),
+    ("payload", _step_payload),
+)
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+
+class _Run:
+    """The steps passed so far; tells ``on_step`` about each one."""
+
+    def __init__(self, on_step: Callable[[StepResult], None] | None) -> None:
+        self.passed: list[StepResult] = []
+        self._on_step = on_step
+
+    def ok(self, step: Step, detail: str) -> None:
+        self.passed.append(StepResult(step, detail))
+        if self._on_step is not None:
+            self._on_step(self.passed[-1])
+
+    def fail(self, step: Step, detail: str) -> BundleVerificationError:
+        return BundleVerificationError(step, detail, tuple(self.passed))
 
 
 def verify_bundle(
@@ -263,164 +335,25 @@ def verify_bundle(
     with; ``payload`` optionally checks the document the entry is about. ``on_step`` is
     called after each passed step. Raises :class:`BundleVerificationError`.
     """
-    run = _Run()
-
-    def ok(step: Step, detail: str) -> None:
-        run.ok(step, detail)
-        if on_step is not None:
-            on_step(run.passed[-1])
-
-    doc = _load_bundle(bundle, run)
-    entry, batch, receipt_info = doc.entry, doc.batch, doc.receipt
-    ok("bundle", f"ledger.anchored v1 for entry {entry.entry_id}")
-
-    # --- the entry ----------------------------------------------------------------------
+    run = _Run(on_step)
     try:
-        statement = _b64(entry.statement)
-    except binascii.Error:
-        raise run.fail("statement", "the statement is not valid base64") from None
-    try:
-        sig_version, signature = _parse_vault_signature(entry.signature)
-    except ValueError as exc:
-        raise run.fail("statement", f"malformed entry signature: {exc}") from None
-    if sig_version != entry.key_version:
-        raise run.fail(
-            "statement",
-            f"the signature names key version {sig_version}, the entry says {entry.key_version}",
-        )
-    ok("statement", f"{len(statement)} statement bytes, signed by {entry.key_name} "
-       f"v{entry.key_version}")
-
-    try:
-        entry_der = load_public_key_der(entry.public_key)
-    except VerificationError:
-        raise run.fail("entry_signature", "the entry's public key is not a PEM key") from None
-    if entry_public_key_pem is not None:
+        doc = _step_bundle(bundle)
+    except _Failed as exc:
+        raise run.fail("bundle", exc.detail) from None
+    run.ok("bundle", f"ledger.anchored v1 for entry {doc.entry.entry_id}")
+    checked = _Bundle(doc, rekor_public_key_pem, entry_public_key_pem, payload)
+    for step, check in _STEP_TABLE:
         try:
-            pinned_der = load_public_key_der(entry_public_key_pem)
-        except VerificationError as exc:
-            raise run.fail("entry_key", f"the pinned entry key: {exc}") from None
-        if pinned_der != entry_der:
-            raise run.fail("entry_key", "the entry was not signed with the pinned entry key")
-        ok("entry_key", "the entry's public key is the pinned key")
+            detail = check(checked)
+        except _Failed as exc:
+            raise run.fail(step, exc.detail) from None
+        if detail is not None:
+            run.ok(step, detail)
+    return _report(checked, tuple(run.passed))
 
-    entry_key = serialization.load_der_public_key(entry_der)
-    if not isinstance(entry_key, ed25519.Ed25519PublicKey):
-        raise run.fail("entry_signature", "the entry's public key is not an Ed25519 key")
-    try:
-        entry_key.verify(signature, statement)
-    except InvalidSignature:
-        raise run.fail(
-            "entry_signature",
-            "the Ed25519 signature does not verify over the statement with the entry's key",
-        ) from None
-    ok("entry_signature", "Ed25519 signature over the statement verifies")
 
-    _check_statement_fields(statement, doc, run)
-    ok("statement_fields", "request id, subject, payload hash, meta and submission time "
-       "are the signed ones")
-
-    # --- entry → batch root ----------------------------------------------------------------
-    leaf = leaf_bytes(
-        entry_id=entry.entry_id,
-        statement=statement,
-        signature=entry.signature,
-        key_name=entry.key_name,
-        key_version=entry.key_version,
-    )
-    try:
-        path = [bytes.fromhex(h) for h in doc.audit_path]
-        computed = root_from_inclusion_proof(doc.leaf_index, batch.size, leaf_hash(leaf), path)
-    except ValueError:
-        raise run.fail("audit_path", "an audit path hash is not hex") from None
-    except VerificationError as exc:
-        raise run.fail("audit_path", str(exc)) from None
-    if computed.hex() != batch.root:
-        raise run.fail(
-            "audit_path",
-            f"the audit path of leaf {doc.leaf_index} of {batch.size} leads to "
-            f"{computed.hex()}, not the batch root {batch.root}",
-        )
-    ok("audit_path", f"leaf {doc.leaf_index} of {batch.size} leads to batch root {batch.root}")
-
-    # --- batch root → manifest → anchor signature ---------------------------------------
-    try:
-        manifest = _b64(batch.manifest)
-    except binascii.Error:
-        raise run.fail("manifest", "the manifest is not valid base64") from None
-    mdoc = _parse_manifest(manifest)
-    if mdoc is None:
-        raise run.fail("manifest", "not the canonical batch manifest (fields or form differ)")
-    for name, value, batch_value in (
-        ("batch_id", mdoc["batch_id"], str(batch.batch_id)),
-        ("size", mdoc["size"], batch.size),
-        ("root", mdoc["root"], batch.root),
-    ):
-        if not _same(value, batch_value):
-            raise run.fail(
-                "manifest", f"manifest {name} {value!r} is not the batch's {batch_value!r}"
-            )
-    ok("manifest", f"names batch {batch.batch_id}, size {batch.size}, root {batch.root}")
-
-    digest = hashlib.sha256(manifest).digest()
-    if digest.hex() != batch.manifest_sha256:
-        raise run.fail(
-            "manifest_digest",
-            f"SHA-256 of the manifest is {digest.hex()}, not {batch.manifest_sha256}",
-        )
-    ok("manifest_digest", f"SHA-256 {digest.hex()}")
-
-    try:
-        anchor_sig = _b64(batch.anchor_signature)
-    except binascii.Error:
-        raise run.fail("anchor_signature", "the anchor signature is not valid base64") from None
-    try:
-        verify_manifest_signature(batch.anchor_public_key, digest, anchor_sig)
-    except VerificationError as exc:
-        raise run.fail("anchor_signature", str(exc)) from None
-    ok("anchor_signature", f"ECDSA P-256 signature by anchor key v{batch.anchor_key_version} "
-       "verifies")
-
-    # --- manifest → Rekor -------------------------------------------------------------------
-    try:
-        log_key = load_log_key(rekor_public_key_pem)
-    except VerificationError as exc:
-        raise run.fail("receipt", f"the pinned Rekor key: {exc}") from None
-    receipt = RekorReceipt(
-        uuid=receipt_info.uuid,
-        log_index=receipt_info.log_index,
-        tree_index=receipt_info.tree_index,
-        log_id=receipt_info.log_id,
-        integrated_time=receipt_info.integrated_time,
-        body=receipt_info.body,
-        signed_entry_timestamp=receipt_info.signed_entry_timestamp,
-        inclusion_hashes=tuple(receipt_info.hashes),
-        root_hash=receipt_info.root_hash,
-        tree_size=receipt_info.tree_size,
-        checkpoint=receipt_info.checkpoint,
-    )
-    expected = ExpectedEntry(digest.hex(), anchor_sig, batch.anchor_public_key)
-    try:
-        verify_receipt(receipt, log_key, expected=expected)
-    except ReceiptVerificationError as exc:
-        raise run.fail("receipt", f"{exc.check}: {exc.detail}") from None
-    except VerificationError as exc:
-        raise run.fail("receipt", str(exc)) from None
-    integrated_at = datetime.fromtimestamp(receipt.integrated_time, tz=UTC)
-    ok("receipt", f"Rekor entry {receipt.uuid} at log index {receipt.log_index}, integrated "
-       f"{integrated_at.isoformat()}, verifies with the pinned log key {log_key.log_id[:16]}…")
-
-    # --- the payload itself -------------------------------------------------------------
-    if payload is not None:
-        payload_digest = hashlib.sha256(payload).hexdigest()
-        if payload_digest != entry.payload_sha256:
-            raise run.fail(
-                "payload",
-                f"SHA-256 of the payload is {payload_digest}, the entry's payload hash is "
-                f"{entry.payload_sha256}",
-            )
-        ok("payload", f"SHA-256 of the payload is the entry's payload hash {payload_digest}")
-
+def _report(b: _Bundle, steps: tuple[StepResult, ...]) -> VerificationReport:
+    entry, batch, receipt = b.doc.entry, b.doc.batch, b.doc.receipt
     return VerificationReport(
         entry_id=entry.entry_id,
         request_id=entry.request_id,
@@ -429,14 +362,14 @@ def verify_bundle(
         key_name=entry.key_name,
         key_version=entry.key_version,
         batch_id=batch.batch_id,
-        leaf_index=doc.leaf_index,
+        leaf_index=b.doc.leaf_index,
         batch_size=batch.size,
         batch_root=batch.root,
         manifest_sha256=batch.manifest_sha256,
         rekor_uuid=receipt.uuid,
         rekor_log_index=receipt.log_index,
         rekor_log_id=receipt.log_id,
-        integrated_at=integrated_at,
-        payload_checked=payload is not None,
-        steps=tuple(run.passed),
+        integrated_at=datetime.fromtimestamp(receipt.integrated_time, tz=UTC),
+        payload_checked=b.payload is not None,
+        steps=steps,
     )

@@ -2,13 +2,16 @@
 
 The anchorer builds one tree per batch of ledger entries; Rekor's log is the same kind of
 tree, so the verifier checks Rekor's inclusion proofs and consistency proofs with the same
-code. Hashes are SHA-256; leaves are ``SHA256(0x00 ‖ data)`` and inner nodes
-``SHA256(0x01 ‖ left ‖ right)``; the empty tree's root is ``SHA256("")``.
+code, and ``ledger audit`` recomputes each batch's root with :class:`RootAccumulator`: this
+is the project's only implementation of the tree. Hashes are SHA-256; leaves are
+``SHA256(0x00 ‖ data)`` and inner nodes ``SHA256(0x01 ‖ left ‖ right)``; the empty tree's
+root is ``SHA256("")``.
 
 A tree is built bottom-up once, keeping every level, so the root and every audit path come
 from the stored levels without re-hashing. Building a level pairs nodes left to right and
 carries a lone last node up unchanged, which gives exactly the RFC 6962 tree (split at the
-largest power of two smaller than ``n``).
+largest power of two smaller than ``n``). :class:`RootAccumulator` gives the same root from
+leaves fed one at a time, keeping only O(log n) hashes, for trees too large to hold.
 
 This module is pure: no I/O, no network, no clock. Verification failures raise
 :class:`shared.errors.VerificationError`; misuse (index out of range) raises ``ValueError``.
@@ -25,6 +28,7 @@ __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
     "MerkleTree",
+    "RootAccumulator",
     "leaf_hash",
     "node_hash",
     "root_from_inclusion_proof",
@@ -50,6 +54,11 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(_NODE_PREFIX + left + right).digest()
 
 
+def _check_hash(h: bytes) -> None:
+    if len(h) != HASH_SIZE:
+        raise ValueError(f"leaf hash must be {HASH_SIZE} bytes, got {len(h)}")
+
+
 def _largest_power_of_two_below(n: int) -> int:
     """The largest power of two strictly smaller than ``n`` (``n >= 2``)."""
     return 1 << ((n - 1).bit_length() - 1)
@@ -67,8 +76,7 @@ class MerkleTree:
     def __init__(self, leaf_hashes: Iterable[bytes]) -> None:
         level = list(leaf_hashes)
         for h in level:
-            if len(h) != HASH_SIZE:
-                raise ValueError(f"leaf hash must be {HASH_SIZE} bytes, got {len(h)}")
+            _check_hash(h)
         levels = [level]
         while len(level) > 1:
             nxt = [node_hash(level[k], level[k + 1]) for k in range(0, len(level) - 1, 2)]
@@ -153,6 +161,40 @@ class MerkleTree:
     def _check_index(self, index: int) -> None:
         if not 0 <= index < self.size:
             raise ValueError(f"leaf index {index} out of range for tree size {self.size}")
+
+
+class RootAccumulator:
+    """The RFC 6962 root of leaf hashes added one at a time, in O(log n) memory.
+
+    Keeps the roots of the complete subtrees so far (largest first); the root of the whole
+    list folds them from the right, which is exactly RFC 6962's split at the largest power
+    of two. ``RootAccumulator`` fed the leaves of a :class:`MerkleTree` gives its ``root``.
+    """
+
+    __slots__ = ("_stack", "size")
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, bytes]] = []
+        self.size = 0
+
+    def add(self, leaf: bytes) -> None:
+        """Add one leaf *hash* (:func:`leaf_hash` of the leaf data)."""
+        _check_hash(leaf)
+        node, height = leaf, 0
+        while self._stack and self._stack[-1][0] == height:
+            node = node_hash(self._stack.pop()[1], node)
+            height += 1
+        self._stack.append((height, node))
+        self.size += 1
+
+    def root(self) -> bytes:
+        """The root of the leaves added so far (:data:`EMPTY_ROOT` before the first)."""
+        if not self._stack:
+            return EMPTY_ROOT
+        node = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            node = node_hash(left, node)
+        return node
 
 
 def root_from_inclusion_proof(index: int, size: int, leaf: bytes, proof: Sequence[bytes]) -> bytes:

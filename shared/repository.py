@@ -36,7 +36,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from shared import fastjson
-from shared.db import Database, Tx
+from shared.db import Database, Row, Tx
 from shared.errors import ClaimRaced
 from shared.records import (
     BATCH_COLUMNS,
@@ -50,7 +50,7 @@ from shared.records import (
 )
 from shared.verify import RekorReceipt
 
-__all__ = ["EntryQuery", "Repository", "StoredCheckpoint"]
+__all__ = ["AUDIT_BATCH_COLUMNS", "EntryQuery", "Repository", "StoredCheckpoint"]
 
 Order = Literal["asc", "desc"]
 
@@ -96,6 +96,11 @@ _COMPLETE_MEMBERS = (
 _INSERT_CHECKPOINT = (
     "INSERT INTO ledger.checkpoints (log_id, tree_size, root_hash, checkpoint)"
     " VALUES ($1, $2, $3, $4) ON CONFLICT (log_id, tree_size) DO NOTHING"
+)
+#: the ``ledger.batches`` columns the audit reads: a record's, and the Rekor columns it
+#: compares with the stored receipt
+AUDIT_BATCH_COLUMNS = (
+    f"{BATCH_COLUMNS}, rekor_uuid, rekor_log_index, rekor_log_id, integrated_time"
 )
 _PINNED_KEY = "SELECT public_key FROM ledger.rekor_pins WHERE rekor_url = $1"
 
@@ -342,6 +347,70 @@ class Repository:
 
     async def health(self, *, timeout_s: float) -> bool:
         return await self._db.health(timeout_s=timeout_s)
+
+    # --- raw rows for ``ledger audit`` ----------------------------------------------------
+    # The audit reads rows as stored, however malformed (a tampered receipt is a finding,
+    # not a crash), so these return rows, not records, in keyset-paginated chunks.
+
+    async def batch_count(self) -> int:
+        return int(await self._db.fetchval("SELECT count(*) FROM ledger.batches"))
+
+    async def batch_rows(self, *, after: uuid.UUID, limit: int) -> list[Row]:
+        """Batch rows (:data:`AUDIT_BATCH_COLUMNS`) with ids above ``after``, in id order."""
+        return await self._db.fetch(
+            f"SELECT {AUDIT_BATCH_COLUMNS} FROM ledger.batches"  # noqa: S608
+            " WHERE id > $1 ORDER BY id LIMIT $2",
+            after, limit,
+        )
+
+    async def batch_row(self, batch_id: uuid.UUID) -> Row | None:
+        return await self._db.fetchrow(
+            f"SELECT {AUDIT_BATCH_COLUMNS} FROM ledger.batches WHERE id = $1",  # noqa: S608
+            batch_id,
+        )
+
+    async def claimed_count(self, batch_id: uuid.UUID) -> int:
+        """How many entry rows claim ``batch_id`` (whether or not that batch exists)."""
+        return int(await self._db.fetchval(
+            "SELECT count(*) FROM ledger.entries WHERE batch_id = $1", batch_id))
+
+    async def member_rows(
+        self, batch_id: uuid.UUID, *, after: tuple[int, uuid.UUID] | None, limit: int
+    ) -> list[Row]:
+        """Entry rows with a leaf index that claim ``batch_id``, in ``(leaf_index, id)``
+        order, after the key ``after``."""
+        if after is None:
+            return await self._db.fetch(
+                f"SELECT {ENTRY_COLUMNS} FROM ledger.entries"  # noqa: S608
+                " WHERE batch_id = $1 AND leaf_index IS NOT NULL"
+                " ORDER BY leaf_index, id LIMIT $2",
+                batch_id, limit,
+            )
+        return await self._db.fetch(
+            f"SELECT {ENTRY_COLUMNS} FROM ledger.entries"  # noqa: S608
+            " WHERE batch_id = $1 AND (leaf_index, id) > ($2, $3)"
+            " ORDER BY leaf_index, id LIMIT $4",
+            batch_id, after[0], after[1], limit,
+        )
+
+    async def unindexed_member_rows(self, batch_id: uuid.UUID) -> list[Row]:
+        """Entry rows that claim ``batch_id`` without a leaf index (never written so)."""
+        return await self._db.fetch(
+            f"SELECT {ENTRY_COLUMNS} FROM ledger.entries"  # noqa: S608
+            " WHERE batch_id = $1 AND leaf_index IS NULL ORDER BY id",
+            batch_id,
+        )
+
+    async def loose_rows(self, *, after: uuid.UUID, limit: int) -> list[Row]:
+        """Entry rows that are no member of an existing batch (unbatched, or claiming a batch
+        that does not exist), with ids above ``after``, in id order."""
+        return await self._db.fetch(
+            f"SELECT {ENTRY_COLUMNS} FROM ledger.entries e"  # noqa: S608
+            " WHERE e.id > $1 AND (e.batch_id IS NULL OR NOT EXISTS"
+            " (SELECT 1 FROM ledger.batches b WHERE b.id = e.batch_id))"
+            " ORDER BY e.id LIMIT $2",
+            after, limit,
+        )
 
 
 def _affected(status: str) -> int:

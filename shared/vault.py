@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from shared import fastjson
 from shared.errors import VaultError, VaultUnavailable, VerificationError
 from shared.settings import Settings
+from shared.signatures import parse_vault_signature
 
 __all__ = [
     "BATCH_MAX",
@@ -63,7 +64,6 @@ __all__ = [
     "SignTransport",
     "Signature",
     "TransitSigner",
-    "parse_vault_signature",
 ]
 
 #: Most items sent in one ``batch_input`` request (the server refuses much larger JSON).
@@ -171,24 +171,6 @@ class PublicKey:
             raise VerificationError(
                 f"signature does not verify with {self.key_name} v{self.version}"
             ) from None
-
-
-def parse_vault_signature(text: str) -> tuple[int, bytes]:
-    """Split ``vault:v<N>:<base64>`` into (N, raw bytes).
-
-    Raises :class:`VerificationError` when the text is malformed.
-    """
-    parts = text.split(":")
-    if len(parts) != 3 or parts[0] != "vault" or not parts[1].startswith("v"):
-        raise VerificationError("malformed Vault signature (expected vault:v<N>:<base64>)")
-    try:
-        version = int(parts[1][1:])
-        raw = base64.b64decode(parts[2], validate=True)
-    except (ValueError, binascii.Error):
-        raise VerificationError("malformed Vault signature (bad version or base64)") from None
-    if version < 1 or not raw:
-        raise VerificationError("malformed Vault signature (bad version or empty signature)")
-    return version, raw
 
 
 # --- error translation ---------------------------------------------------------------------

@@ -16,7 +16,8 @@ check that fails (its ``check`` attribute is one of :data:`CHECKS`):
 ``body``        the body is the hashedrekord we submitted (hash, signature, key as DER)
 
 Also here: :class:`RekorReceipt`, the frozen, JSON-round-tripping form stored in the
-database; checkpoint parsing; and the helper that checks the ECDSA P-256 manifest signature.
+database; and checkpoint parsing. Public keys are read and compared as DER with
+:func:`shared.signatures.load_public_key_der`.
 
 This module must never do I/O: an auditor runs it offline. It imports nothing that talks to
 a network.
@@ -34,14 +35,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import rfc8785
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import VerificationError
 from shared.merkle import leaf_hash, root_from_inclusion_proof
+from shared.signatures import load_public_key_der
 
 __all__ = [
     "CHECKS",
@@ -54,12 +55,10 @@ __all__ = [
     "VerifiedReceipt",
     "check_body",
     "load_log_key",
-    "load_public_key_der",
     "parse_checkpoint",
     "v1_response_from_bundle_entry",
     "verify_checkpoint",
     "verify_inclusion_proof",
-    "verify_manifest_signature",
     "verify_receipt",
     "verify_set",
 ]
@@ -85,24 +84,6 @@ def _fail(check: Check, detail: str) -> ReceiptVerificationError:
 # --- keys -----------------------------------------------------------------------------------
 
 _PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
-
-
-def load_public_key_der(key: bytes | str) -> bytes:
-    """DER SubjectPublicKeyInfo of a PEM (``PUBLIC KEY``) or DER public key.
-
-    Raises VerificationError when it is not a public key.
-    """
-    data = key.encode() if isinstance(key, str) else key
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            pub = serialization.load_pem_public_key(data)
-        else:
-            pub = serialization.load_der_public_key(data)
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise VerificationError(f"not a public key: {exc}") from None
-    return pub.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,25 +522,3 @@ def verify_receipt(
         check_body(receipt.body_json(), expected)
 
     return VerifiedReceipt.model_validate(receipt.model_dump())
-
-
-# --- the anchor signature ------------------------------------------------------------------------
-
-
-def verify_manifest_signature(
-    public_key: bytes | str, manifest_sha256: bytes, signature_der: bytes
-) -> None:
-    """Check an ECDSA P-256 signature (ASN.1 DER) over a SHA-256 prehash of the manifest.
-
-    ``public_key`` is PEM or DER; raises VerificationError when the key is not P-256 or the
-    signature does not verify.
-    """
-    if len(manifest_sha256) != 32:
-        raise VerificationError("manifest digest must be 32 bytes (SHA-256)")
-    pub = serialization.load_der_public_key(load_public_key_der(public_key))
-    if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
-        raise VerificationError("anchor key is not an ECDSA P-256 key")
-    try:
-        pub.verify(signature_der, manifest_sha256, ec.ECDSA(Prehashed(hashes.SHA256())))
-    except InvalidSignature:
-        raise VerificationError("manifest signature does not verify with the anchor key") from None

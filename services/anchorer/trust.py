@@ -2,7 +2,8 @@
 
 Where the key comes from, in order:
 
-1. ``settings.rekor_public_key`` (``LEDGER_REKOR_PUBLIC_KEY``): a PEM file path or the PEM;
+1. ``settings.rekor_public_key`` (``LEDGER_REKOR_PUBLIC_KEY``): a PEM file path or the PEM,
+   read by :func:`shared.trust.load_configured_key` (the offline auditor reads it the same way);
 2. a key pinned earlier for this Rekor URL in ``ledger.rekor_pins`` (shared by every
    anchorer process);
 3. trust on first use: fetched once from ``GET /api/v1/log/publicKey`` and pinned in the
@@ -15,13 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from typing import Protocol
 
-from shared.errors import ConfigError, VerificationError
+from shared.trust import load_configured_key
 from shared.verify import LogKey, load_log_key
 
-__all__ = ["LogKeySource", "PinStore", "PublicKeyFetcher", "load_configured_key"]
+__all__ = ["LogKeySource", "PinStore", "PublicKeyFetcher"]
 
 log = logging.getLogger("ledger.anchorer.trust")
 
@@ -33,25 +33,6 @@ class PinStore(Protocol):
 
 class PublicKeyFetcher(Protocol):
     async def get_public_key(self, tree_id: str | None = None) -> str: ...
-
-
-def load_configured_key(value: str) -> LogKey | None:
-    """The key named by ``settings.rekor_public_key`` (PEM text or a file path), or None."""
-    text = value.strip()
-    if not text:
-        return None
-    if not text.startswith("-----BEGIN"):
-        path = Path(text).expanduser()
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(
-                f"LEDGER_REKOR_PUBLIC_KEY: cannot read the Rekor public key file {path}: {exc}"
-            ) from None
-    try:
-        return load_log_key(text)
-    except VerificationError as exc:
-        raise ConfigError(f"LEDGER_REKOR_PUBLIC_KEY is not a usable public key: {exc}") from None
 
 
 class LogKeySource:

@@ -51,6 +51,7 @@ from shared.messages import AnchoredEntry, AppendRequest
 from shared.rekor import RekorClient
 from shared.repository import Repository
 from shared.settings import ENV_NAMES, Settings
+from shared.signatures import verify_manifest_signature
 from shared.statement import leaf_bytes
 from shared.telemetry import Metrics
 from shared.verify import (
@@ -59,7 +60,6 @@ from shared.verify import (
     ReceiptVerificationError,
     RekorReceipt,
     load_log_key,
-    verify_manifest_signature,
     verify_receipt,
 )
 from tests.support.rekor_proxy import RekorProxy

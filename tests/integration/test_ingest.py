@@ -36,9 +36,9 @@ from shared.kafka import ensure_topics, make_producer
 from shared.lifecycle import Lifecycle
 from shared.messages import AppendRequest
 from shared.settings import Settings
+from shared.signatures import parse_vault_signature
 from shared.statement import entry_id_for, statement_bytes
 from shared.telemetry import Metrics
-from shared.vault import parse_vault_signature
 
 pytestmark = pytest.mark.integration
 

@@ -29,12 +29,12 @@ from sigstore_models.common import v1 as common_v1
 from shared.errors import RekorConflict, RekorError
 from shared.merkle import verify_consistency
 from shared.rekor import RekorClient
+from shared.signatures import verify_manifest_signature
 from shared.verify import (
     ExpectedEntry,
     LogKey,
     load_log_key,
     verify_checkpoint,
-    verify_manifest_signature,
     verify_receipt,
 )
 

@@ -8,12 +8,16 @@ the batch and the entry.
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import json
+import subprocess
+import sys
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +30,6 @@ from ledger.audit import (
     BatchColumns,
     EntryChecker,
     Problem,
-    RootAccumulator,
     check_batch_record,
     check_online_entry,
     resolve_log_key,
@@ -37,8 +40,8 @@ from shared.merkle import MerkleTree
 from shared.records import BatchRecord, EntryRecord
 from shared.statement import content_sha256, entry_id_for, manifest_bytes, statement_bytes
 from shared.verify import LogKey, RekorReceipt, load_log_key
+from tests.support.fake_rekor import FakeLog
 from tests.unit.test_bundle import _hashedrekord, _pem
-from tests.unit.test_verify import FakeLog
 
 pytestmark = pytest.mark.unit
 
@@ -118,16 +121,6 @@ def checks(problems: list[Problem]) -> set[str]:
 
 
 # --- the clean case and the tree --------------------------------------------------------------
-
-
-@pytest.mark.parametrize("n", [*range(0, 18), 31, 32, 33, 100])
-def test_streamed_root_is_the_rfc6962_root(n: int) -> None:
-    leaves = [hashlib.sha256(f"leaf {i}".encode()).digest() for i in range(n)]
-    acc = RootAccumulator()
-    for h in leaves:
-        acc.add(h)
-    assert acc.size == n
-    assert acc.root() == MerkleTree(leaves).root
 
 
 def test_a_genuine_batch_has_no_problems(ledger: Ledger) -> None:
@@ -377,10 +370,7 @@ def test_online_entry_for_another_manifest(ledger: Ledger) -> None:
 
 
 class _NoPins:
-    async def fetch(self, sql: str, *args: Any) -> list[Any]:
-        return []
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
+    async def pinned_log_key(self, rekor_url: str) -> str | None:
         return None
 
 
@@ -407,3 +397,44 @@ def test_a_problem_line_names_batch_entry_and_leaf() -> None:
     assert f"batch {b}" in line and f"entry {e}" in line and "leaf 3" in line
     assert "root: differs" in line
     assert Problem("x", "y").line().startswith("\u2717 batch - entry -")
+
+
+# --- what the auditor may depend on ------------------------------------------------------------
+
+REPO = Path(__file__).parents[2]
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("tree", ["shared", "ledger/audit"])
+def test_neither_shared_nor_the_auditor_imports_a_service(tree: str) -> None:
+    forbidden = ("services", "deploy", "ledger") if tree == "shared" else ("services", "deploy")
+    files = sorted((REPO / tree).rglob("*.py"))
+    assert files
+    found = {
+        f"{path.relative_to(REPO)}: {name}"
+        for path in files
+        for name in _imports(path)
+        if name.split(".")[0] in forbidden
+    }
+    assert not found, sorted(found)
+
+
+def test_the_audit_checks_import_nothing_that_talks_to_a_network() -> None:
+    code = (
+        "import sys, ledger.audit.entries, ledger.audit.batches, ledger.audit.report\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "{'aiohttp', 'aiokafka', 'asyncpg', 'hvac', 'requests', 'httpx', 'urllib3', 'services'} "
+        "or m in {'shared.rekor', 'shared.settings', 'shared.vault', 'shared.db', 'shared.kafka'}]"
+        "\nassert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)

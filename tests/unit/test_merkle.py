@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from shared.errors import VerificationError
 from shared.merkle import (
     EMPTY_ROOT,
     MerkleTree,
+    RootAccumulator,
     leaf_hash,
     node_hash,
     root_from_inclusion_proof,
@@ -130,6 +132,47 @@ def test_consistency_edge_cases() -> None:
         verify_consistency(5, 3, tree.root, tree.root, [])
     with pytest.raises(VerificationError):
         verify_consistency(3, 7, naive_mth(_leaves(3)), tree.root, [])
+
+
+# --- the streaming root ------------------------------------------------------------------
+
+
+def _streamed(leaf_hashes: list[bytes]) -> RootAccumulator:
+    acc = RootAccumulator()
+    for h in leaf_hashes:
+        acc.add(h)
+    return acc
+
+
+def test_streaming_root_is_the_tree_root_for_every_size_to_70() -> None:
+    for n in range(71):
+        hashes = [leaf_hash(d) for d in _leaves(n)]
+        acc = _streamed(hashes)
+        assert acc.size == n
+        assert acc.root() == MerkleTree(hashes).root == naive_mth(_leaves(n)), n
+
+
+def test_streaming_root_is_the_tree_root_for_random_sizes() -> None:
+    rng = random.Random(6962)
+    for n in [rng.randrange(71, 5000) for _ in range(12)] + [1023, 1024, 1025, 4096]:
+        hashes = [rng.randbytes(32) for _ in range(n)]
+        assert _streamed(hashes).root() == MerkleTree(hashes).root, n
+
+
+def test_streaming_root_of_a_prefix_is_the_prefix_root() -> None:
+    # root() does not consume the accumulator: it can be read while leaves keep coming
+    hashes = [leaf_hash(d) for d in _leaves(40)]
+    acc = RootAccumulator()
+    for i, h in enumerate(hashes):
+        assert acc.root() == MerkleTree(hashes[:i]).root
+        acc.add(h)
+    assert acc.root() == MerkleTree(hashes).root
+
+
+def test_streaming_root_refuses_what_is_not_a_leaf_hash() -> None:
+    assert RootAccumulator().root() == EMPTY_ROOT
+    with pytest.raises(ValueError, match="32 bytes"):
+        RootAccumulator().add(b"leaf data, not its hash")
 
 
 # --- tampering ----------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from shared.vault import (
     TransitSigner,
     _http_error,
     _translate,
-    parse_vault_signature,
 )
 
 pytestmark = pytest.mark.unit
@@ -48,22 +47,6 @@ def _ec_key() -> tuple[ec.EllipticCurvePrivateKey, str]:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return private, pem.decode()
-
-
-# --- parsing -------------------------------------------------------------------------------
-
-
-def test_parse_vault_signature() -> None:
-    assert parse_vault_signature("vault:v3:" + base64.b64encode(b"sig").decode()) == (3, b"sig")
-
-
-@pytest.mark.parametrize(
-    "text",
-    ["", "vault:v1", "vault:1:AA==", "vault:vx:AA==", "vault:v0:AA==", "vault:v1:!!", "x:v1:AA=="],
-)
-def test_parse_vault_signature_rejects_malformed(text: str) -> None:
-    with pytest.raises(VerificationError):
-        parse_vault_signature(text)
 
 
 # --- public keys and local verification ----------------------------------------------------

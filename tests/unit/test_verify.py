@@ -23,6 +23,7 @@ from sigstore_models.common import v1 as common_v1
 
 from shared.errors import VerificationError
 from shared.merkle import MerkleTree, leaf_hash
+from shared.signatures import verify_manifest_signature
 from shared.verify import (
     ExpectedEntry,
     LogKey,
@@ -33,7 +34,6 @@ from shared.verify import (
     parse_checkpoint,
     v1_response_from_bundle_entry,
     verify_checkpoint,
-    verify_manifest_signature,
     verify_receipt,
 )
 

@@ -1,0 +1,139 @@
+"""The ``ledger audit`` command: its options, the pinned Rekor key, and the exit status.
+
+Exit status: 0 clean, 1 when any problem was found, 2 when the audit could not run (usage,
+configuration, no pinned Rekor key, database or Rekor unreachable). The only module of the
+audit that connects to anything: the database, and Rekor with ``--online``. It never takes
+the Rekor key from Rekor itself: an audit against the log's own word would prove nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from typing import Protocol, TextIO
+
+from shared.errors import ConfigError, LedgerError, VerificationError
+from shared.trust import load_configured_key
+from shared.verify import LogKey, load_log_key
+
+from .progress import LineProgress, Progress, RichProgress
+from .report import AuditReport, Problem
+from .scan import run_audit
+
+__all__ = ["EXIT_CLEAN", "EXIT_ERROR", "EXIT_PROBLEMS", "cmd_audit", "configure",
+           "resolve_log_key"]
+
+EXIT_CLEAN, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
+
+
+class Pins(Protocol):
+    """Where a Rekor key may be pinned (:class:`shared.repository.Repository`)."""
+
+    async def pinned_log_key(self, rekor_url: str) -> str | None: ...
+
+
+async def resolve_log_key(
+    pins: Pins, *, rekor_key_file: str | None, configured: str, rekor_url: str
+) -> tuple[LogKey, str]:
+    """The pinned Rekor key and where it came from: ``--rekor-key``, else
+    ``LEDGER_REKOR_PUBLIC_KEY``, else the pin in ``ledger.rekor_pins`` for ``rekor_url``."""
+    if rekor_key_file:
+        try:
+            with open(rekor_key_file, "rb") as f:  # noqa: ASYNC230 - one small local file
+                data = f.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the Rekor key {rekor_key_file}: "
+                              f"{exc.strerror or exc}") from None
+        try:
+            return load_log_key(data), f"--rekor-key {rekor_key_file}"
+        except VerificationError as exc:
+            raise ConfigError(f"--rekor-key {rekor_key_file}: {exc}") from None
+    key = load_configured_key(configured)
+    if key is not None:
+        return key, "LEDGER_REKOR_PUBLIC_KEY"
+    pem = await pins.pinned_log_key(rekor_url)
+    if pem is None:
+        raise ConfigError(
+            "no pinned Rekor public key: pass --rekor-key REKOR.pem or set "
+            f"LEDGER_REKOR_PUBLIC_KEY (ledger.rekor_pins has no pin for {rekor_url})"
+        )
+    try:
+        return load_log_key(pem), (
+            f"ledger.rekor_pins for {rekor_url}: kept in the audited database itself; pass "
+            "--rekor-key for an audit that does not trust it"
+        )
+    except VerificationError as exc:
+        raise ConfigError(f"the pin in ledger.rekor_pins for {rekor_url} is unusable: "
+                          f"{exc}") from None
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=uuid.UUID, default=None, metavar="ID",
+                   help="audit only this batch (default: every batch and every other row)")
+    p.add_argument("--online", action="store_true",
+                   help="also fetch each batch's entry from Rekor (REKOR_SERVER_URL) and compare "
+                        "it with the stored receipt")
+    p.add_argument("--rekor-key", default=None, metavar="PEM",
+                   help="the Rekor log public key you pin (default: LEDGER_REKOR_PUBLIC_KEY, "
+                        "else the pin in ledger.rekor_pins)")
+    p.add_argument("--json", action="store_true", help="print a machine-readable report")
+    p.add_argument("--chunk-size", type=int, default=500, metavar="N",
+                   help="rows read per query (default 500)")
+
+
+async def _main(args: argparse.Namespace, out: TextIO | None, err: TextIO) -> AuditReport:
+    from shared.db import Database  # noqa: PLC0415
+    from shared.rekor import RekorClient  # noqa: PLC0415
+    from shared.repository import Repository  # noqa: PLC0415
+    from shared.settings import Settings  # noqa: PLC0415
+
+    settings = Settings.from_env()
+    db = await Database.connect(settings, min_size=1, max_size=2)
+    repo = Repository(db)
+    try:
+        log_key, source = await resolve_log_key(
+            repo, rekor_key_file=args.rekor_key, configured=settings.rekor_public_key,
+            rekor_url=settings.rekor_server_url)
+        progress: Progress = RichProgress(err) if err.isatty() else LineProgress(err)
+
+        def show(problem: Problem) -> None:
+            # sys.stdout is looked up now: under the rich progress bar it is rich's proxy,
+            # which prints the line above the bar instead of through it
+            if not args.json:
+                print(problem.line(), file=out or sys.stdout, flush=True)
+
+        rekor = RekorClient.from_settings(settings) if args.online else None
+        try:
+            report = await run_audit(repo, log_key, batch_id=args.batch, rekor=rekor,
+                                     chunk=args.chunk_size, on_problem=show, progress=progress)
+        finally:
+            if rekor is not None:
+                await rekor.close()
+        report.rekor_key_source, report.rekor_log_id = source, log_key.log_id
+        return report
+    finally:
+        await db.close()
+
+
+def cmd_audit(args: argparse.Namespace, *, out: TextIO | None = None,
+              err: TextIO | None = None) -> int:
+    """``ledger audit``: exit 0 clean, 1 problems found, 2 the audit could not run."""
+    err = err or sys.stderr
+    if args.chunk_size < 1:
+        print("ledger audit: error: --chunk-size must be at least 1", file=err)
+        return EXIT_ERROR
+    try:
+        report = asyncio.run(_main(args, out, err))
+    except LedgerError as exc:
+        print(f"ledger audit: error: {exc}", file=err)
+        return EXIT_ERROR
+    out = out or sys.stdout
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2), file=out)
+    else:
+        for line in report.summary_lines():
+            print(line, file=out)
+    return EXIT_CLEAN if report.clean else EXIT_PROBLEMS
