@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from shared.errors import RekorError, RekorUnavailable, VerificationError
 from shared.merkle import verify_consistency
-from shared.repository import Repository
+from shared.repository import StoredCheckpoint
 from shared.telemetry import Metrics
 from shared.verify import Checkpoint, LogKey, verify_checkpoint
 
@@ -33,6 +33,15 @@ class _LogRekor(Protocol):
     async def get_consistency_proof(
         self, first_size: int, last_size: int, tree_id: str | None = None
     ) -> Any: ...
+
+
+class CheckpointStore(Protocol):
+    """Where checkpoints are kept (:class:`shared.repository.Repository`)."""
+
+    async def latest_checkpoint(self, log_id: str, origin: str) -> StoredCheckpoint | None: ...
+    async def store_checkpoint(
+        self, *, log_id: str, tree_size: int, root_hash: str, checkpoint: str
+    ) -> None: ...
 
 
 class _KeySource(Protocol):
@@ -49,7 +58,7 @@ class ConsistencyResult:
 
 class ConsistencyMonitor:
     def __init__(
-        self, *, store: Repository, rekor: _LogRekor, log_key: _KeySource, metrics: Metrics
+        self, *, store: CheckpointStore, rekor: _LogRekor, log_key: _KeySource, metrics: Metrics
     ) -> None:
         self._store = store
         self._rekor = rekor

@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from shared.errors import DependencyError, LedgerError, Policy, QueryError
-from shared.repository import Repository
 from shared.telemetry import Metrics
 
-from .anchoring import Anchorer
-from .checkpoints import ConsistencyMonitor
+from .checkpoints import ConsistencyResult
 
 __all__ = ["SweepReport", "Sweeper"]
 
@@ -35,6 +36,27 @@ log = logging.getLogger("ledger.anchorer.sweeper")
 
 _MAX_BATCHES_PER_ROUND = 100
 _MAX_ENTRY_BATCHES_PER_ROUND = 20
+
+
+class SweepStore(Protocol):
+    """What the sweeper reads (:class:`shared.repository.Repository`)."""
+
+    async def pending_batches(self, *, older_than_s: float, limit: int) -> list[uuid.UUID]: ...
+    async def unbatched_entries(self, *, older_than_s: float, limit: int) -> list[uuid.UUID]: ...
+    async def pending_count(self) -> int: ...
+
+
+class Anchoring(Protocol):
+    """What the sweeper asks of the anchorer (:class:`services.anchorer.anchoring.Anchorer`)."""
+
+    async def complete(self, batch_id: uuid.UUID, *, path_label: str) -> bool: ...
+    async def anchor(self, entry_ids: Sequence[uuid.UUID]) -> Any: ...
+
+
+class Monitor(Protocol):
+    """The log consistency check (:class:`services.anchorer.checkpoints.ConsistencyMonitor`)."""
+
+    async def check(self) -> ConsistencyResult | None: ...
 
 
 @dataclass
@@ -50,9 +72,9 @@ class Sweeper:
     def __init__(
         self,
         *,
-        anchorer: Anchorer,
-        store: Repository,
-        monitor: ConsistencyMonitor | None,
+        anchorer: Anchoring,
+        store: SweepStore,
+        monitor: Monitor | None,
         metrics: Metrics,
         interval_s: float,
         age_s: float,

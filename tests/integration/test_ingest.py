@@ -158,7 +158,8 @@ async def signer_running(s: Settings) -> AsyncIterator[None]:
 
 
 async def scan_topic(settings: Settings, topic: str) -> list[bytes]:
-    """Every record value of ``topic`` from the beginning to the current end."""
+    """Every record value of ``topic`` from the beginning to the current end, in
+    (partition, offset) order (a fetch interleaves partitions as it pleases)."""
     c = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap_servers,
                          enable_auto_commit=False, group_id=None, auto_offset_reset="earliest")
     await c.start()
@@ -167,7 +168,7 @@ async def scan_topic(settings: Settings, topic: str) -> list[bytes]:
         assert len(tps) == PARTITIONS, tps
         ends = await c.end_offsets(tps)
         await c.seek_to_beginning(*tps)
-        values: list[bytes] = []
+        values: list[tuple[int, int, bytes]] = []
         deadline = time.monotonic() + 30
         async def behind() -> bool:
             positions = [await c.position(tp) for tp in tps]
@@ -176,8 +177,8 @@ async def scan_topic(settings: Settings, topic: str) -> list[bytes]:
         while await behind():
             assert time.monotonic() < deadline, f"could not read {topic} to its end"
             for recs in (await c.getmany(timeout_ms=200)).values():
-                values.extend(r.value or b"" for r in recs)
-        return values
+                values.extend((r.partition, r.offset, r.value or b"") for r in recs)
+        return [value for _, _, value in sorted(values)]
     finally:
         await c.stop()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from shared.verify import (
     verify_checkpoint,
     verify_receipt,
 )
+from tests.support.fake_rekor import FakeLog
 
 pytestmark = pytest.mark.integration
 
@@ -185,3 +187,39 @@ async def test_conflict_answer_shape(rekor: RekorClient) -> None:
     with pytest.raises(RekorConflict) as exc:
         await rekor.create_hashedrekord(signed.digest.hex(), signed.signature, signed.pem)
     assert created.uuid in str(exc.value)
+
+
+def _shape(value: Any) -> Any:
+    """The key structure of a JSON answer (types of leaves)."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(value[0])] if value else []
+    return type(value).__name__
+
+
+async def test_the_unit_tests_fake_log_answers_in_the_real_shape(
+    rekor: RekorClient, rekor_target: RekorTarget
+) -> None:
+    """tests/support/fake_rekor.FakeLog stands in for this log in unit tests (receipts,
+    checkpoints, consistency): its answers must be shaped as the real ones."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    signed = _sign_manifest(key)
+    created = await rekor.create_hashedrekord(signed.digest.hex(), signed.signature, signed.pem)
+    fake = FakeLog(ec.generate_private_key(ec.SECP256R1()))
+    body = json.loads(base64.b64decode(created.entry["body"]))
+    ((fake_uuid, fake_entry),) = fake.add(body).items()
+    assert _shape(fake_entry) == _shape(created.entry)
+    assert len(fake_uuid) == len(created.uuid), "tree id (8 bytes) + leaf hash, in hex"
+
+    real_info, fake_info = await rekor.get_log_info(), await fake.get_log_info()
+    real_head = verify_checkpoint(real_info.signed_tree_head, rekor_target.log_key)
+    fake_head = verify_checkpoint(fake_info.signed_tree_head,
+                                  load_log_key(fake.priv.public_key().public_bytes(
+                                      serialization.Encoding.DER,
+                                      serialization.PublicFormat.SubjectPublicKeyInfo)))
+    for info, head in ((real_info, real_head), (fake_info, fake_head)):
+        assert (head.size, head.root_hash.hex()) == (info.tree_size, info.root_hash)
+        assert head.origin.endswith(f" - {info.tree_id}"), "origin: <host> - <tree id>"
+        assert len(head.signatures) == 1
+    assert len(real_head.other_lines) == len(fake_head.other_lines)

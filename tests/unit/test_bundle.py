@@ -35,7 +35,7 @@ from shared.messages import AnchoredEntry
 from shared.records import BatchRecord, EntryRecord
 from shared.statement import entry_id_for, format_time, statement_bytes
 from shared.verify import RekorReceipt
-from tests.unit.test_verify import FakeLog
+from tests.support.fake_rekor import FakeLog
 
 pytestmark = pytest.mark.unit
 

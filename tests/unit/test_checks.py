@@ -26,8 +26,8 @@ from shared.checks import StatementFields
 from shared.merkle import MerkleTree
 from shared.statement import manifest_bytes, statement_bytes
 from shared.verify import RekorReceipt, load_log_key
+from tests.support.fake_rekor import FakeLog
 from tests.unit.test_bundle import _hashedrekord, _pem
-from tests.unit.test_verify import FakeLog
 
 pytestmark = pytest.mark.unit
 

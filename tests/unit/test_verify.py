@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import rfc8785
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from sigstore._internal.trust import Keyring
 from sigstore.errors import VerificationError as SigstoreVerificationError
@@ -22,7 +21,7 @@ from sigstore.models import TransparencyLogEntry
 from sigstore_models.common import v1 as common_v1
 
 from shared.errors import VerificationError
-from shared.merkle import MerkleTree, leaf_hash
+from shared.merkle import leaf_hash
 from shared.signatures import verify_manifest_signature
 from shared.verify import (
     ExpectedEntry,
@@ -36,6 +35,10 @@ from shared.verify import (
     verify_checkpoint,
     verify_receipt,
 )
+from tests.support.fake_rekor import FakeLog
+from tests.support.fake_rekor import der as _der
+from tests.support.fake_rekor import pem as _pem
+from tests.support.fake_rekor import sign as _sign
 
 pytestmark = pytest.mark.unit
 
@@ -74,86 +77,6 @@ def _flip_b64(s: str, byte: int = 10) -> str:
     raw = bytearray(base64.b64decode(s))
     raw[byte] ^= 0x01
     return base64.b64encode(bytes(raw)).decode()
-
-
-def _der(pub: Any) -> bytes:
-    return pub.public_bytes(  # type: ignore[no-any-return]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def _pem(pub: Any) -> bytes:
-    return pub.public_bytes(  # type: ignore[no-any-return]
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def _sign(priv: Any, data: bytes) -> bytes:
-    if isinstance(priv, ec.EllipticCurvePrivateKey):
-        h = {"secp256r1": hashes.SHA256(), "secp384r1": hashes.SHA384()}[priv.curve.name]
-        return priv.sign(data, ec.ECDSA(h))
-    if isinstance(priv, ed25519.Ed25519PrivateKey):
-        return priv.sign(data)
-    return priv.sign(data, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[no-any-return]
-
-
-class FakeLog:
-    """A tiny Rekor v1 log made from the definitions: used where a real log cannot make the
-    case (a validly signed checkpoint with the wrong root, other key types)."""
-
-    def __init__(self, priv: Any, origin: str = "fake.rekor - 42") -> None:
-        self.priv = priv
-        self.der = _der(priv.public_key())
-        self.log_id = hashlib.sha256(self.der).hexdigest()
-        self.origin = origin
-        self.bodies: list[bytes] = []
-
-    def note(self, size: int, root: bytes, *, hint: bytes | None = None, signer: Any = None) -> str:
-        text = f"{self.origin}\n{size}\n{base64.b64encode(root).decode()}\n"
-        sig = _sign(signer or self.priv, text.encode())
-        hint = bytes.fromhex(self.log_id)[:4] if hint is None else hint
-        name = self.origin.split(" ")[0]
-        return f"{text}\n\u2014 {name} {base64.b64encode(hint + sig).decode()}\n"
-
-    def add(self, body: dict[str, Any], *, filler: int = 6) -> dict[str, Any]:
-        """Append ``filler`` other entries then ``body``; return the v1 answer for ``body``."""
-        for i in range(filler):
-            self.bodies.append(f"filler-{len(self.bodies)}-{i}".encode())
-        raw = json.dumps(body, separators=(",", ":")).encode()
-        self.bodies.append(raw)
-        index = len(self.bodies) - 1
-        tree = MerkleTree.from_data(self.bodies)
-        b64 = base64.b64encode(raw).decode()
-        integrated = 1_700_000_000 + index
-        global_index = 1000 + index
-        set_payload = rfc8785.dumps(
-            {
-                "body": b64,
-                "integratedTime": integrated,
-                "logID": self.log_id,
-                "logIndex": global_index,
-            }
-        )
-        return {
-            "24296fb24b8ad77a" + leaf_hash(raw).hex(): {
-                "body": b64,
-                "integratedTime": integrated,
-                "logID": self.log_id,
-                "logIndex": global_index,
-                "verification": {
-                    "inclusionProof": {
-                        "checkpoint": self.note(tree.size, tree.root),
-                        "hashes": [h.hex() for h in tree.inclusion_proof(index)],
-                        "logIndex": index,
-                        "rootHash": tree.root.hex(),
-                        "treeSize": tree.size,
-                    },
-                    "signedEntryTimestamp": base64.b64encode(
-                        _sign(self.priv, set_payload)
-                    ).decode(),
-                },
-            }
-        }
 
 
 def _hashedrekord(digest_hex: str, sig: bytes, pem: bytes) -> dict[str, Any]:
