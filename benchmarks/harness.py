@@ -245,8 +245,7 @@ class Lane:
             "log_level": "INFO",
             **changes,
         })
-        await ensure_topics(
-            s,
+        await ensure_topics(s.kafka_bootstrap_servers,
             [s.topic_append, s.topic_signed, s.topic_anchored,
              f"{s.topic_append}.dlq", f"{s.topic_signed}.dlq"],
             partitions,

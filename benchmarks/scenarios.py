@@ -440,7 +440,7 @@ async def raw_baselines(bench: Bench, profile: Profile) -> dict[str, Any]:
             bench, ["pg", "--count", str(profile.pg_rows), "--method", method],
             {"CRDB_DSN": dsn}, ["postgres"])
     topic = f"baseline-{int(time.time())}"
-    await ensure_topics(s, [topic], 4)
+    await ensure_topics(s.kafka_bootstrap_servers, [topic], 4)
     bench.progress("baseline: Kafka produce and consume")
     out["kafka"] = await _run_baseline(
         bench, ["kafka", "--bootstrap", s.kafka_bootstrap_servers, "--topic", topic,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
@@ -78,6 +79,8 @@ FETCH_MIN_BYTES: Final = 256 * 1024
 Headers = Mapping[str, bytes | str] | Sequence[tuple[str, bytes | str]]
 #: Called with the partitions just assigned or about to be revoked.
 RebalanceHook = Callable[[set[TopicPartition]], Awaitable[None]]
+
+log = logging.getLogger("ledger.kafka")
 
 _TRANSLATED: Final = (KafkaError, OSError, TimeoutError)
 _TOO_LARGE: Final = (MessageSizeTooLargeError, RecordTooLargeError)
@@ -522,45 +525,61 @@ async def dead_letter(
 
 
 async def ensure_topics(
-    settings: Settings,
+    bootstrap_servers: str,
     names: Iterable[str],
     partitions: int,
     *,
+    grow: bool = False,
     replication_factor: int = 1,
     timeout_s: float = 30.0,
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the names this call created.
+    """Create the topics that do not exist yet with ``partitions`` partitions; return the
+    names this call created. The one topic creator: the local stack, the tests and the
+    benchmarks all use it.
 
-    Existing topics are left as they are (their partition count is not changed).
+    A topic that exists with fewer partitions is grown to ``partitions`` only with
+    ``grow=True`` (never shrunk: Kafka cannot). Growing moves keys to other partitions,
+    so records of one key written before and after are no longer in one order; the local
+    stack grows (``LEDGER_KAFKA_PARTITIONS`` asked for it), anything else leaves the topic
+    as it is and logs a warning naming the counts.
     """
     wanted = list(dict.fromkeys(names))
     if not wanted:
         return []
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        bootstrap_servers=bootstrap_servers,
         client_id="ledger-admin",
         request_timeout_ms=int(timeout_s * 1000),
     )
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         existing = set(await asyncio.wait_for(admin.list_topics(), timeout_s))
-        missing = [n for n in wanted if n not in existing]
-        response = None
-        if missing:
-            response = await asyncio.wait_for(
-                admin.create_topics(
-                    [NewTopic(n, partitions, replication_factor) for n in missing],
-                    timeout_ms=int(timeout_s * 1000),
-                ),
-                timeout_s * 2,
-            )
+        created = await _create_topics(
+            admin, [n for n in wanted if n not in existing], partitions, replication_factor,
+            timeout_s)
+        await _grow_topics(admin, [n for n in wanted if n in existing], partitions,
+                           grow=grow, timeout_s=timeout_s)
     except _TRANSLATED as exc:
         raise _unavailable(exc, "create topics") from None
     finally:
         with contextlib.suppress(*_TRANSLATED):
             await asyncio.wait_for(admin.close(), 10)
+    return created
+
+
+async def _create_topics(
+    admin: AIOKafkaAdminClient, missing: list[str], partitions: int, replication_factor: int,
+    timeout_s: float,
+) -> list[str]:
+    if not missing:
+        return []
+    response = await asyncio.wait_for(
+        admin.create_topics([NewTopic(n, partitions, replication_factor) for n in missing],
+                            timeout_ms=int(timeout_s * 1000)),
+        timeout_s * 2,
+    )
     created = []
-    for error in response.topic_errors if response is not None else ():
+    for error in response.topic_errors:
         name, code = error[0], error[1]
         message = error[2] if len(error) > 2 else ""
         if code == 0:
@@ -570,6 +589,32 @@ async def ensure_topics(
         elif code != _TOPIC_ALREADY_EXISTS:
             raise KafkaUnavailable(f"Kafka could not create topic {name}: {code} {message}")
     return created
+
+
+async def _grow_topics(
+    admin: AIOKafkaAdminClient, present: list[str], partitions: int, *, grow: bool,
+    timeout_s: float,
+) -> None:
+    if not present:
+        return
+    described = await asyncio.wait_for(admin.describe_topics(present), timeout_s)
+    short = {d["topic"]: len(d.get("partitions", [])) for d in described
+             if len(d.get("partitions", [])) < partitions}
+    if not short:
+        return
+    if not grow:
+        for name, count in sorted(short.items()):
+            log.warning(
+                "topic has fewer partitions than configured; left as it is (growing it "
+                "reorders keys: do it deliberately, e.g. kafka-topics.sh --alter)",
+                extra={"topic": name, "partitions": count, "configured": partitions},
+            )
+        return
+    await asyncio.wait_for(
+        admin.create_partitions({n: NewPartitions(total_count=partitions) for n in short}),
+        timeout_s * 2,
+    )
+    log.info("topics grown", extra={"topics": sorted(short), "partitions": partitions})
 
 
 _TOPIC_ALREADY_EXISTS: Final = 36

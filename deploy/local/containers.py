@@ -98,14 +98,14 @@ class ContainerService(LocalService):
     def _kafka(self) -> None:
         from testcontainers.community.kafka import KafkaContainer  # noqa: PLC0415
 
-        from deploy.local.kafka import TOPICS, _ensure_topics, partitions_from_env  # noqa: PLC0415
+        from deploy.local.kafka import TOPICS, create_topics, partitions_from_env  # noqa: PLC0415
 
         c = KafkaContainer(IMAGES["kafka"]).with_kraft()
         c.with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
         _loopback_ports(c)
         self._container = c.start()
         bootstrap = c.get_bootstrap_server()
-        run_coro(lambda: _ensure_topics(bootstrap, TOPICS, partitions_from_env()))
+        create_topics(bootstrap, TOPICS, partitions_from_env())
         self._endpoints = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap}
 
     def _vault(self) -> None:

@@ -268,7 +268,7 @@ class Kafka(LocalService):
         wait_until(lambda: run_coro(lambda: _list_topics(bootstrap), timeout=20) is not None,
                    timeout=90, what="kafka (admin list_topics)", proc=self._proc, interval=0.5)
         progress(f"creating topics ({self.partitions} partitions)")
-        run_coro(lambda: _ensure_topics(bootstrap, self.topics, self.partitions), timeout=60)
+        create_topics(bootstrap, self.topics, self.partitions)
         wait_until(
             lambda: set(self.topics) <= run_coro(lambda: _list_topics(bootstrap), timeout=20),
             timeout=30, what="kafka topics", proc=self._proc,
@@ -311,33 +311,13 @@ async def _list_topics(bootstrap: str) -> set[str]:
         await admin.close()
 
 
-async def _ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic  # noqa: PLC0415
+def create_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
+    """The pipeline's topics with ``partitions`` partitions each, grown (never shrunk) when
+    an earlier run created them with fewer: ``LEDGER_KAFKA_PARTITIONS`` asked for them."""
+    from shared.errors import LedgerError  # noqa: PLC0415
+    from shared.kafka import ensure_topics  # noqa: PLC0415
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=20000)
-    await admin.start()
     try:
-        existing = set(await admin.list_topics())
-        missing = [t for t in topics if t not in existing]
-        if missing:
-            response = await admin.create_topics(
-                [NewTopic(name=t, num_partitions=partitions, replication_factor=1)
-                 for t in missing]
-            )
-            for err in getattr(response, "topic_errors", []):
-                name, code = err[0], err[1]
-                if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS
-                    raise StackError(f"kafka: creating topic {name} failed with error {code}")
-        # Grow (never shrink) topics created earlier with fewer partitions.
-        present = [t for t in topics if t in existing]
-        if present:
-            described = await admin.describe_topics(present)
-            grow = {
-                d["topic"]: NewPartitions(total_count=partitions)
-                for d in described
-                if len(d.get("partitions", [])) < partitions
-            }
-            if grow:
-                await admin.create_partitions(grow)
-    finally:
-        await admin.close()
+        run_coro(lambda: ensure_topics(bootstrap, topics, partitions, grow=True), timeout=90)
+    except LedgerError as exc:
+        raise StackError(f"kafka: creating topics failed: {exc}") from None

@@ -99,8 +99,7 @@ async def world(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator
         "topic_signed": f"t{suffix}.signed",
         "topic_anchored": f"t{suffix}.anchored",
     }
-    await ensure_topics(
-        settings,
+    await ensure_topics(settings.kafka_bootstrap_servers,
         [*topics.values(), f"t{suffix}.append.dlq", f"t{suffix}.signed.dlq"],
         partitions=4,
     )

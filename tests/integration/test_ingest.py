@@ -116,7 +116,7 @@ async def lane_settings(settings: Settings, tmp_path: Path) -> Settings:
         "shutdown_grace_s": 10.0,
         "signer_batch_ms": 5,
     })
-    await ensure_topics(s, [s.topic_append, s.topic_signed, s.topic_append + ".dlq"], PARTITIONS)
+    await ensure_topics(s.kafka_bootstrap_servers, [s.topic_append, s.topic_signed, s.topic_append + ".dlq"], PARTITIONS)
     return s
 
 

@@ -8,12 +8,14 @@ consumer groups.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.errors import KafkaUnavailable
 from shared.kafka import (
@@ -48,7 +50,7 @@ def kafka_settings(request: pytest.FixtureRequest) -> Settings:
 @pytest.fixture
 async def topic(kafka_settings: Settings) -> str:
     name = f"contract.{uuid.uuid4().hex[:10]}"
-    created = await ensure_topics(kafka_settings, [name, dlq_topic(name)], 1)
+    created = await ensure_topics(kafka_settings.kafka_bootstrap_servers, [name, dlq_topic(name)], 1)
     assert created == [name, dlq_topic(name)]
     return name
 
@@ -76,7 +78,35 @@ async def _drain(consumer: Consumer, want: int, *, rounds: int = 40) -> list[Rec
 
 
 async def test_ensure_topics_is_idempotent(kafka_settings: Settings, topic: str) -> None:
-    assert await ensure_topics(kafka_settings, [topic, dlq_topic(topic)], 1) == []
+    bootstrap = kafka_settings.kafka_bootstrap_servers
+    assert await ensure_topics(bootstrap, [topic, dlq_topic(topic)], 1) == []
+
+
+async def _partitions(bootstrap: str, topic: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        return len(described["partitions"])
+    finally:
+        await admin.close()
+
+
+async def test_ensure_topics_grows_only_when_asked_and_never_shrinks(
+    kafka_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    bootstrap = kafka_settings.kafka_bootstrap_servers
+    name = f"contract.grow.{uuid.uuid4().hex[:8]}"
+    assert await ensure_topics(bootstrap, [name], 1) == [name]
+    with caplog.at_level(logging.WARNING, logger="ledger.kafka"):
+        assert await ensure_topics(bootstrap, [name], 3) == []
+    assert await _partitions(bootstrap, name) == 1, "left as it is without grow=True"
+    assert any("fewer partitions" in r.getMessage() and getattr(r, "topic", "") == name
+               for r in caplog.records)
+    await ensure_topics(bootstrap, [name], 3, grow=True)
+    assert await _partitions(bootstrap, name) == 3
+    await ensure_topics(bootstrap, [name], 2, grow=True)
+    assert await _partitions(bootstrap, name) == 3, "never shrunk"
 
 
 async def test_produce_acks_all_idempotent_and_consume(
@@ -262,4 +292,4 @@ async def test_unreachable_broker_is_kafka_unavailable(kafka_settings: Settings)
         await make_producer(settings, client_id="nowhere", start_timeout_s=5)
     assert info.value.retryable
     with pytest.raises(KafkaUnavailable):
-        await ensure_topics(settings, ["x"], 1, timeout_s=3)
+        await ensure_topics(settings.kafka_bootstrap_servers, ["x"], 1, timeout_s=3)

@@ -108,8 +108,7 @@ async def lane(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator[
         "topic_signed": f"s{suffix}.signed",
         "topic_anchored": f"s{suffix}.anchored",
     }
-    await ensure_topics(
-        settings,
+    await ensure_topics(settings.kafka_bootstrap_servers,
         [*topics.values(), f"s{suffix}.append.dlq", f"s{suffix}.signed.dlq"],
         partitions=PARTITIONS,
     )

@@ -127,7 +127,7 @@ async def lane(settings: Settings) -> Lane:
             "shutdown_grace_s": 15.0,
         }
     )
-    await ensure_topics(s, [s.topic_append, s.topic_signed, s.topic_append + ".dlq"], PARTITIONS)
+    await ensure_topics(s.kafka_bootstrap_servers, [s.topic_append, s.topic_signed, s.topic_append + ".dlq"], PARTITIONS)
     return Lane(settings=s, prefix=prefix)
 
 

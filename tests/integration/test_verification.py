@@ -53,7 +53,7 @@ async def lane(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator[
         "sweeper_age_s": 3600.0,
         "shutdown_grace_s": 10.0,
     })
-    await ensure_topics(s, [s.topic_append, s.topic_signed, s.topic_anchored,
+    await ensure_topics(s.kafka_bootstrap_servers, [s.topic_append, s.topic_signed, s.topic_anchored,
                             s.topic_append + ".dlq", s.topic_signed + ".dlq"], partitions=2)
     db = await Database.connect(s, min_size=1, max_size=2)
     try:
