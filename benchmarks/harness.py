@@ -42,7 +42,7 @@ from deploy.local.gotools import GoTool, ensure_go_tool
 from deploy.local.postgres import Postgres
 from deploy.local.stack import Stack
 from shared.db import Database, migrate
-from shared.kafka import ensure_topics
+from shared.kafka_admin import ensure_topics
 from shared.settings import ENV_NAMES, Settings
 
 __all__ = [

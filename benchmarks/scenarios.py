@@ -37,7 +37,7 @@ from benchmarks.harness import (
 from benchmarks.procs import CpuMeter, peak_rss_mb
 from deploy.local.postgres import Postgres
 from services.ingest import create_token
-from shared.kafka import ensure_topics
+from shared.kafka_admin import ensure_topics
 
 __all__ = ["FULL", "NAMES", "SMOKE", "Profile", "run_all", "run_one"]
 

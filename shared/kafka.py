@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -31,12 +30,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
-from shared.errors import ConfigError, InvalidMessage, KafkaUnavailable
+from shared.errors import InvalidMessage, KafkaUnavailable
 from shared.settings import Settings
 
 __all__ = [
@@ -50,7 +48,6 @@ __all__ = [
     "TopicPartition",
     "dead_letter",
     "dlq_topic",
-    "ensure_topics",
     "make_consumer",
     "make_producer",
 ]
@@ -80,13 +77,13 @@ Headers = Mapping[str, bytes | str] | Sequence[tuple[str, bytes | str]]
 #: Called with the partitions just assigned or about to be revoked.
 RebalanceHook = Callable[[set[TopicPartition]], Awaitable[None]]
 
-log = logging.getLogger("ledger.kafka")
-
-_TRANSLATED: Final = (KafkaError, OSError, TimeoutError)
+#: what the Kafka client raises when the cluster cannot be reached or answers with an error
+TRANSLATED_ERRORS: Final = (KafkaError, OSError, TimeoutError)
 _TOO_LARGE: Final = (MessageSizeTooLargeError, RecordTooLargeError)
 
 
-def _unavailable(exc: BaseException, action: str) -> KafkaUnavailable:
+def unavailable(exc: BaseException, action: str) -> KafkaUnavailable:
+    """One of :data:`TRANSLATED_ERRORS`, translated (the adapter's rule for them)."""
     return KafkaUnavailable(f"Kafka failed to {action}: {type(exc).__name__}: {exc}")
 
 
@@ -174,8 +171,8 @@ class Producer:
         except _TOO_LARGE as exc:
             # Retrying cannot help: the caller dead-letters or rejects the message.
             raise InvalidMessage("message too large", detail=f"{topic}: {exc}") from None
-        except _TRANSLATED as exc:
-            raise _unavailable(exc, f"produce to {topic}") from None
+        except TRANSLATED_ERRORS as exc:
+            raise unavailable(exc, f"produce to {topic}") from None
         return Delivery(topic=meta.topic, partition=meta.partition, offset=meta.offset)
 
     async def send_many(
@@ -192,8 +189,8 @@ class Producer:
             return await asyncio.wait_for(self._send_many(records), self._send_timeout_s)
         except _TOO_LARGE as exc:
             raise InvalidMessage("message too large", detail=str(exc)) from None
-        except _TRANSLATED as exc:
-            raise _unavailable(exc, "produce") from None
+        except TRANSLATED_ERRORS as exc:
+            raise unavailable(exc, "produce") from None
 
     async def _send_many(
         self, records: Iterable[tuple[str, bytes | str | None, bytes, Headers | None]]
@@ -259,8 +256,8 @@ class Producer:
             metas = await asyncio.wait_for(asyncio.gather(*futures), self._send_timeout_s)
         except _TOO_LARGE as exc:
             raise InvalidMessage("message too large", detail=str(exc)) from None
-        except _TRANSLATED as exc:
-            raise _unavailable(exc, "produce") from None
+        except TRANSLATED_ERRORS as exc:
+            raise unavailable(exc, "produce") from None
         return [Delivery(m.topic, m.partition, m.offset) for m in metas]
 
     def _partition(self, count: int, key: bytes | None) -> int:
@@ -278,15 +275,15 @@ class Producer:
     async def flush(self) -> None:
         try:
             await asyncio.wait_for(self._producer.flush(), self._send_timeout_s)
-        except _TRANSLATED as exc:
-            raise _unavailable(exc, "flush") from None
+        except TRANSLATED_ERRORS as exc:
+            raise unavailable(exc, "flush") from None
 
     async def close(self) -> None:
         """Flush and stop; safe to call twice. Errors while closing are not raised."""
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(*_TRANSLATED):
+        with contextlib.suppress(*TRANSLATED_ERRORS):
             await asyncio.wait_for(self._producer.stop(), self._send_timeout_s)
 
 
@@ -314,14 +311,14 @@ async def make_producer(
     )
     try:
         await asyncio.wait_for(producer.start(), start_timeout_s)
-    except _TRANSLATED as exc:
+    except TRANSLATED_ERRORS as exc:
         await _quiet_stop(producer)
-        raise _unavailable(exc, "start a producer") from None
+        raise unavailable(exc, "start a producer") from None
     return Producer(producer, send_timeout_s=request_timeout_ms / 1000 + 5)
 
 
 async def _quiet_stop(client: Any) -> None:
-    with contextlib.suppress(*_TRANSLATED):
+    with contextlib.suppress(*TRANSLATED_ERRORS):
         await asyncio.wait_for(client.stop(), 10)
 
 
@@ -356,8 +353,8 @@ class Consumer:
         """Fetch what is available (waiting up to ``timeout_ms``), by partition, in order."""
         try:
             batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        except _TRANSLATED as exc:
-            raise _unavailable(exc, "fetch") from None
+        except TRANSLATED_ERRORS as exc:
+            raise unavailable(exc, "fetch") from None
         return {
             tp: [
                 Record(
@@ -384,23 +381,23 @@ class Consumer:
             return
         try:
             await asyncio.wait_for(self._consumer.commit(dict(offsets)), self._timeout_s)
-        except _TRANSLATED as exc:
-            raise _unavailable(exc, "commit offsets") from None
+        except TRANSLATED_ERRORS as exc:
+            raise unavailable(exc, "commit offsets") from None
 
     async def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed next-offset for ``tp`` (None if nothing was committed)."""
         try:
             value = await asyncio.wait_for(self._consumer.committed(tp), self._timeout_s)
-        except _TRANSLATED as exc:
-            raise _unavailable(exc, "read committed offsets") from None
+        except TRANSLATED_ERRORS as exc:
+            raise unavailable(exc, "read committed offsets") from None
         return None if value is None else int(value)
 
     async def seek_to_committed(self, *tps: TopicPartition) -> None:
         """Rewind to the committed offsets (all assigned partitions if none given)."""
         try:
             await asyncio.wait_for(self._consumer.seek_to_committed(*tps), self._timeout_s)
-        except _TRANSLATED as exc:
-            raise _unavailable(exc, "seek to committed offsets") from None
+        except TRANSLATED_ERRORS as exc:
+            raise unavailable(exc, "seek to committed offsets") from None
 
     def pause(self, *tps: TopicPartition) -> None:
         """Stop fetching from these partitions (all assigned if none given)."""
@@ -427,8 +424,8 @@ class Consumer:
                 tp: await asyncio.wait_for(self._consumer.position(tp), self._timeout_s)
                 for tp in tps
             }
-        except _TRANSLATED as exc:
-            raise _unavailable(exc, "measure lag") from None
+        except TRANSLATED_ERRORS as exc:
+            raise unavailable(exc, "measure lag") from None
         return {tp: max(0, int(ends[tp]) - int(positions[tp])) for tp in tps}
 
     async def close(self) -> None:
@@ -479,9 +476,9 @@ async def make_consumer(
     try:
         await asyncio.wait_for(consumer.start(), start_timeout_s)
         consumer.subscribe(list(topics), listener=_Listener(on_assigned, on_revoked))
-    except _TRANSLATED as exc:
+    except TRANSLATED_ERRORS as exc:
         await _quiet_stop(consumer)
-        raise _unavailable(exc, f"start a consumer for group {group_id}") from None
+        raise unavailable(exc, f"start a consumer for group {group_id}") from None
     return Consumer(consumer, timeout_s=request_timeout_ms / 1000 + 5)
 
 
@@ -519,104 +516,3 @@ async def dead_letter(
     )
     headers = [(k, v) for k, v in source.headers if k not in extra] + list(extra.items())
     return await producer.send(dlq_topic(source.topic), source.key, source.value or b"", headers)
-
-
-# --- admin ---------------------------------------------------------------------------------
-
-
-async def ensure_topics(
-    bootstrap_servers: str,
-    names: Iterable[str],
-    partitions: int,
-    *,
-    grow: bool = False,
-    replication_factor: int = 1,
-    timeout_s: float = 30.0,
-) -> list[str]:
-    """Create the topics that do not exist yet with ``partitions`` partitions; return the
-    names this call created. The one topic creator: the local stack, the tests and the
-    benchmarks all use it.
-
-    A topic that exists with fewer partitions is grown to ``partitions`` only with
-    ``grow=True`` (never shrunk: Kafka cannot). Growing moves keys to other partitions,
-    so records of one key written before and after are no longer in one order; the local
-    stack grows (``LEDGER_KAFKA_PARTITIONS`` asked for it), anything else leaves the topic
-    as it is and logs a warning naming the counts.
-    """
-    wanted = list(dict.fromkeys(names))
-    if not wanted:
-        return []
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers,
-        client_id="ledger-admin",
-        request_timeout_ms=int(timeout_s * 1000),
-    )
-    try:
-        await asyncio.wait_for(admin.start(), timeout_s)
-        existing = set(await asyncio.wait_for(admin.list_topics(), timeout_s))
-        created = await _create_topics(
-            admin, [n for n in wanted if n not in existing], partitions, replication_factor,
-            timeout_s)
-        await _grow_topics(admin, [n for n in wanted if n in existing], partitions,
-                           grow=grow, timeout_s=timeout_s)
-    except _TRANSLATED as exc:
-        raise _unavailable(exc, "create topics") from None
-    finally:
-        with contextlib.suppress(*_TRANSLATED):
-            await asyncio.wait_for(admin.close(), 10)
-    return created
-
-
-async def _create_topics(
-    admin: AIOKafkaAdminClient, missing: list[str], partitions: int, replication_factor: int,
-    timeout_s: float,
-) -> list[str]:
-    if not missing:
-        return []
-    response = await asyncio.wait_for(
-        admin.create_topics([NewTopic(n, partitions, replication_factor) for n in missing],
-                            timeout_ms=int(timeout_s * 1000)),
-        timeout_s * 2,
-    )
-    created = []
-    for error in response.topic_errors:
-        name, code = error[0], error[1]
-        message = error[2] if len(error) > 2 else ""
-        if code == 0:
-            created.append(name)
-        elif code in _TOPIC_CONFIG_ERRORS:
-            raise ConfigError(f"Kafka refused to create topic {name}: {code} {message}")
-        elif code != _TOPIC_ALREADY_EXISTS:
-            raise KafkaUnavailable(f"Kafka could not create topic {name}: {code} {message}")
-    return created
-
-
-async def _grow_topics(
-    admin: AIOKafkaAdminClient, present: list[str], partitions: int, *, grow: bool,
-    timeout_s: float,
-) -> None:
-    if not present:
-        return
-    described = await asyncio.wait_for(admin.describe_topics(present), timeout_s)
-    short = {d["topic"]: len(d.get("partitions", [])) for d in described
-             if len(d.get("partitions", [])) < partitions}
-    if not short:
-        return
-    if not grow:
-        for name, count in sorted(short.items()):
-            log.warning(
-                "topic has fewer partitions than configured; left as it is (growing it "
-                "reorders keys: do it deliberately, e.g. kafka-topics.sh --alter)",
-                extra={"topic": name, "partitions": count, "configured": partitions},
-            )
-        return
-    await asyncio.wait_for(
-        admin.create_partitions({n: NewPartitions(total_count=partitions) for n in short}),
-        timeout_s * 2,
-    )
-    log.info("topics grown", extra={"topics": sorted(short), "partitions": partitions})
-
-
-_TOPIC_ALREADY_EXISTS: Final = 36
-# INVALID_TOPIC_EXCEPTION, INVALID_PARTITIONS, INVALID_REPLICATION_FACTOR, INVALID_CONFIG
-_TOPIC_CONFIG_ERRORS: Final = frozenset({17, 37, 38, 40})

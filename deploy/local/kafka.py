@@ -315,7 +315,7 @@ def create_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> Non
     """The pipeline's topics with ``partitions`` partitions each, grown (never shrunk) when
     an earlier run created them with fewer: ``LEDGER_KAFKA_PARTITIONS`` asked for them."""
     from shared.errors import LedgerError  # noqa: PLC0415
-    from shared.kafka import ensure_topics  # noqa: PLC0415
+    from shared.kafka_admin import ensure_topics  # noqa: PLC0415
 
     try:
         run_coro(lambda: ensure_topics(bootstrap, topics, partitions, grow=True), timeout=90)

@@ -44,7 +44,8 @@ from services.anchorer.checkpoints import ConsistencyMonitor
 from services.anchorer.trust import LogKeySource
 from services.signer.app import run_signer
 from shared.db import Database, migrate
-from shared.kafka import Producer, ensure_topics, make_consumer, make_producer
+from shared.kafka import Producer, make_consumer, make_producer
+from shared.kafka_admin import ensure_topics
 from shared.lifecycle import Lifecycle
 from shared.merkle import leaf_hash, verify_inclusion
 from shared.messages import AnchoredEntry, AppendRequest

@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from services.anchorer import run_anchorer
 from services.signer.app import run_signer
 from shared.db import Database, migrate
-from shared.kafka import ensure_topics, make_producer
+from shared.kafka import make_producer
+from shared.kafka_admin import ensure_topics
 from shared.merkle import MerkleTree
 from shared.messages import AppendRequest
 from shared.records import ENTRY_COLUMNS, EntryRecord

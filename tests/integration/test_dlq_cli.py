@@ -15,10 +15,10 @@ from shared.kafka import (
     Record,
     dead_letter,
     dlq_topic,
-    ensure_topics,
     make_consumer,
     make_producer,
 )
+from shared.kafka_admin import ensure_topics
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration

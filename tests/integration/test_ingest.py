@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from services.ingest import create_token, run_ingest
 from services.signer import run_signer
 from shared.db import Database, migrate
-from shared.kafka import ensure_topics, make_producer
+from shared.kafka import make_producer
+from shared.kafka_admin import ensure_topics
 from shared.lifecycle import Lifecycle
 from shared.messages import AppendRequest
 from shared.settings import Settings

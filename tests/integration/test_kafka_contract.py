@@ -26,10 +26,10 @@ from shared.kafka import (
     TopicPartition,
     dead_letter,
     dlq_topic,
-    ensure_topics,
     make_consumer,
     make_producer,
 )
+from shared.kafka_admin import ensure_topics
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration

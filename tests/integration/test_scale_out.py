@@ -50,7 +50,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from shared.db import Database, migrate
-from shared.kafka import Producer, ensure_topics, make_producer
+from shared.kafka import Producer, make_producer
+from shared.kafka_admin import ensure_topics
 from shared.messages import AnchoredEntry, AppendRequest
 from shared.settings import Settings
 from shared.statement import entry_id_for

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from services.signer import run_signer
 from shared.db import Database, migrate
-from shared.kafka import ensure_topics
+from shared.kafka_admin import ensure_topics
 from shared.lifecycle import Lifecycle
 from shared.messages import AppendRequest, SignedEntry
 from shared.settings import Settings

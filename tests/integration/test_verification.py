@@ -22,7 +22,8 @@ import pytest
 from ledger.cli import main
 from services.anchorer import run_anchorer
 from shared.db import Database, migrate
-from shared.kafka import Record, ensure_topics, make_consumer
+from shared.kafka import Record, make_consumer
+from shared.kafka_admin import ensure_topics
 from shared.messages import AnchoredEntry
 from shared.settings import Settings
 from shared.tracing import trace_id_of
