@@ -40,22 +40,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from deploy.local.base import LocalService, Progress, run_coro
 from deploy.local.gotools import binary_module_version, go_env, go_executable, go_install
 from deploy.local.openbao import stable_port
 from deploy.local.process import ManagedProcess, StackError, wait_until
+from deploy.local.rekor_key import LOG_PUBLIC_KEY_FILE, SIGNER_KEY_FILE, ensure_signer_key
+from deploy.local.sockets import non_loopback_listeners
 
 __all__ = [
     "GO_BINARIES",
-    "LOG_PUBLIC_KEY_FILE",
     "REKOR_ENV_NAMES",
     "REKOR_METRICS_PORT",
-    "SIGNER_KEY_FILE",
     "Rekor",
-    "ensure_signer_key",
-    "non_loopback_listeners",
 ]
 
 REKOR_VERSION = "v1.5.4"
@@ -106,11 +103,6 @@ _HTTP_TIMEOUT = 10.0
 _TRILLIAN_STOP_TIMEOUT = 3.0
 
 
-#: File names of the log's signing key and public key (also used by docker-compose.yml).
-SIGNER_KEY_FILE = "signer.pem"
-LOG_PUBLIC_KEY_FILE = "log-public.pem"
-
-
 class DatabaseProvider(Protocol):
     """What Rekor needs from the Postgres service."""
 
@@ -126,82 +118,6 @@ def _http_get(url: str) -> tuple[int, bytes]:
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes: set[str] = set()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    with contextlib.suppress(OSError):
-        for fd in fd_dir.iterdir():
-            with contextlib.suppress(OSError):
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    return inodes
-
-
-def _decode_addr(hex_addr: str) -> str:
-    """A /proc/net/tcp{,6} local address (hex, little-endian words) as an IP string."""
-    raw = bytes.fromhex(hex_addr)
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    family = socket.AF_INET if len(words) == 4 else socket.AF_INET6
-    return socket.inet_ntop(family, words)
-
-
-def non_loopback_listeners(pid: int) -> list[str]:
-    """Listening TCP sockets of process ``pid`` that are not bound to a loopback address."""
-    inodes = _socket_inodes(pid)
-    bad: list[str] = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if len(fields) < 10 or fields[3] != "0A" or fields[9] not in inodes:
-                    continue
-                addr_hex, port_hex = fields[1].split(":")
-                addr = _decode_addr(addr_hex)
-                if addr in ("::1", "::ffff:127.0.0.1") or addr.startswith("127."):
-                    continue
-                bad.append(f"{addr}:{int(port_hex, 16)}")
-    return bad
-
-
-def ensure_signer_key(directory: Path) -> Path:
-    """Generate the log's ECDSA P-256 key once into ``directory``; (re)write its public key.
-
-    The private key is PKCS#8 PEM, unencrypted (so rekor-server needs no
-    ``--rekor_server.signer-passwd``), mode 600. Returns the public key's path.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    signer_path = directory / SIGNER_KEY_FILE
-    public_path = directory / LOG_PUBLIC_KEY_FILE
-    if not signer_path.is_file():
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        tmp = signer_path.with_suffix(".tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(signer_path)
-    private = serialization.load_pem_private_key(signer_path.read_bytes(), None)
-    if not isinstance(private, ec.EllipticCurvePrivateKey):
-        raise StackError(f"Rekor: {signer_path} is not an ECDSA key")
-    public = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    if not public_path.is_file() or public_path.read_bytes() != public:
-        tmp = public_path.with_suffix(".tmp")
-        tmp.write_bytes(public)
-        tmp.replace(public_path)
-    return public_path
 
 
 async def _apply_schema(dsn: str, schema: str) -> bool:
@@ -406,89 +322,85 @@ class Rekor(LocalService):
             if run_coro(lambda: _apply_schema(dsn, self.schema_path.read_text())):
                 progress("rekor: Trillian schema applied")
             self._ensure_signer_key()
-            storage = [
-                "--storage_system=postgresql",
-                "--quota_system=noop",
-                f"--config={self._write_flag_file(dsn)}",  # the DSN (password) not in argv
-            ]
-            self._log_server = ManagedProcess(
-                name="trillian-log-server",
-                argv=[
-                    str(self.binary("trillian_log_server")),
-                    *storage,
-                    f"--rpc_endpoint=127.0.0.1:{ports['trillian_grpc']}",
-                    f"--http_endpoint=127.0.0.1:{ports['trillian_http']}",
-                ],
-                stack_dir=self.stack_dir,
-                stop_timeout=_TRILLIAN_STOP_TIMEOUT,
-            )
-            progress(f"rekor: starting trillian_log_server on 127.0.0.1:{ports['trillian_grpc']}")
-            self._log_server.start()
-            self._wait_healthz(self._log_server, ports["trillian_http"], "trillian_log_server")
-
-            self._log_signer = ManagedProcess(
-                name="trillian-log-signer",
-                argv=[
-                    str(self.binary("trillian_log_signer")),
-                    *storage,
-                    "--force_master",
-                    f"--rpc_endpoint=127.0.0.1:{ports['signer_grpc']}",
-                    f"--http_endpoint=127.0.0.1:{ports['signer_http']}",
-                ],
-                stack_dir=self.stack_dir,
-                stop_timeout=_TRILLIAN_STOP_TIMEOUT,
-            )
-            progress("rekor: starting trillian_log_signer")
-            self._log_signer.start()
-            self._wait_healthz(self._log_signer, ports["signer_http"], "trillian_log_signer")
-
+            self._start_trillian(dsn, ports, progress)
             tree_id = self._ensure_tree(dsn, ports["trillian_grpc"], progress)
-
-            self._hold_metrics_port()
-            argv = [
-                str(self.binary("rekor-server")),
-                "serve",
-                "--log_type=prod",
-                "--rekor_server.address=127.0.0.1",
-                f"--port={ports['port']}",
-                f"--rekor_server.hostname={CHECKPOINT_HOSTNAME}",
-                f"--rekor_server.signer={self.signer_path}",
-                "--trillian_log_server.address=127.0.0.1",
-                f"--trillian_log_server.port={ports['trillian_grpc']}",
-                f"--trillian_log_server.tlog_id={tree_id}",
-                "--enable_retrieve_api=false",
-                f"--enabled_api_endpoints={','.join(REKOR_API_ENDPOINTS)}",
-                "--enable_attestation_storage=false",
-            ]
-            url = f"http://127.0.0.1:{ports['port']}"
-            for attempt in (1, 2):
-                self._rekor = ManagedProcess(
-                    name="rekor-server", argv=argv, stack_dir=self.stack_dir,
-                    cwd=self.service_dir,  # viper also looks for ./rekor-server.yaml
-                )
-                progress(f"rekor: starting rekor-server on 127.0.0.1:{ports['port']}")
-                self._rekor.start()
-                wait_until(
-                    lambda: _http_get(f"{url}/api/v1/log")[0] == 200,
-                    timeout=60, what="rekor-server GET /api/v1/log", proc=self._rekor,
-                )
-                if attempt == 1 and self._took_wildcard_metrics_port():
-                    # Another stack held the port when we tried and let it go before
-                    # rekor-server bound it: restart while we hold the port ourselves.
-                    progress("rekor: rekor-server took *:2112; restarting it guarded")
-                    self._rekor.stop()
-                    wait_until(self._try_hold_metrics_port, timeout=30,
-                               what="holding 127.0.0.1:2112 for rekor-server")
-                    continue
-                break
-            if self._metrics_guard is None:
-                self._watch_for_metrics_port()
+            url = self._start_rekor_server(tree_id, ports, progress)
             self._check_public_key(url)
             self._check_loopback_only()
         except BaseException:
             self.stop()
             raise
         progress(f"rekor: ready on {url} (tree {tree_id}) in {time.monotonic() - started:.1f}s")
+
+    def _start_trillian(self, dsn: str, ports: dict[str, int], progress: Progress) -> None:
+        """trillian_log_server, then trillian_log_signer, each healthy before the next."""
+        storage = [
+            "--storage_system=postgresql",
+            "--quota_system=noop",
+            f"--config={self._write_flag_file(dsn)}",  # the DSN (password) not in argv
+        ]
+        for name, extra, grpc, http in (
+            ("trillian_log_server", [], "trillian_grpc", "trillian_http"),
+            ("trillian_log_signer", ["--force_master"], "signer_grpc", "signer_http"),
+        ):
+            proc = ManagedProcess(
+                name=name.replace("_", "-"),
+                argv=[str(self.binary(name)), *storage, *extra,
+                      f"--rpc_endpoint=127.0.0.1:{ports[grpc]}",
+                      f"--http_endpoint=127.0.0.1:{ports[http]}"],
+                stack_dir=self.stack_dir,
+                stop_timeout=_TRILLIAN_STOP_TIMEOUT,
+            )
+            if name == "trillian_log_server":
+                self._log_server = proc
+            else:
+                self._log_signer = proc
+            progress(f"rekor: starting {name} on 127.0.0.1:{ports[grpc]}")
+            proc.start()
+            self._wait_healthz(proc, ports[http], name)
+
+    def _start_rekor_server(self, tree_id: int, ports: dict[str, int], progress: Progress) -> str:
+        """rekor-server on the tree, with its wildcard metrics port kept closed; its URL."""
+        self._hold_metrics_port()
+        argv = [
+            str(self.binary("rekor-server")),
+            "serve",
+            "--log_type=prod",
+            "--rekor_server.address=127.0.0.1",
+            f"--port={ports['port']}",
+            f"--rekor_server.hostname={CHECKPOINT_HOSTNAME}",
+            f"--rekor_server.signer={self.signer_path}",
+            "--trillian_log_server.address=127.0.0.1",
+            f"--trillian_log_server.port={ports['trillian_grpc']}",
+            f"--trillian_log_server.tlog_id={tree_id}",
+            "--enable_retrieve_api=false",
+            f"--enabled_api_endpoints={','.join(REKOR_API_ENDPOINTS)}",
+            "--enable_attestation_storage=false",
+        ]
+        url = f"http://127.0.0.1:{ports['port']}"
+        for attempt in (1, 2):
+            self._rekor = ManagedProcess(
+                name="rekor-server", argv=argv, stack_dir=self.stack_dir,
+                cwd=self.service_dir,  # viper also looks for ./rekor-server.yaml
+            )
+            progress(f"rekor: starting rekor-server on 127.0.0.1:{ports['port']}")
+            self._rekor.start()
+            wait_until(
+                lambda: _http_get(f"{url}/api/v1/log")[0] == 200,
+                timeout=60, what="rekor-server GET /api/v1/log", proc=self._rekor,
+            )
+            if attempt == 1 and self._took_wildcard_metrics_port():
+                # Another stack held the port when we tried and let it go before
+                # rekor-server bound it: restart while we hold the port ourselves.
+                progress("rekor: rekor-server took *:2112; restarting it guarded")
+                self._rekor.stop()
+                wait_until(self._try_hold_metrics_port, timeout=30,
+                           what="holding 127.0.0.1:2112 for rekor-server")
+                continue
+            break
+        if self._metrics_guard is None:
+            self._watch_for_metrics_port()
+        return url
 
     def stop(self) -> None:
         # rekor-server first (it exits at once), then both Trillian programs together: after

@@ -38,7 +38,8 @@ from deploy.local.openbao import (
 )
 from deploy.local.postgres import Postgres
 from deploy.local.process import ManagedProcess, free_port, wait_until
-from deploy.local.rekor import REKOR_ENV_NAMES, REKOR_METRICS_PORT, Rekor, non_loopback_listeners
+from deploy.local.rekor import REKOR_ENV_NAMES, REKOR_METRICS_PORT, Rekor
+from deploy.local.sockets import non_loopback_listeners
 
 pytestmark = pytest.mark.integration
 

@@ -21,13 +21,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from deploy.local.base import default_cache_dir, port_available
 from deploy.local.kafka import TOPICS, Kafka, partitions_from_env
 from deploy.local.process import ManagedProcess
+from deploy.local.sockets import is_loopback, listeners
 from deploy.local.stack import Stack, stack_status
 
 pytestmark = pytest.mark.integration
-
-LOOPBACK_V4 = "0100007F"  # 127.0.0.1 as /proc/net/tcp prints it (little-endian)
-LOOPBACK_V6 = "00000000000000000000000001000000"  # ::1
-LOOPBACK_MAPPED = "0000000000000000FFFF00000100007F"  # ::ffff:127.0.0.1
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -47,46 +44,6 @@ def _group_pids(pgid: int) -> list[int]:
         if fields[0] != "Z" and int(fields[2]) == pgid:
             pids.append(int(entry.name))
     return pids
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes: set[str] = set()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    try:
-        fds = list(fd_dir.iterdir())
-    except OSError:
-        return inodes
-    for fd in fds:
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:[") : -1])
-    return inodes
-
-
-def _bound_sockets(pids: list[int]) -> list[tuple[str, str, int]]:
-    """(protocol, local address hex, port) of listening TCP and bound UDP sockets of ``pids``."""
-    inodes: set[str] = set()
-    for pid in pids:
-        inodes |= _socket_inodes(pid)
-    found = []
-    for proto in ("tcp", "tcp6", "udp", "udp6"):
-        try:
-            lines = Path(f"/proc/net/{proto}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            local, state, inode = cols[1], cols[3], cols[9]
-            if inode not in inodes:
-                continue
-            listening = state == "0A" if proto.startswith("tcp") else state == "07"
-            if listening:
-                addr, port = local.split(":")
-                found.append((proto, addr, int(port, 16)))
-    return found
 
 
 def _all_pids(processes: list[ManagedProcess]) -> list[int]:
@@ -180,10 +137,10 @@ def test_services_listen_on_loopback_only(stack: Stack) -> None:
     for name, processes in stack.processes().items():
         pids = _all_pids(processes)
         assert pids, f"{name}: no running process"
-        sockets = _bound_sockets(pids)
+        sockets = listeners(pids, ("tcp", "tcp6", "udp", "udp6"))
         assert any(p.startswith("tcp") for p, _, _ in sockets), f"{name}: listens nowhere"
         for proto, addr, port in sockets:
-            if addr not in (LOOPBACK_V4, LOOPBACK_V6, LOOPBACK_MAPPED):
+            if not is_loopback(addr):
                 problems.append(f"{name}: {proto} {addr}:{port}")
     assert not problems, f"non-loopback listeners: {problems}"
 

@@ -29,14 +29,13 @@ from deploy.local.openbao import (
 from deploy.local.postgres import Postgres
 from deploy.local.rekor import (
     CHECKPOINT_HOSTNAME,
-    LOG_PUBLIC_KEY_FILE,
     REKOR_API_ENDPOINTS,
     REKOR_ENV_NAMES,
     REKOR_VERSION,
-    SIGNER_KEY_FILE,
     TRILLIAN_VERSION,
     Rekor,
 )
+from deploy.local.rekor_key import LOG_PUBLIC_KEY_FILE, SIGNER_KEY_FILE
 from shared.settings import ENV_NAMES
 
 pytestmark = pytest.mark.unit
