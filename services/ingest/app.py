@@ -68,7 +68,6 @@ from shared.errors import (
     KafkaUnavailable,
     LedgerError,
     Policy,
-    VerificationError,
 )
 from shared.messages import append_request_fields
 from shared.settings import Settings
@@ -78,16 +77,22 @@ from shared.tracing import continue_trace, trace_id_of
 
 from .auth import Principal, TokenStore
 from .health import HealthCheck, run_checks
-from .store import (
-    Cursor,
-    EntryFilter,
-    EntryStore,
-    EntryView,
-    PendingProof,
-    ProofStore,
-    decode_cursor,
-    encode_cursor,
+from .reads import EntryReads
+from .responses import (
+    RETRY_AFTER_S,
+    RequestUnavailable,
+    accepted,
+    conflict,
+    created,
+    error,
+    item_accepted,
+    item_conflict,
+    item_created,
+    json_response,
+    parse_prefer,
+    rejection,
 )
+from .store import EntryStore, EntryView, ProofStore
 from .validation import (
     MetaSchema,
     RequestRejected,
@@ -104,15 +109,10 @@ __all__ = ["OPENAPI_PATH", "IngestDeps", "Publisher", "build_app", "check_auth_c
 log = logging.getLogger("ledger.ingest")
 
 OPENAPI_PATH: Final = Path(__file__).with_name("openapi.json")
-_MAX_LIMIT: Final = 1000
-_DEFAULT_LIMIT: Final = 100
-_RETRY_AFTER_S: Final = "2"
-_PROOF_RETRY_AFTER_S: Final = "5"
 _HEALTH_TIMEOUT_S: Final = 2.0
 _READ_CHUNK: Final = 64 * 1024
 _JSON_HEADER: Final = ("content-type", b"application/json")
 _JSON_TYPE_RE: Final = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
-_REQUEST_ID_PATH_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 #: route name → scope a token needs (routes not listed are open)
 _ROUTE_SCOPES: Final = {
@@ -158,69 +158,9 @@ class IngestDeps:
     proofs: ProofStore | None = None
 
 
-def _json(body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
-          ) -> web.Response:
-    return web.Response(body=fastjson.dumps(body), status=status, headers=headers,
-                        content_type="application/json")
-
-
-def _error(
-    status: int,
-    error: str,
-    message: str,
-    *,
-    field_name: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> web.Response:
-    body: dict[str, Any] = {"error": error}
-    if field_name is not None:
-        body["field"] = field_name
-    body["message"] = message
-    if extra:
-        body.update(extra)
-    return _json(body, status=status, headers=headers)
-
-
-def _rejection(exc: RequestRejected) -> web.Response:
-    headers = {"Retry-After": _RETRY_AFTER_S} if exc.status == 503 else None
-    return _json(exc.body(), status=exc.status, headers=headers)
-
-
 def _route_label(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return "unmatched" if resource is None else resource.canonical
-
-
-def _parse_prefer(header: str | None) -> tuple[bool, float | None]:
-    """RFC 7240: (respond-async requested, wait seconds requested)."""
-    if not header:
-        return False, None
-    respond_async = False
-    wait: float | None = None
-    for part in re.split(r"[,;]", header):
-        pref = part.strip().lower()
-        if pref == "respond-async":
-            respond_async = True
-        elif pref.startswith("wait="):
-            try:
-                wait = max(0.0, float(pref[5:].strip('"')))
-            except ValueError:
-                continue
-    return respond_async, wait
-
-
-def _parse_time(value: str, name: str) -> datetime:
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise RequestRejected(400, name, "must be an RFC 3339 timestamp") from None
-    if parsed.tzinfo is None:
-        raise RequestRejected(400, name, "needs a time zone (e.g. 2026-01-01T00:00:00Z)")
-    return parsed
 
 
 class _Api:
@@ -267,18 +207,18 @@ class _Api:
             with log_context(token_name=principal.name):
                 return await handler(request)
         except RequestRejected as exc:
-            return _rejection(exc)
+            return rejection(exc)
         except LedgerError as exc:
             if exc.policy is not Policy.RETRY:
                 log.exception("unhandled error", extra={"path": request.path})
-                return _error(500, "internal_error", "internal error")
+                return error(500, "internal_error", "internal error")
             # what a stage would pause and retry on, a client retries later
             log.warning(
                 "dependency unavailable", extra={"error": type(exc).__name__, "path": request.path}
             )
-            return _error(
+            return error(
                 503, "unavailable", "a dependency is unavailable; retry later",
-                headers={"Retry-After": _RETRY_AFTER_S},
+                headers={"Retry-After": RETRY_AFTER_S},
             )
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -286,7 +226,7 @@ class _Api:
             headers = {
                 k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")
             }
-            return _error(
+            return error(
                 exc.status,
                 exc.reason.lower().replace(" ", "_"),
                 exc.reason,
@@ -294,7 +234,7 @@ class _Api:
             )
         except Exception:
             log.exception("unhandled error", extra={"path": request.path})
-            return _error(500, "internal_error", "internal error")
+            return error(500, "internal_error", "internal error")
 
     def _authenticate(self, request: web.Request) -> Principal | web.Response | None:
         """The caller (None for open routes or auth off), or the 401/403 to answer."""
@@ -305,20 +245,20 @@ class _Api:
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            return _error(
+            return error(
                 401, "unauthorized", "a bearer token is required (Authorization: Bearer <token>)",
                 field_name="Authorization",
                 headers={"WWW-Authenticate": 'Bearer realm="ledger"'},
             )
         principal: Principal | None = self.deps.tokens.authenticate(token)
         if principal is None:
-            return _error(
+            return error(
                 401, "unauthorized", "the bearer token is not valid",
                 field_name="Authorization",
                 headers={"WWW-Authenticate": 'Bearer realm="ledger", error="invalid_token"'},
             )
         if scope not in principal.scopes:
-            return _error(
+            return error(
                 403, "forbidden", f"the token lacks the {scope!r} scope",
                 field_name="Authorization",
                 headers={
@@ -368,7 +308,7 @@ class _Api:
         prefer = request.headers.get("Prefer")
         if prefer is None:
             return False, self.wait_s
-        respond_async, wait_pref = _parse_prefer(prefer)
+        respond_async, wait_pref = parse_prefer(prefer)
         return respond_async, self.wait_s if wait_pref is None else min(self.wait_s, wait_pref)
 
     def _message(self, valid: ValidAppend, request_id: str) -> bytes:
@@ -404,20 +344,20 @@ class _Api:
             if respond_async or wait_s <= 0:
                 await self._publish([record], [request_id], valid.payload_sha256)
                 self.metrics.append_wait.labels("async").inc()
-                return self._accepted(request_id, entry_id, preference_applied=respond_async)
+                return accepted(request_id, entry_id, preference_applied=respond_async)
             with self.deps.waiter.expect(entry_id) as signed:
                 await self._publish([record], [request_id], valid.payload_sha256)
                 done, _ = await asyncio.wait({signed}, timeout=wait_s)
             if not done or signed.cancelled():
                 self.metrics.append_wait.labels("timeout").inc()
                 log.info("append accepted; signer not done within the wait")
-                return self._accepted(request_id, entry_id, preference_applied=False)
+                return accepted(request_id, entry_id, preference_applied=False)
             view = signed.result()
             self.metrics.append_wait.labels("stored").inc()
             if self._content_of(view) != content:
                 return self._conflict(view)
             log.debug("append stored", extra={"payload_sha256": view.payload_hash})
-            return self._created(view, replayed=False)
+            return created(view, replayed=False)
 
     async def append_batch(self, request: web.Request) -> web.Response:
         """``POST /append/batch``: one result per entry (see the module docstring)."""
@@ -449,7 +389,7 @@ class _Api:
                 if seen[1] == content:
                     followers.setdefault(seen[0], []).append(index)
                 else:
-                    results[index] = self._item_conflict(index, entry_id_for(request_id),
+                    results[index] = item_conflict(index, entry_id_for(request_id),
                                                          request_id, earlier=seen[0])
                 continue
             first[request_id] = (index, content)
@@ -464,9 +404,9 @@ class _Api:
                 if view is None:
                     kept.append((index, item, request_id, entry_id, content))
                 elif self._content_of(view) != content:
-                    results[index] = self._item_conflict(index, view.id, request_id)
+                    results[index] = item_conflict(index, view.id, request_id)
                 else:
-                    results[index] = self._item_created(index, view, replayed=True)
+                    results[index] = item_created(index, view, replayed=True)
             todo = kept
         records = [
             (self.settings.topic_append, item.subject, self._message(item, request_id),
@@ -485,11 +425,11 @@ class _Api:
             for k, (index, _, request_id, entry_id, content) in enumerate(todo):
                 future = signed[k] if signed else None
                 if future is None or not future.done() or future.cancelled():
-                    results[index] = self._item_accepted(index, request_id, entry_id)
+                    results[index] = item_accepted(index, request_id, entry_id)
                 elif self._content_of(future.result()) != content:
-                    results[index] = self._item_conflict(index, entry_id, request_id)
+                    results[index] = item_conflict(index, entry_id, request_id)
                 else:
-                    results[index] = self._item_created(index, future.result(), replayed=False)
+                    results[index] = item_created(index, future.result(), replayed=False)
         for leader, indexes in followers.items():
             for index in indexes:
                 results[index] = {**(results[leader] or {}), "index": index}
@@ -498,30 +438,7 @@ class _Api:
         self.metrics.append_wait.labels("batch").inc(len(todo))
         log.info("append batch", extra={"entries": len(items), "published": len(records),
                                         "refused": failed})
-        return _json({"errors": failed > 0, "refused": failed, "results": done})
-
-    @staticmethod
-    def _item_accepted(index: int, request_id: str, entry_id: uuid.UUID) -> dict[str, Any]:
-        return {"index": index, "status": 202, "id": str(entry_id), "request_id": request_id,
-                "status_url": f"/entries/{entry_id}"}
-
-    @staticmethod
-    def _item_created(index: int, view: EntryView, *, replayed: bool) -> dict[str, Any]:
-        item: dict[str, Any] = {"index": index, "status": 201, "entry": view.to_json()}
-        if replayed:
-            item["replayed"] = True
-        return item
-
-    @staticmethod
-    def _item_conflict(index: int, entry_id: uuid.UUID, request_id: str,
-                       earlier: int | None = None) -> dict[str, Any]:
-        where = (f"entry {earlier} of this batch" if earlier is not None
-                 else "an earlier request")
-        return {"index": index, "status": 409, "error": "idempotency_conflict",
-                "field": "request_id",
-                "message": f"this request_id was already used by {where} with a different "
-                           "subject, payload or meta",
-                "id": str(entry_id), "request_id": request_id}
+        return json_response({"errors": failed > 0, "refused": failed, "results": done})
 
     async def _existing(self, request_id: str) -> EntryView | None:
         return (await self._existing_many([request_id])).get(request_id)
@@ -548,16 +465,12 @@ class _Api:
             return self._conflict(view)
         log.info("append replayed from the database")
         self.metrics.append_wait.labels("replayed").inc()
-        return self._created(view, replayed=True)
+        return created(view, replayed=True)
 
-    def _conflict(self, view: EntryView) -> web.Response:
+    @staticmethod
+    def _conflict(view: EntryView) -> web.Response:
         log.warning("idempotency conflict")
-        return _error(
-            409, "idempotency_conflict",
-            "this request_id was already used with a different subject, payload or meta",
-            field_name="request_id",
-            extra={"id": str(view.id), "request_id": view.request_id},
-        )
+        return conflict(view)
 
     async def _publish(
         self,
@@ -581,144 +494,6 @@ class _Api:
             # per request, so DEBUG: at thousands a second a line each costs more than the
             # append; the unusual outcomes (timeout, replay, conflict, 503) stay at INFO
             log.debug("append published", extra={"payload_sha256": payload_sha256})
-
-    @staticmethod
-    def _created(view: EntryView, *, replayed: bool) -> web.Response:
-        headers = {"Location": f"/entries/{view.id}"}
-        if replayed:
-            headers["Idempotent-Replayed"] = "true"
-        return _json(view.to_json(), status=201, headers=headers)
-
-    @staticmethod
-    def _accepted(
-        request_id: str, entry_id: uuid.UUID, *, preference_applied: bool
-    ) -> web.Response:
-        status_url = f"/entries/{entry_id}"
-        headers = {"Location": status_url, "Retry-After": "1"}
-        if preference_applied:
-            headers["Preference-Applied"] = "respond-async"
-        body = {
-            "status": "accepted",
-            "id": str(entry_id),
-            "request_id": request_id,
-            "status_url": status_url,
-            "request_url": f"/entries/by-request/{request_id}",
-        }
-        return _json(body, status=202, headers=headers)
-
-    # --- reads ------------------------------------------------------------------------------
-
-    async def get_entry(self, request: web.Request) -> web.Response:
-        try:
-            entry_id = uuid.UUID(request.match_info["id"])
-        except ValueError:
-            raise RequestRejected(400, "id", "must be a UUID") from None
-        view = await self.deps.store.get(entry_id)
-        if view is None:
-            return _error(404, "not_found", "no such entry (yet)", field_name="id")
-        return web.json_response(view.to_json())
-
-    async def get_entry_proof(self, request: web.Request) -> web.Response:
-        """The entry's proof bundle: byte for byte its ``ledger.anchored`` event.
-
-        Not anchored yet → 409 ``not_anchored`` (with Retry-After): the entry exists but its
-        proof does not, and a 2xx would let ``curl -f`` save a pending answer as a bundle.
-        """
-        try:
-            entry_id = uuid.UUID(request.match_info["id"])
-        except ValueError:
-            raise RequestRejected(400, "id", "must be a UUID") from None
-        if self.deps.proofs is None:
-            return _error(501, "not_implemented", "this ingest has no proof store configured")
-        try:
-            proof = await self.deps.proofs.proof(entry_id)
-        except VerificationError as exc:
-            log.error(  # noqa: TRY400 - the message says it all; no traceback wanted
-                "stored rows no longer match their anchored batch",
-                extra={"entry_id": str(entry_id), "error": str(exc)[:300]},
-            )
-            return _error(
-                500, "integrity_error",
-                "the stored rows of this entry's batch no longer match its anchored root; "
-                "no proof can be served",
-                extra={"id": str(entry_id)},
-            )
-        if proof is None:
-            return _error(404, "not_found", "no such entry (yet)", field_name="id")
-        if isinstance(proof, PendingProof):
-            return _error(
-                409, "not_anchored",
-                "the entry is signed and stored but not anchored in Rekor yet; "
-                "its proof exists once it is (retry later)",
-                headers={"Retry-After": _PROOF_RETRY_AFTER_S},
-                extra={
-                    "id": str(proof.id),
-                    "status": "pending",
-                    "batch_id": None if proof.batch_id is None else str(proof.batch_id),
-                },
-            )
-        return web.Response(body=proof.value, content_type="application/json")
-
-    async def get_entry_by_request(self, request: web.Request) -> web.Response:
-        request_id = request.match_info["request_id"]
-        if not _REQUEST_ID_PATH_RE.match(request_id):
-            raise RequestRejected(400, "request_id", "is not a valid request id")
-        view = await self.deps.store.get_by_request_id(request_id)
-        if view is None:
-            return _error(404, "not_found", "no entry for this request id (yet)",
-                          field_name="request_id")
-        return web.json_response(view.to_json())
-
-    async def list_entries(self, request: web.Request) -> web.Response:
-        q = request.query
-        unknown = sorted(set(q) - {"subject", "from", "to", "anchored", "limit", "cursor", "order"})
-        if unknown:
-            raise RequestRejected(400, unknown[0][:64], "is not a known query parameter")
-        subject = q.get("subject")
-        created_from = _parse_time(q["from"], "from") if "from" in q else None
-        created_to = _parse_time(q["to"], "to") if "to" in q else None
-        anchored: bool | None = None
-        if "anchored" in q:
-            if q["anchored"] not in ("true", "false"):
-                raise RequestRejected(400, "anchored", "must be true or false")
-            anchored = q["anchored"] == "true"
-        try:
-            limit = int(q.get("limit", _DEFAULT_LIMIT))
-        except ValueError:
-            raise RequestRejected(400, "limit", "must be an integer") from None
-        if not 1 <= limit <= _MAX_LIMIT:
-            raise RequestRejected(400, "limit", f"must be between 1 and {_MAX_LIMIT}")
-        order = q.get("order", "asc")
-        if order not in ("asc", "desc"):
-            raise RequestRejected(400, "order", "must be asc or desc")
-        cursor = None
-        if "cursor" in q:
-            try:
-                cursor = decode_cursor(q["cursor"])
-            except ValueError as exc:
-                raise RequestRejected(400, "cursor", str(exc)) from None
-            if cursor.order != order:
-                raise RequestRejected(400, "cursor", "was made for the other order")
-        flt = EntryFilter(
-            subject=subject,
-            created_from=created_from,
-            created_to=created_to,
-            anchored=anchored,
-            order=order,  # type: ignore[arg-type]
-            after=cursor,
-            limit=limit + 1,
-        )
-        rows = await self.deps.store.list(flt)
-        page, more = rows[:limit], len(rows) > limit
-        next_cursor = None
-        if more:
-            last = page[-1]
-            next_cursor = encode_cursor(Cursor(created_at=last.created_at, id=last.id, order=order))  # type: ignore[arg-type]
-        body: dict[str, Any] = {
-            "entries": [v.to_json() for v in page],
-            "next_cursor": next_cursor,
-        }
-        return web.json_response(body)
 
     # --- operations -------------------------------------------------------------------------
 
@@ -746,30 +521,6 @@ class _Api:
         return web.Response(body=self.openapi, content_type="application/json")
 
 
-class RequestUnavailable(RequestRejected):
-    """Kafka did not acknowledge: 503, and the client should retry with the same request id
-    (a batch: with the request id this answer gives each entry)."""
-
-    policy = Policy.RETRY
-
-    def __init__(
-        self, request_id: str | None, request_ids: Sequence[str | None] | None = None
-    ) -> None:
-        super().__init__(
-            503, "kafka",
-            "the request was not acknowledged by Kafka; retry later with the same request_id"
-            + ("s (given for every entry, in order)" if request_ids is not None else ""),
-            error="unavailable",
-        )
-        self.request_id = request_id
-        self.request_ids = list(request_ids) if request_ids is not None else None
-
-    def body(self) -> dict[str, Any]:
-        if self.request_ids is not None:
-            return {**super().body(), "request_ids": self.request_ids}
-        return {**super().body(), "request_id": self.request_id}
-
-
 def check_auth_config(settings: Settings) -> None:
     """Fail closed: auth on without a tokens file is a configuration error."""
     if not settings.auth_disabled and not settings.tokens_file:
@@ -794,6 +545,7 @@ def build_app(settings: Settings, deps: IngestDeps) -> web.Application:
             "Never run like this outside development."
         )
     api = _Api(settings, deps, OPENAPI_PATH.read_bytes())
+    reads = EntryReads(deps.store, deps.proofs)
     app = web.Application(
         middlewares=[api.middleware],
         client_max_size=max(api.body_limit, api.batch_body_limit),
@@ -801,14 +553,14 @@ def build_app(settings: Settings, deps: IngestDeps) -> web.Application:
     r = app.router
     r.add_post("/append", api.append, name="append")
     r.add_post("/append/batch", api.append_batch, name="append_batch")
-    r.add_get("/entries", api.list_entries, name="list_entries", allow_head=False)
+    r.add_get("/entries", reads.list_entries, name="list_entries", allow_head=False)
     r.add_get(
-        "/entries/by-request/{request_id}", api.get_entry_by_request,
+        "/entries/by-request/{request_id}", reads.get_entry_by_request,
         name="get_entry_by_request", allow_head=False,
     )
-    r.add_get("/entries/{id}", api.get_entry, name="get_entry", allow_head=False)
+    r.add_get("/entries/{id}", reads.get_entry, name="get_entry", allow_head=False)
     r.add_get(
-        "/entries/{id}/proof", api.get_entry_proof, name="get_entry_proof", allow_head=False
+        "/entries/{id}/proof", reads.get_entry_proof, name="get_entry_proof", allow_head=False
     )
     r.add_get("/health", api.health, name="health", allow_head=False)
     r.add_get("/metrics", api.metrics_endpoint, name="metrics", allow_head=False)

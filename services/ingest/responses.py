@@ -1,0 +1,185 @@
+"""The ingest API's answers: JSON bodies, error bodies, and the shapes of 201/202/409.
+
+Every error body is ``{"error": <code>, "field": <which input>, "message": <what to fix>}``
+(``field`` when one input is at fault), documented in ``openapi.json``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from aiohttp import web
+
+from shared import fastjson
+from shared.errors import Policy
+
+from .store import EntryView
+from .validation import RequestRejected
+
+__all__ = [
+    "RETRY_AFTER_S",
+    "RequestUnavailable",
+    "accepted",
+    "conflict",
+    "created",
+    "error",
+    "item_accepted",
+    "item_conflict",
+    "item_created",
+    "json_response",
+    "parse_prefer",
+    "parse_time",
+    "rejection",
+]
+
+RETRY_AFTER_S: Final = "2"
+
+
+def json_response(body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
+                  ) -> web.Response:
+    return web.Response(body=fastjson.dumps(body), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def error(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    field_name: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> web.Response:
+    body: dict[str, Any] = {"error": code}
+    if field_name is not None:
+        body["field"] = field_name
+    body["message"] = message
+    if extra:
+        body.update(extra)
+    return json_response(body, status=status, headers=headers)
+
+
+def rejection(exc: RequestRejected) -> web.Response:
+    headers = {"Retry-After": RETRY_AFTER_S} if exc.status == 503 else None
+    return json_response(exc.body(), status=exc.status, headers=headers)
+
+
+class RequestUnavailable(RequestRejected):
+    """Kafka did not acknowledge: 503, and the client should retry with the same request id
+    (a batch: with the request id this answer gives each entry)."""
+
+    policy = Policy.RETRY
+
+    def __init__(
+        self, request_id: str | None, request_ids: Sequence[str | None] | None = None
+    ) -> None:
+        super().__init__(
+            503, "kafka",
+            "the request was not acknowledged by Kafka; retry later with the same request_id"
+            + ("s (given for every entry, in order)" if request_ids is not None else ""),
+            error="unavailable",
+        )
+        self.request_id = request_id
+        self.request_ids = list(request_ids) if request_ids is not None else None
+
+    def body(self) -> dict[str, Any]:
+        if self.request_ids is not None:
+            return {**super().body(), "request_ids": self.request_ids}
+        return {**super().body(), "request_id": self.request_id}
+
+
+# --- request headers and query values ---------------------------------------------------------
+
+
+def parse_prefer(header: str | None) -> tuple[bool, float | None]:
+    """RFC 7240: (respond-async requested, wait seconds requested)."""
+    if not header:
+        return False, None
+    respond_async = False
+    wait: float | None = None
+    for part in re.split(r"[,;]", header):
+        pref = part.strip().lower()
+        if pref == "respond-async":
+            respond_async = True
+        elif pref.startswith("wait="):
+            try:
+                wait = max(0.0, float(pref[5:].strip('"')))
+            except ValueError:
+                continue
+    return respond_async, wait
+
+
+def parse_time(value: str, name: str) -> datetime:
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise RequestRejected(400, name, "must be an RFC 3339 timestamp") from None
+    if parsed.tzinfo is None:
+        raise RequestRejected(400, name, "needs a time zone (e.g. 2026-01-01T00:00:00Z)")
+    return parsed
+
+
+# --- POST /append ------------------------------------------------------------------------------
+
+
+def created(view: EntryView, *, replayed: bool) -> web.Response:
+    headers = {"Location": f"/entries/{view.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(view.to_json(), status=201, headers=headers)
+
+
+def accepted(request_id: str, entry_id: uuid.UUID, *, preference_applied: bool) -> web.Response:
+    status_url = f"/entries/{entry_id}"
+    headers = {"Location": status_url, "Retry-After": "1"}
+    if preference_applied:
+        headers["Preference-Applied"] = "respond-async"
+    body = {
+        "status": "accepted",
+        "id": str(entry_id),
+        "request_id": request_id,
+        "status_url": status_url,
+        "request_url": f"/entries/by-request/{request_id}",
+    }
+    return json_response(body, status=202, headers=headers)
+
+
+def conflict(view: EntryView) -> web.Response:
+    return error(
+        409, "idempotency_conflict",
+        "this request_id was already used with a different subject, payload or meta",
+        field_name="request_id",
+        extra={"id": str(view.id), "request_id": view.request_id},
+    )
+
+
+# --- POST /append/batch: one result per entry ---------------------------------------------------
+
+
+def item_accepted(index: int, request_id: str, entry_id: uuid.UUID) -> dict[str, Any]:
+    return {"index": index, "status": 202, "id": str(entry_id), "request_id": request_id,
+            "status_url": f"/entries/{entry_id}"}
+
+
+def item_created(index: int, view: EntryView, *, replayed: bool) -> dict[str, Any]:
+    item: dict[str, Any] = {"index": index, "status": 201, "entry": view.to_json()}
+    if replayed:
+        item["replayed"] = True
+    return item
+
+
+def item_conflict(index: int, entry_id: uuid.UUID, request_id: str,
+                  earlier: int | None = None) -> dict[str, Any]:
+    where = f"entry {earlier} of this batch" if earlier is not None else "an earlier request"
+    return {"index": index, "status": 409, "error": "idempotency_conflict",
+            "field": "request_id",
+            "message": f"this request_id was already used by {where} with a different "
+                       "subject, payload or meta",
+            "id": str(entry_id), "request_id": request_id}
