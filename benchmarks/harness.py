@@ -44,6 +44,7 @@ from deploy.local.stack import Stack
 from shared.db import Database, migrate
 from shared.kafka_admin import ensure_topics
 from shared.settings import ENV_NAMES, Settings
+from tests.support import waiting
 
 __all__ = [
     "VEGETA",
@@ -76,13 +77,9 @@ class BenchError(AssertionError):
 async def wait_for(
     check: Callable[[], Awaitable[bool]], *, within: float, what: str, every: float = 0.1
 ) -> float:
-    """Poll ``check`` until true; return the monotonic time it became true."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {within:.0f}s waiting for {what}")
-        await asyncio.sleep(every)
-    return time.monotonic()
+    """Poll ``check`` until true; return the monotonic time it became true (BenchError
+    naming ``what`` after ``within`` seconds)."""
+    return await waiting.wait_for(check, within=within, what=what, every=every, error=BenchError)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

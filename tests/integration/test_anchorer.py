@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +64,7 @@ from shared.verify import (
     verify_receipt,
 )
 from tests.support.rekor_proxy import RekorProxy
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -135,17 +136,6 @@ async def world(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[bool]], *, limit_s: float, what: str, every: float = 0.2
-) -> None:
-    """Poll ``check`` until true; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + limit_s
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {limit_s:.0f}s waiting for {what}")
-        await asyncio.sleep(every)
 
 
 @contextlib.asynccontextmanager
@@ -231,7 +221,7 @@ class AnchoredReader:
             await self.poll()
             return ids <= self.events.keys()
 
-        await wait_for(all_seen, limit_s=limit_s, what=f"ledger.anchored for {len(ids)} entries",
+        await wait_for(all_seen, within=limit_s, what=f"ledger.anchored for {len(ids)} entries",
                        every=0.0)
 
     def parsed(self, ids: set[uuid.UUID]) -> list[AnchoredEntry]:
@@ -347,7 +337,7 @@ async def _stream(world: World, n: int, *, batch_max: int, batch_ms: int, tag: s
         async def all_signed() -> bool:
             return await count(world, "SELECT count(*) FROM ledger.entries") >= n
 
-        await wait_for(all_signed, limit_s=limit_s, what=f"{n} signed entries")
+        await wait_for(all_signed, within=limit_s, what=f"{n} signed entries")
         ids = await entry_ids(world, request_ids)
         await reader.until(ids, limit_s=limit_s)
         elapsed = time.monotonic() - started
@@ -392,7 +382,7 @@ async def test_batches_of_thousands_anchor_and_verify(world: World) -> None:
             await again.poll()
             return all(len(again.events[i]) >= 2 for i in ids)
 
-        await wait_for(replayed, limit_s=300, what="replayed ledger.anchored events", every=0.0)
+        await wait_for(replayed, within=300, what="replayed ledger.anchored events", every=0.0)
     for i in ids:
         assert all(raw == first[i] for raw in again.events[i]), f"event of {i} differs"
     assert await count(world, "SELECT count(*) FROM ledger.batches") == batches_before
@@ -443,7 +433,7 @@ async def test_tampered_receipt_is_refused_and_batch_stays_pending(
             return metric(metrics, "ledger_receipt_verification_failures_total",
                           {"check": check}) >= 2
 
-        await wait_for(refused_twice, limit_s=120, what=f"two refusals by check {check}")
+        await wait_for(refused_twice, within=120, what=f"two refusals by check {check}")
         ids = await entry_ids(world, request_ids)
         assert len(ids) == 10
         # nothing stored as valid: batches pending, no receipt, no entry anchored, no event
@@ -569,13 +559,13 @@ async def test_rekor_outage_pauses_anchoring_then_backlog_drains(
             async def signed() -> bool:
                 return await count(world, "SELECT count(*) FROM ledger.entries") >= 220
 
-            await wait_for(signed, limit_s=120, what="entries signed while Rekor is down")
+            await wait_for(signed, within=120, what="entries signed while Rekor is down")
 
             async def reported_down() -> bool:
                 return (metric(metrics, "ledger_dependency_up", {"dependency": "rekor"}) == 0
                         and metric(metrics, "ledger_stage_paused", {"stage": "anchorer"}) == 1)
 
-            await wait_for(reported_down, limit_s=120, what="rekor reported down")
+            await wait_for(reported_down, within=120, what="rekor reported down")
             async with http.get(health_url) as resp:
                 body = await resp.json()
                 assert resp.status == 503
@@ -597,7 +587,7 @@ async def test_rekor_outage_pauses_anchoring_then_backlog_drains(
                 return False
             return True
 
-        await wait_for(rekor_back, limit_s=60, what="rekor-server restarted")
+        await wait_for(rekor_back, within=60, what="rekor-server restarted")
         await reader.until(during_ids, limit_s=200)
         async with http.get(health_url) as resp:
             assert resp.status == 200
@@ -615,7 +605,7 @@ async def _wait_ids(world: World, request_ids: list[str]) -> set[uuid.UUID]:
     async def stored() -> bool:
         return len(await entry_ids(world, request_ids)) == len(request_ids)
 
-    await wait_for(stored, limit_s=120, what=f"{len(request_ids)} entries stored")
+    await wait_for(stored, within=120, what=f"{len(request_ids)} entries stored")
     return await entry_ids(world, request_ids)
 
 
@@ -733,7 +723,7 @@ async def test_consistency_monitor_checks_the_real_log(world: World) -> None:
         async def grown() -> bool:
             return (await rekor.get_log_info()).tree_size > first.new_size
 
-        await wait_for(grown, limit_s=30, what="the Rekor tree to grow")
+        await wait_for(grown, within=30, what="the Rekor tree to grow")
         second = await monitor.check()
         assert second is not None and second.ok
         assert second.old_size == first.new_size and second.new_size > first.new_size
@@ -753,7 +743,7 @@ async def test_consistency_monitor_checks_the_real_log(world: World) -> None:
         async def grown_again() -> bool:
             return (await rekor.get_log_info()).tree_size > second.new_size
 
-        await wait_for(grown_again, limit_s=30, what="the Rekor tree to grow again")
+        await wait_for(grown_again, within=30, what="the Rekor tree to grow again")
         third = await monitor.check()
         assert third is not None and not third.ok
         assert metric(metrics, "ledger_receipt_verification_failures_total",

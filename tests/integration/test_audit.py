@@ -39,7 +39,8 @@ from shared.messages import AppendRequest
 from shared.records import ENTRY_COLUMNS, EntryRecord
 from shared.settings import Settings
 from shared.statement import content_sha256, entry_id_for, manifest_bytes, statement_bytes
-from tests.integration.test_anchorer import running, wait_for
+from tests.integration.test_anchorer import running
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -131,13 +132,13 @@ async def ledger(stack: Any, settings: Settings) -> AsyncIterator[Ledger]:
                 return await count("SELECT count(*) FROM ledger.entries"
                                    " WHERE anchored_at IS NOT NULL") == ANCHORED
 
-            await wait_for(all_anchored, limit_s=180, what=f"{ANCHORED} anchored entries")
+            await wait_for(all_anchored, within=180, what=f"{ANCHORED} anchored entries")
         await _publish(s, f"{suffix}-u", UNANCHORED)
 
         async def all_signed() -> bool:
             return await count("SELECT count(*) FROM ledger.entries") == ANCHORED + UNANCHORED
 
-        await wait_for(all_signed, limit_s=120, what="the unanchored entries")
+        await wait_for(all_signed, within=120, what="the unanchored entries")
 
     await db.execute("CREATE TABLE ledger.audit_copy_entries AS SELECT * FROM ledger.entries")
     await db.execute("CREATE TABLE ledger.audit_copy_batches AS SELECT * FROM ledger.batches")

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,18 +40,11 @@ from shared.settings import Settings
 from shared.signatures import parse_vault_signature
 from shared.statement import entry_id_for, statement_bytes
 from shared.telemetry import Metrics
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 3
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def closed_port() -> int:

@@ -62,9 +62,9 @@ from tests.integration.test_anchorer import (
     rekor_tree_size,
     sigstore_keyring,
     verify_event,
-    wait_for,
 )
 from tests.integration.test_signer import committed_offsets
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -236,7 +236,7 @@ async def wait_stable(lane: Lane, group: str, workers: list[Worker]) -> None:
         state, pids = await group_members(lane, group)
         return state == "Stable" and pids == want
 
-    await wait_for(stable, limit_s=90, what=f"{group} stable with pids {sorted(want)}",
+    await wait_for(stable, within=90, what=f"{group} stable with pids {sorted(want)}",
                    every=0.5)
 
 
@@ -407,7 +407,7 @@ async def test_two_of_each_stage_with_a_kill_9_each_sign_and_anchor_everything_o
             seen_stored.append(await count(lane, "SELECT count(*) FROM ledger.entries"))
             return seen_stored[-1] >= TOTAL // 3
 
-        await wait_for(a_third_stored, limit_s=180, what=f"{TOTAL // 3} entries stored",
+        await wait_for(a_third_stored, within=180, what=f"{TOTAL // 3} entries stored",
                        every=0.05)
         victim_s = signers[0]
         await kill_9(victim_s)
@@ -427,7 +427,7 @@ async def test_two_of_each_stage_with_a_kill_9_each_sign_and_anchor_everything_o
                     return True
             return False
 
-        await wait_for(an_anchorer_holds_a_pending_batch, limit_s=120,
+        await wait_for(an_anchorer_holds_a_pending_batch, within=120,
                        what="an anchorer holding a pending batch", every=0.05)
         victim_a: Worker = held["victim"]
         await kill_9(victim_a)
@@ -480,7 +480,7 @@ async def test_two_of_each_stage_with_a_kill_9_each_sign_and_anchor_everything_o
                 assert w.proc.returncode is None, f"{w.name} died:\n{w.tail()}"
             return await count(lane, "SELECT count(*) FROM ledger.entries") >= TOTAL
 
-        await wait_for(all_stored, limit_s=240, what=f"{TOTAL} entries stored")
+        await wait_for(all_stored, within=240, what=f"{TOTAL} entries stored")
         t_signed = time.monotonic()
 
         async def all_anchored() -> bool:
@@ -489,11 +489,11 @@ async def test_two_of_each_stage_with_a_kill_9_each_sign_and_anchor_everything_o
             return await count(lane, "SELECT count(*) FROM ledger.entries"
                                      " WHERE anchored_at IS NOT NULL") >= TOTAL
 
-        await wait_for(all_anchored, limit_s=300, what=f"{TOTAL} entries anchored", every=0.5)
+        await wait_for(all_anchored, within=300, what=f"{TOTAL} entries anchored", every=0.5)
         t_anchored = time.monotonic()
-        await wait_for(lambda: caught_up(lane, s.signer_group, s.topic_append), limit_s=60,
+        await wait_for(lambda: caught_up(lane, s.signer_group, s.topic_append), within=60,
                        what="signer group committed to the end of the append topic", every=0.5)
-        await wait_for(lambda: caught_up(lane, s.anchorer_group, s.topic_signed), limit_s=60,
+        await wait_for(lambda: caught_up(lane, s.anchorer_group, s.topic_signed), within=60,
                        what="anchorer group committed to the end of the signed topic",
                        every=0.5)
         all_ids = {entry_id_for(lane.rid(i)) for i in range(TOTAL)}
@@ -503,7 +503,7 @@ async def test_two_of_each_stage_with_a_kill_9_each_sign_and_anchor_everything_o
                     for r in await read_all(lane, s.topic_anchored)}
             return all_ids <= seen
 
-        await wait_for(all_published, limit_s=60, what="ledger.anchored for every entry",
+        await wait_for(all_published, within=60, what="ledger.anchored for every entry",
                        every=1.0)
         for w in live:
             code = await stop(w)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +40,7 @@ from shared.settings import Settings
 from shared.statement import content_sha256, entry_id_for, statement_bytes
 from shared.telemetry import Metrics
 from shared.vault import TransitSigner
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,17 +49,6 @@ PARTITIONS = 4
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[bool]], *, within: float, what: str, interval: float = 0.2
-) -> None:
-    """Poll ``check`` until it is true; fail naming ``what`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 @dataclass
@@ -524,9 +514,9 @@ async def test_throughput_against_the_raw_vault_batch_rate(lane, db, producer, s
     await produce_stream(producer, lane, n)
     async with signer_running(lane.settings):
         # from the first stored row (the group join is not signing time) to the last
-        await wait_for(lambda: more_rows_than(db, lane.prefix, 0), within=60, what="a first row", interval=0.02)
+        await wait_for(lambda: more_rows_than(db, lane.prefix, 0), within=60, what="a first row", every=0.02)
         t0, first = time.monotonic(), await count_rows(db, lane.prefix)
-        await wait_for(lambda: count_rows_is(db, lane.prefix, n), within=240, what="all rows", interval=0.02)
+        await wait_for(lambda: count_rows_is(db, lane.prefix, n), within=240, what="all rows", every=0.02)
         rate = (n - first) / (time.monotonic() - t0)
     print(f"\nsigner: {rate:.0f} entries/s end to end ({n} entries, backlog); "
           f"raw Vault batch_input (200/call, sequential): {raw_rate:.0f} signatures/s")
