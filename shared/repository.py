@@ -214,21 +214,18 @@ class Repository:
 
     async def batch_leaves(self, batch_id: uuid.UUID) -> list[LeafRecord]:
         """What a tree needs of every member of a batch, in leaf order."""
-        rows = await self._db.fetch(
-            f"SELECT {LEAF_COLUMNS} FROM ledger.entries WHERE batch_id = $1"  # noqa: S608
-            " ORDER BY leaf_index",
-            batch_id,
-        )
-        return [LeafRecord.from_row(r) for r in rows]
+        return [LeafRecord.from_row(r) for r in await self._in_leaf_order(LEAF_COLUMNS, batch_id)]
 
     async def members(self, batch_id: uuid.UUID) -> list[EntryRecord]:
         """Every member of a batch, in leaf order."""
-        rows = await self._db.fetch(
-            f"SELECT {ENTRY_COLUMNS} FROM ledger.entries WHERE batch_id = $1"  # noqa: S608
+        return [EntryRecord.from_row(r) for r in await self._in_leaf_order(ENTRY_COLUMNS, batch_id)]
+
+    async def _in_leaf_order(self, columns: str, batch_id: uuid.UUID) -> list[Row]:
+        return await self._db.fetch(
+            f"SELECT {columns} FROM ledger.entries WHERE batch_id = $1"  # noqa: S608
             " ORDER BY leaf_index",
             batch_id,
         )
-        return [EntryRecord.from_row(r) for r in rows]
 
     async def unbatched_entries(self, *, older_than_s: float, limit: int) -> list[uuid.UUID]:
         rows = await self._db.fetch(
