@@ -12,6 +12,6 @@ Layout (where does X happen?):
 * ``app``         — process wiring (:func:`run_anchorer`), ``__main__`` runs it.
 """
 
-from .app import AnchorerHooks, run_anchorer
+from .app import AnchorerHooks, AnchorerProcess, run_anchorer
 
-__all__ = ["AnchorerHooks", "run_anchorer"]
+__all__ = ["AnchorerHooks", "AnchorerProcess", "run_anchorer"]
