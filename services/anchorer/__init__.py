@@ -12,6 +12,6 @@ Layout (where does X happen?):
 * ``app``         — process wiring (:func:`run_anchorer`), ``__main__`` runs it.
 """
 
-from .app import AnchorerHooks, AnchorerProcess, run_anchorer
+from .app import AnchorerProcess, run_anchorer
 
-__all__ = ["AnchorerHooks", "AnchorerProcess", "run_anchorer"]
+__all__ = ["AnchorerProcess", "run_anchorer"]

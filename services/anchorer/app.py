@@ -24,10 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from shared.anchored import AnchoredEvent
@@ -61,7 +59,6 @@ from .trust import LogKeySource
 
 __all__ = [
     "STAGE",
-    "AnchorerHooks",
     "AnchorerProcess",
     "AnchorerStage",
     "KafkaAnchoredPublisher",
@@ -76,17 +73,6 @@ STAGE = "anchorer"
 _PUBLISH_CHUNK = 1000
 _MAX_PARALLEL_BATCHES = 16
 _PARALLEL_ENTRIES = 4096
-
-
-@dataclass(frozen=True)
-class AnchorerHooks:
-    """Test-only fault injection (see ``services/anchorer/__main__.py``).
-
-    ``crash_after_rekor``: ``os._exit(137)`` right after Rekor accepted a new entry (201) and
-    before the receipt is stored — the moment a ``kill -9`` hurts most.
-    """
-
-    crash_after_rekor: bool = False
 
 
 class KafkaAnchoredPublisher:
@@ -202,13 +188,9 @@ class AnchorerProcess:
     anchorer, the log key source and the consistency monitor all use what it opens.
     """
 
-    def __init__(
-        self, settings: Settings, *, metrics: Metrics | None = None,
-        hooks: AnchorerHooks | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.hooks = hooks or AnchorerHooks()
         self.service = Service(STAGE, grace_s=settings.shutdown_grace_s)
         self.anchorer: Anchorer | None = None
         self.loop: ConsumerLoop[Any] | None = None
@@ -309,7 +291,6 @@ class AnchorerProcess:
             log_key=keys,
             metrics=self.metrics,
             anchor_key=settings.vault_anchor_key,
-            after_rekor_accepted=_crash_now if self.hooks.crash_after_rekor else None,
         )
         sweeper = Sweeper(
             anchorer=anchorer,
@@ -330,23 +311,11 @@ async def run_anchorer(
     lifecycle: Lifecycle | None = None,
     metrics: Metrics | None = None,
     install_signals: bool = True,
-    hooks: AnchorerHooks | None = None,
 ) -> None:
     """Run the anchorer until SIGTERM/SIGINT (or ``lifecycle.request_stop``), then drain."""
-    await AnchorerProcess(settings, metrics=metrics, hooks=hooks).run(
+    await AnchorerProcess(settings, metrics=metrics).run(
         lifecycle=lifecycle, install_signals=install_signals
     )
-
-
-def _crash_now(batch_id: uuid.UUID) -> None:
-    log.critical(
-        "LEDGER_TEST_CRASH_AFTER_REKOR: exiting right after Rekor accepted the batch",
-        extra={"batch_id": str(batch_id)},
-    )
-    for handler in logging.getLogger().handlers:
-        with contextlib.suppress(Exception):
-            handler.flush()
-    os._exit(137)
 
 
 async def _rekor_reachable(rekor: RekorClient) -> bool:
