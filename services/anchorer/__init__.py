@@ -9,7 +9,7 @@ Layout (where does X happen?):
 * ``trust``       — the pinned Rekor log key;
 * ``checkpoints`` — the log only grows (consistency proofs between stored checkpoints);
 * ``sweeper``     — re-drives pending batches and never-batched entries;
-* ``app``         — process wiring (:func:`run_anchorer`), ``__main__`` runs it.
+* ``app``         — the stage and its process (:func:`run_anchorer`; ``ledger anchorer`` runs it).
 """
 
 from .app import AnchorerProcess, run_anchorer
