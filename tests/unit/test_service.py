@@ -27,6 +27,7 @@ class Client:
         self.is_up = up
 
     async def ping(self) -> bool:
+        self.events.append(f"ping {self.name}")
         return self.is_up
 
     async def close(self) -> None:
@@ -120,6 +121,8 @@ async def test_health_comes_from_the_pings_by_dependency_name() -> None:
     assert seen == [{"database": True, "kafka": True}, {"database": True, "kafka": False},
                     {"database": False, "kafka": False}]
     assert list(seen[0]) == ["database", "kafka"]  # in the order registered
+    pings = [e for e in events if e.startswith("ping")]
+    assert pings[:2] == ["ping db", "ping tail"]  # asked one after another, in that order
 
 
 async def test_what_a_dependency_opens_can_be_replaced_before_the_run() -> None:
