@@ -1,10 +1,10 @@
 """The benchmark world: private lanes, stage processes, load generators and the checks.
 
 Everything runs as deployed: each stage (``ingest``, ``signer``, ``anchorer``) is its own OS
-process started with ``python -m``, load comes from another process (the Kafka producer of
-:mod:`benchmarks.loadgen`, or vegeta for HTTP), and CPU is read per process from ``/proc``
-(:mod:`benchmarks.procs`). This process only orchestrates and checks; its own CPU is never
-part of a figure.
+process started as ``ledger <stage>`` (``python -m ledger.cli``), load comes from another
+process (the Kafka producer of :mod:`benchmarks.loadgen`, or vegeta for HTTP), and CPU is read
+per process from ``/proc`` (:mod:`benchmarks.procs`). This process only orchestrates and
+checks; its own CPU is never part of a figure.
 
 A :class:`Lane` is a private database (migrated), private topics (+ dead-letter topics) and
 private consumer groups, so scenarios never see each other's data. After every scenario
@@ -156,10 +156,10 @@ class Bench:
 
 # --- stage processes -----------------------------------------------------------------------
 
-_MODULES = {
+_COMMANDS = {  # python -m ledger.cli <stage>: the stages run as in production
     "ingest": ["-m", "ledger.cli", "ingest"],
-    "signer": ["-m", "services.signer"],
-    "anchorer": ["-m", "services.anchorer"],
+    "signer": ["-m", "ledger.cli", "signer"],
+    "anchorer": ["-m", "ledger.cli", "anchorer"],
 }
 
 
@@ -270,7 +270,7 @@ class Lane:
         log = self.dir / f"{name}.log"
         with log.open("ab") as out:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, *_MODULES[role], cwd=str(self.bench.code_dir),
+                sys.executable, *_COMMANDS[role], cwd=str(self.bench.code_dir),
                 env=settings_env(s, self.bench.code_dir),
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,

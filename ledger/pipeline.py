@@ -1,7 +1,8 @@
 """The pipeline's own ``ledger`` subcommands.
 
 * ``ledger ingest`` / ``ledger signer`` / ``ledger anchorer``: run one stage in the
-  foreground with settings from the environment (SIGTERM drains and stops it);
+  foreground with settings from the environment (SIGTERM drains and stops it); the only
+  way the stages start, in production, in ``ledger dev``, the benchmarks and the tests;
 * ``ledger migrate``: apply the versioned SQL migrations (idempotent, safe to race);
 * ``ledger token create``: add a bearer token to the tokens file (only its hash is stored);
 * ``ledger schemas``: regenerate the JSON Schema files of the Kafka messages;

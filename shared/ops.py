@@ -1,72 +1,60 @@
-"""Process plumbing shared by the consumer stages: start-up retries and the ops endpoint.
+"""What the consumer stages (signer, anchorer) share on top of the service skeleton.
 
-* :func:`open_when_ready` opens a client, retrying with back-off while its service is
-  unavailable, so a stage started before its dependencies waits instead of crashing;
-* :func:`serve_ops` serves ``/metrics`` (Prometheus) and ``/health`` on
-  ``settings.metrics_port`` for processes that have no HTTP API of their own.
+* :func:`register_stage_kafka` registers a stage's Kafka clients (its producer, then its
+  group consumer) on a :class:`~shared.service.Service`; ``kafka`` is up in ``/health``
+  while the stage consumes (its loop is not paused);
+* :func:`open_ops_server` serves ``/metrics`` (Prometheus) and ``/health`` (the service's
+  pings) on ``settings.metrics_port``: the stages have no HTTP API of their own.
 """
 
 from __future__ import annotations
 
 import json
-import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shared.consumer import Backoff, RebalanceHooks
-from shared.errors import DependencyError
-from shared.kafka import Consumer, make_consumer
+from shared.consumer import RebalanceHooks
+from shared.kafka import Consumer, Producer, make_consumer, make_producer
 from shared.lifecycle import Lifecycle
+from shared.service import Dependency, Service
 from shared.settings import Settings
 from shared.telemetry import Metrics
 
-__all__ = ["open_group_consumer", "open_when_ready", "serve_ops"]
-
-log = logging.getLogger("ledger.ops")
-
-_T = TypeVar("_T")
+__all__ = ["open_ops_server", "register_stage_kafka", "serve_ops", "stage_client_id"]
 
 
-async def open_when_ready(
-    what: str, opener: Callable[[], Awaitable[_T]], lc: Lifecycle, backoff: Backoff
-) -> _T | None:
-    """Open a client, retrying while its service is unavailable; None if stopped first."""
-    attempt = 0
-    while not lc.stopping.is_set():
-        try:
-            return await opener()
-        except DependencyError as exc:
-            delay = backoff.delay(attempt)
-            attempt += 1
-            log.warning(
-                "dependency not ready at start-up; retrying",
-                extra={"dependency": what, "error": str(exc), "retry_in_s": round(delay, 2)},
-            )
-            await lc.sleep(delay)
-    return None
+def stage_client_id(stage: str) -> str:
+    """The Kafka client id of this process: which stage, on which host, which process."""
+    return f"ledger-{stage}-{socket.gethostname()}-{os.getpid()}"
 
 
-async def open_group_consumer(
+def register_stage_kafka(
+    service: Service,
     settings: Settings,
     *,
     group_id: str,
     topic: str,
-    client_id: str,
     hooks: RebalanceHooks,
-    lc: Lifecycle,
-    backoff: Backoff,
+    consuming: Callable[[], bool],
     fetch_max_wait_ms: int,
     fetch_min_bytes: int,
-) -> Consumer | None:
-    """A stage's group consumer on ``topic``, opened once Kafka answers (None if stopped).
+) -> tuple[Dependency[Producer], Dependency[Consumer]]:
+    """A stage's producer and its group consumer on ``topic``, both waited for at start.
 
     ``fetch_max_wait_ms`` / ``fetch_min_bytes``: how long the broker may hold a fetch for
     more data. The longer, the bigger (and cheaper per entry) the batches at low rates, and
-    the more latency each hop adds.
+    the more latency each hop adds. ``consuming`` answers ``/health``'s ``kafka``.
     """
+    client_id = stage_client_id(service.name)
+
+    def open_producer() -> Awaitable[Producer]:
+        # it sends whole record batches itself (send_many): nothing to linger for
+        return make_producer(settings, client_id=client_id, linger_ms=0)
 
     def open_consumer() -> Awaitable[Consumer]:
         return make_consumer(
@@ -80,7 +68,28 @@ async def open_group_consumer(
             fetch_min_bytes=fetch_min_bytes,
         )
 
-    return await open_when_ready("kafka", open_consumer, lc, backoff)
+    async def ping(_: Consumer) -> bool:
+        return consuming()
+
+    producer = service.register(
+        "kafka", open_producer, close=Producer.close, what="kafka producer"
+    )
+    consumer = service.register(
+        "kafka", open_consumer, close=Consumer.close, ping=ping, what="kafka consumer"
+    )
+    return producer, consumer
+
+
+async def open_ops_server(
+    lc: Lifecycle,
+    settings: Settings,
+    metrics: Metrics,
+    health: Callable[[], Awaitable[Mapping[str, Any]]],
+) -> None:
+    """:func:`serve_ops` when ``settings.metrics_port`` is set (0: none), closed first."""
+    if settings.metrics_port > 0:
+        runner = await serve_ops(settings, metrics, health)
+        lc.on_close("ops server", runner.cleanup)
 
 
 async def serve_ops(

@@ -9,9 +9,9 @@ Layout (where does X happen?):
 * ``trust``       — the pinned Rekor log key;
 * ``checkpoints`` — the log only grows (consistency proofs between stored checkpoints);
 * ``sweeper``     — re-drives pending batches and never-batched entries;
-* ``app``         — process wiring (:func:`run_anchorer`), ``__main__`` runs it.
+* ``app``         — the stage and its process (:func:`run_anchorer`; ``ledger anchorer`` runs it).
 """
 
-from .app import AnchorerHooks, run_anchorer
+from .app import AnchorerProcess, run_anchorer
 
-__all__ = ["AnchorerHooks", "run_anchorer"]
+__all__ = ["AnchorerProcess", "run_anchorer"]

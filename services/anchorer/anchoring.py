@@ -192,7 +192,6 @@ class Anchorer:
         observe_receipt: ReceiptObserver | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         new_id: Callable[[], uuid.UUID] = uuid.uuid4,
-        after_rekor_accepted: Callable[[uuid.UUID], None] | None = None,
     ) -> None:
         self._store = store
         self._signer = signer
@@ -204,7 +203,6 @@ class Anchorer:
         self._observe_receipt = observe_receipt
         self._clock = clock
         self._new_id = new_id
-        self._after_rekor_accepted = after_rekor_accepted
         self.rekor_health = RekorHealth(metrics)
         # batches this process claimed and has not completed yet (it retries them itself)
         self._own_pending: set[uuid.UUID] = set()
@@ -445,7 +443,7 @@ class Anchorer:
             self.rekor_health.failed(exc)
             log.warning(
                 "Rekor anchoring failed",
-                extra={"batch_id": str(batch.id), "error": str(exc), "retryable": True},
+                extra={"batch_id": str(batch.id), "error": str(exc), "retry": "back-off"},
             )
             raise
         except RekorError as exc:
@@ -453,12 +451,10 @@ class Anchorer:
             log.error(  # noqa: TRY400 - an expected refusal, not a bug: no traceback
                 "Rekor anchoring failed",
                 extra={"batch_id": str(batch.id), "error": str(exc), "status": exc.status,
-                       "retryable": False},
+                       "retry": "sweeper"},  # the batch stays pending: re-driven later
             )
             return None
         self.rekor_health.ok()
-        if path == "created" and self._after_rekor_accepted is not None:
-            self._after_rekor_accepted(batch.id)
 
         key = await self._log_key.get()
         expected = ExpectedEntry(

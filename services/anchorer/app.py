@@ -1,4 +1,5 @@
-"""Wiring of the anchorer process: adapters → :class:`Anchorer` → consumer loop + sweeper.
+"""The anchorer process: its stage (:class:`AnchorerStage`) and its wiring on the service
+skeleton (:mod:`shared.service`).
 
 ::
 
@@ -8,14 +9,14 @@
                                                                 │
                               Vault (anchor key) · PostgreSQL · Rekor · ledger.anchored
 
-Opening order (closed in reverse by the lifecycle): database, Vault, Rekor client, producer,
-consumer, ops server (``/health``, ``/metrics`` on ``settings.metrics_port`` when set). A
-dependency that is down at start-up is retried with back-off until it answers or a stop is
-requested. Rekor is not needed to start: the stream pauses on it, like on any dependency.
+Dependencies, in the order they open (and close in reverse): database, Vault, Rekor, Kafka
+producer, Kafka consumer; then the work: the loop, the ops server (``/health``, ``/metrics``
+on ``settings.metrics_port`` when set) and the sweeper, which close first. One that is down
+at start-up is waited for with back-off. The Vault and Rekor clients connect on first use:
+Rekor is not needed to start, the stream pauses on it like on any dependency.
 
-``/health`` says ``rekor: false`` while the last Rekor call failed (or its health probe
-does), together with ``database``, ``vault``, ``kafka`` (consuming, not paused) and the
-number of pending batches.
+``/health``: ``database``, ``vault`` (the anchor key), ``rekor`` (false while the last Rekor
+call failed; before any call, whether Rekor answers) and ``kafka`` (consuming: not paused).
 """
 
 from __future__ import annotations
@@ -23,16 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from shared.anchored import AnchoredEvent
 from shared.consumer import (
-    Backoff,
     ConsumerLoop,
     KafkaDeadLetters,
     Message,
@@ -42,12 +39,13 @@ from shared.consumer import (
 )
 from shared.db import Database
 from shared.errors import InvalidMessage, LedgerError
-from shared.kafka import Producer, Record, make_producer
-from shared.lifecycle import Lifecycle, run_service
+from shared.kafka import Producer, Record
+from shared.lifecycle import Lifecycle
 from shared.messages import decode_object
-from shared.ops import open_group_consumer, open_when_ready, serve_ops
+from shared.ops import open_ops_server, register_stage_kafka
 from shared.rekor import RekorClient
 from shared.repository import Repository
+from shared.service import Service, at_once
 from shared.settings import Settings
 from shared.telemetry import Metrics, log_context
 from shared.tracing import TraceCarrier
@@ -61,7 +59,7 @@ from .trust import LogKeySource
 
 __all__ = [
     "STAGE",
-    "AnchorerHooks",
+    "AnchorerProcess",
     "AnchorerStage",
     "KafkaAnchoredPublisher",
     "decode_signed",
@@ -75,17 +73,6 @@ STAGE = "anchorer"
 _PUBLISH_CHUNK = 1000
 _MAX_PARALLEL_BATCHES = 16
 _PARALLEL_ENTRIES = 4096
-
-
-@dataclass(frozen=True)
-class AnchorerHooks:
-    """Test-only fault injection (see ``services/anchorer/__main__.py``).
-
-    ``crash_after_rekor``: ``os._exit(137)`` right after Rekor accepted a new entry (201) and
-    before the receipt is stored — the moment a ``kill -9`` hurts most.
-    """
-
-    crash_after_rekor: bool = False
 
 
 class KafkaAnchoredPublisher:
@@ -191,128 +178,84 @@ class AnchorerStage:
         return rejections
 
 
-def _crash_now(batch_id: uuid.UUID) -> None:
-    log.critical(
-        "LEDGER_TEST_CRASH_AFTER_REKOR: exiting right after Rekor accepted the batch",
-        extra={"batch_id": str(batch_id)},
-    )
-    for handler in logging.getLogger().handlers:
-        with contextlib.suppress(Exception):
-            handler.flush()
-    os._exit(137)
+# --- the process ----------------------------------------------------------------------------
 
 
-async def run_anchorer(
-    settings: Settings,
-    *,
-    lifecycle: Lifecycle | None = None,
-    metrics: Metrics | None = None,
-    install_signals: bool = True,
-    hooks: AnchorerHooks | None = None,
-) -> None:
-    """Run the anchorer until SIGTERM/SIGINT (or ``lifecycle.request_stop``), then drain."""
-    m = metrics or Metrics()
-    h = hooks or AnchorerHooks()
-    backoff = Backoff()
-    client_id = f"ledger-anchorer-{socket.gethostname()}-{os.getpid()}"
+class AnchorerProcess:
+    """The anchorer's dependencies, registered once, and its work.
 
-    async def main(lc: Lifecycle) -> None:
-        db = await open_when_ready("database", lambda: Database.connect(settings), lc, backoff)
-        if db is None:
-            return
-        lc.on_close("database", db.close)
-        vault = TransitSigner(settings)
-        lc.on_close("vault", vault.close)
-        rekor = RekorClient.from_settings(settings)
-        lc.on_close("rekor", rekor.close)
-        producer = await open_when_ready(
-            # it sends whole record batches itself (send_many): nothing to linger for
-            "kafka", lambda: make_producer(settings, client_id=client_id, linger_ms=0), lc,
-            backoff,
+    ``rekor.open`` may be replaced before :meth:`run` (e.g. by an instrumented client): the
+    anchorer, the log key source and the consistency monitor all use what it opens.
+    """
+
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.service = Service(STAGE, grace_s=settings.shutdown_grace_s)
+        self.anchorer: Anchorer | None = None
+        self.loop: ConsumerLoop[Any] | None = None
+        self._rebalance = RebalanceHooks()
+        register = self.service.register
+        self.database = register(
+            "database", lambda: Database.connect(settings), close=Database.close,
+            ping=Database.health,
         )
-        if producer is None:
-            return
-        lc.on_close("producer", producer.close)
-
-        store = Repository(db)
-        traces = TraceCarrier()
-        keys = LogKeySource(
-            configured=settings.rekor_public_key,
-            rekor_url=settings.rekor_server_url,
-            pins=store,
-            fetcher=rekor,
+        self.vault = register(
+            "vault", at_once(lambda: TransitSigner(settings)), close=TransitSigner.close,
+            ping=lambda vault: vault.health(settings.vault_anchor_key),
         )
-        anchorer = Anchorer(
-            store=store,
-            signer=vault,
-            rekor=rekor,
-            publisher=KafkaAnchoredPublisher(producer, settings.topic_anchored, traces),
-            log_key=keys,
-            metrics=m,
-            anchor_key=settings.vault_anchor_key,
-            after_rekor_accepted=_crash_now if h.crash_after_rekor else None,
+        self.rekor = register(
+            "rekor", at_once(lambda: RekorClient.from_settings(settings)),
+            close=RekorClient.close, ping=self.rekor_up,
         )
-        monitor = ConsistencyMonitor(store=store, rekor=rekor, log_key=keys, metrics=m)
-        sweeper = Sweeper(
-            anchorer=anchorer,
-            store=store,
-            monitor=monitor,
-            metrics=m,
-            interval_s=settings.sweeper_interval_s,
-            age_s=settings.sweeper_age_s,
-            batch_max=settings.anchor_batch_max,
-        )
-
-        rebalance = RebalanceHooks()
-
-        consumer = await open_group_consumer(
-            settings, group_id=settings.anchorer_group, topic=settings.topic_signed,
-            client_id=client_id, hooks=rebalance, lc=lc, backoff=backoff,
+        self.producer, self.consumer = register_stage_kafka(
+            self.service, settings, group_id=settings.anchorer_group,
+            topic=settings.topic_signed, hooks=self._rebalance, consuming=self.consuming,
             # batches wait up to anchor_batch_ms anyway: let fetches gather more at low rates
             fetch_max_wait_ms=max(5, min(settings.anchor_batch_ms, 100)),
             fetch_min_bytes=256 * 1024,
         )
-        if consumer is None:
-            return
-        lc.on_close("consumer", consumer.close)
+
+    def consuming(self) -> bool:
+        return self.loop is not None and not self.loop.paused
+
+    async def rekor_up(self, rekor: RekorClient) -> bool:
+        """Down while the last Rekor call failed; before the first one, whether it answers."""
+        known = self.anchorer.rekor_health.up if self.anchorer is not None else None
+        if known is None:
+            return await _rekor_reachable(rekor)
+        return known
+
+    async def run(
+        self, *, lifecycle: Lifecycle | None = None, install_signals: bool = True
+    ) -> None:
+        await self.service.run(self.work, lifecycle=lifecycle, install_signals=install_signals)
+
+    async def work(self, lc: Lifecycle) -> None:
+        """Anchor ``ledger.signed`` (and sweep) until a stop is requested."""
+        settings = self.settings
+        traces = TraceCarrier()
+        anchorer, sweeper = self._anchorer(traces)
+        self.anchorer = anchorer
         per_poll = settings.anchor_batch_max * parallel_batches(settings.anchor_batch_max)
-        loop = ConsumerLoop(
+        self.loop = ConsumerLoop(
             AnchorerStage(anchorer, batch_max=settings.anchor_batch_max, traces=traces),
             AccumulatingConsumer(
-                consumer,
+                self.consumer.client,
                 flush_at=settings.anchor_batch_max,
                 max_items=per_poll,
                 max_wait_s=settings.anchor_batch_ms / 1000,
             ),
-            KafkaDeadLetters(producer),
-            metrics=m,
+            KafkaDeadLetters(self.producer.client),
+            metrics=self.metrics,
             stopping=lc.stopping,
             batch_max=per_poll,
             batch_timeout_ms=max(settings.anchor_batch_ms, 100),
-            backoff=backoff,
+            backoff=self.service.backoff,
             depth=settings.pipeline_depth,
         )
-        rebalance.bind(loop)
-
-        if settings.metrics_port > 0:
-
-            async def health() -> dict[str, Any]:
-                database, vault_ok = await asyncio.gather(
-                    db.health(), vault.health(settings.vault_anchor_key)
-                )
-                rekor_ok = anchorer.rekor_health.up
-                if rekor_ok is None:  # nothing anchored yet: ask Rekor
-                    rekor_ok = await _rekor_reachable(rekor)
-                return {
-                    "database": database,
-                    "vault": vault_ok,
-                    "rekor": bool(rekor_ok),
-                    "kafka": not loop.paused,
-                }
-
-            runner = await serve_ops(settings, m, health)
-            lc.on_close("ops server", runner.cleanup)
-
+        self._rebalance.bind(self.loop)
+        await open_ops_server(lc, settings, self.metrics, self.service.health)
         sweeping = asyncio.create_task(sweeper.run(lc.stopping), name="anchorer-sweeper")
 
         async def stop_sweeper() -> None:
@@ -327,14 +270,51 @@ async def run_anchorer(
                    "batch_max": settings.anchor_batch_max,
                    "batch_ms": settings.anchor_batch_ms},
         )
-        await loop.run()
+        await self.loop.run()
 
-    await run_service(
-        STAGE,
-        main,
-        grace_s=settings.shutdown_grace_s,
-        lifecycle=lifecycle,
-        install_signals=install_signals,
+    def _anchorer(self, traces: TraceCarrier) -> tuple[Anchorer, Sweeper]:
+        """The anchorer on the open clients, and the sweeper that re-drives its work."""
+        settings, rekor = self.settings, self.rekor.client
+        store = Repository(self.database.client)
+        keys = LogKeySource(
+            configured=settings.rekor_public_key,
+            rekor_url=settings.rekor_server_url,
+            pins=store,
+            fetcher=rekor,
+        )
+        anchorer = Anchorer(
+            store=store,
+            signer=self.vault.client,
+            rekor=rekor,
+            publisher=KafkaAnchoredPublisher(self.producer.client, settings.topic_anchored,
+                                             traces),
+            log_key=keys,
+            metrics=self.metrics,
+            anchor_key=settings.vault_anchor_key,
+        )
+        sweeper = Sweeper(
+            anchorer=anchorer,
+            store=store,
+            monitor=ConsistencyMonitor(store=store, rekor=rekor, log_key=keys,
+                                       metrics=self.metrics),
+            metrics=self.metrics,
+            interval_s=settings.sweeper_interval_s,
+            age_s=settings.sweeper_age_s,
+            batch_max=settings.anchor_batch_max,
+        )
+        return anchorer, sweeper
+
+
+async def run_anchorer(
+    settings: Settings,
+    *,
+    lifecycle: Lifecycle | None = None,
+    metrics: Metrics | None = None,
+    install_signals: bool = True,
+) -> None:
+    """Run the anchorer until SIGTERM/SIGINT (or ``lifecycle.request_stop``), then drain."""
+    await AnchorerProcess(settings, metrics=metrics).run(
+        lifecycle=lifecycle, install_signals=install_signals
     )
 
 

@@ -19,7 +19,7 @@ from typing import Final
 
 import aiohttp
 
-__all__ = ["HealthCheck", "http_probe", "run_checks"]
+__all__ = ["HealthCheck", "http_ping", "http_probe", "run_checks"]
 
 log = logging.getLogger("ledger.ingest.health")
 
@@ -53,6 +53,17 @@ def http_probe(
             return False
 
     return probe
+
+
+def http_ping(
+    url: str, *, ok_statuses: frozenset[int], timeout_s: float = 2.0
+) -> Callable[[aiohttp.ClientSession], Awaitable[bool]]:
+    """:func:`http_probe` through the session it is given (a registered dependency's client)."""
+
+    async def ping(session: aiohttp.ClientSession) -> bool:
+        return await http_probe(session, url, ok_statuses=ok_statuses, timeout_s=timeout_s)()
+
+    return ping
 
 
 async def run_checks(checks: Mapping[str, HealthCheck], *, timeout_s: float) -> dict[str, bool]:

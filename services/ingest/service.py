@@ -1,14 +1,20 @@
-"""Wiring of the ingest process: open the clients, serve, shut down gracefully.
+"""Wiring of the ingest process on the service skeleton (:mod:`shared.service`).
 
-Order of opening: database → Kafka producer → ``ledger.signed`` tail → HTTP probes session →
-HTTP listener. Shutdown (:mod:`shared.lifecycle`): on SIGTERM the listener closes (no new
-connections), handlers still waiting for the signer are woken (they answer 202 with the
-status URL, since their request *was* acknowledged by Kafka), in-flight requests get the grace
-period to finish, then the producer is flushed and everything closes in reverse order.
+::
 
-Kafka down at start is not fatal: the producer is started on first use
-(:class:`.publisher.KafkaPublisher`), so the process comes up, ``/health`` says
-``kafka: false`` and appends answer 503 until Kafka is back.
+    database ─► Kafka producer ─► ledger.signed tail ─► Vault probe ─► Rekor probe
+                                                      ─► work: the HTTP API (build_app)
+
+Dependencies open in that order and close in reverse. PostgreSQL down at start is waited for
+with back-off, as the stages do: the listener opens once the database answers. Kafka down at
+start is not: the producer is started on first use (:class:`.publisher.KafkaPublisher`), so
+the process comes up, ``/health`` says ``kafka: false`` and appends answer 503 until Kafka is
+back. ``/health`` asks the registered pings (``database``, ``kafka``, ``vault``, ``rekor``).
+
+Shutdown (:mod:`shared.lifecycle`): on SIGTERM the listener closes (no new connections),
+handlers still waiting for the signer are woken (they answer 202 with the status URL, since
+their request *was* acknowledged by Kafka), in-flight requests get the grace period to
+finish, then the producer is flushed and everything closes in reverse order.
 """
 
 from __future__ import annotations
@@ -21,22 +27,120 @@ from aiohttp import web
 
 from shared.db import Database
 from shared.errors import KafkaUnavailable
-from shared.lifecycle import Lifecycle, run_service
+from shared.lifecycle import Lifecycle
+from shared.service import Service
 from shared.settings import Settings
 from shared.telemetry import Metrics
 
 from .app import IngestDeps, build_app, check_auth_config
 from .auth import TokenStore
-from .health import REKOR_UP_STATUSES, VAULT_UP_STATUSES, http_probe
+from .health import REKOR_UP_STATUSES, VAULT_UP_STATUSES, http_ping
 from .publisher import KafkaPublisher
 from .store import PgEntryStore
 from .waiter import KafkaSignedWaiter
 
-__all__ = ["run_ingest"]
+__all__ = ["IngestProcess", "run_ingest"]
 
 log = logging.getLogger("ledger.ingest")
 
-_PRODUCER_TIMEOUT_MS = 10_000
+
+class IngestProcess:
+    """Ingest's dependencies, registered once, and its work: serving the HTTP API.
+
+    Fails closed at construction (:class:`ConfigError`) when auth is on without tokens:
+    before anything is opened.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        on_listening: Callable[[str], None] | None = None,
+    ) -> None:
+        check_auth_config(settings)
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.on_listening = on_listening
+        self.tokens = None if settings.auth_disabled else TokenStore(settings.tokens_file)
+        service = self.service = Service("ingest", grace_s=settings.shutdown_grace_s)
+        self.database = service.register(
+            "database", lambda: Database.connect(settings, min_size=1, max_size=10),
+            close=Database.close, ping=Database.health,
+        )
+        self.publisher = service.register(
+            "kafka", self._open_publisher, close=KafkaPublisher.close, what="kafka producer"
+        )
+        self.waiter = service.register(
+            "kafka", self._open_tail, close=KafkaSignedWaiter.close,
+            ping=KafkaSignedWaiter.ping, what="ledger.signed tail",
+        )
+        service.register(
+            "vault", _probe_session, close=aiohttp.ClientSession.close,
+            ping=http_ping(settings.vault_addr.rstrip("/") + "/v1/sys/health",
+                           ok_statuses=VAULT_UP_STATUSES),
+        )
+        service.register(
+            "rekor", _probe_session, close=aiohttp.ClientSession.close,
+            ping=http_ping(settings.rekor_server_url.rstrip("/") + "/api/v1/log",
+                           ok_statuses=REKOR_UP_STATUSES),
+        )
+
+    async def _open_publisher(self) -> KafkaPublisher:
+        publisher = KafkaPublisher(self.settings)
+        await publisher.start()  # Kafka down: logged, and the first send tries again
+        return publisher
+
+    async def _open_tail(self) -> KafkaSignedWaiter:
+        waiter = KafkaSignedWaiter(self.settings)
+        try:
+            await waiter.start()
+        except KafkaUnavailable as exc:
+            # appends then answer 202 after the wait; health reports kafka: false
+            log.warning("cannot tail ledger.signed", extra={"error": str(exc)[:200]})
+        return waiter
+
+    async def run(
+        self, *, lifecycle: Lifecycle | None = None, install_signals: bool = True
+    ) -> None:
+        await self.service.run(self.serve, lifecycle=lifecycle, install_signals=install_signals)
+
+    async def serve(self, lc: Lifecycle) -> None:
+        """Serve the API until a stop is requested, then drain the requests in flight."""
+        settings, waiter = self.settings, self.waiter.client
+        store = PgEntryStore(self.database.client)
+        deps = IngestDeps(
+            publisher=self.publisher.client,
+            store=store,
+            waiter=waiter,
+            metrics=self.metrics,
+            tokens=self.tokens,
+            proofs=store,
+            health_checks=self.service.health_checks(),
+        )
+        runner = web.AppRunner(
+            build_app(settings, deps), access_log=None,
+            shutdown_timeout=settings.shutdown_grace_s, handle_signals=False,
+        )
+        await runner.setup()
+        closed = False
+
+        async def close_http() -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                await runner.cleanup()
+
+        lc.on_close("http", close_http)
+        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+        url = _bound_url(runner, settings)
+        log.info("ingest listening", extra={"url": url, "auth": not settings.auth_disabled})
+        if self.on_listening is not None:
+            self.on_listening(url)
+        await lc.stopping.wait()
+        log.info("ingest draining")
+        waiter.release_all()  # waiting handlers answer 202 now
+        await close_http()  # stop accepting, finish in-flight within the grace period
 
 
 async def run_ingest(
@@ -51,76 +155,12 @@ async def run_ingest(
     When ``lifecycle`` is given, signal handling is the caller's business. ``on_listening``
     receives the base URL once the port is bound (useful with ``http_port=0``).
     """
-    metrics = metrics or Metrics()
+    process = IngestProcess(settings, metrics=metrics, on_listening=on_listening)
+    await process.run(lifecycle=lifecycle, install_signals=lifecycle is None)
 
-    async def main(lc: Lifecycle) -> None:
-        check_auth_config(settings)  # before opening anything
-        tokens = None if settings.auth_disabled else TokenStore(settings.tokens_file)
-        db = await Database.connect(settings, min_size=1, max_size=10)
-        lc.on_close("database", db.close)
-        producer = KafkaPublisher(settings)
-        lc.on_close("kafka producer", producer.close)
-        await producer.start()
-        waiter = KafkaSignedWaiter(settings)
-        lc.on_close("signed tail", waiter.close)
-        try:
-            await waiter.start()
-        except KafkaUnavailable as exc:
-            # appends then answer 202 after the wait; health reports kafka: false
-            log.warning("cannot tail ledger.signed", extra={"error": str(exc)[:200]})
-        session = aiohttp.ClientSession()
-        lc.on_close("probe session", session.close)
-        store = PgEntryStore(db)
-        deps = IngestDeps(
-            publisher=producer,
-            store=store,
-            waiter=waiter,
-            metrics=metrics,
-            tokens=tokens,
-            proofs=store,
-            health_checks={
-                "database": lambda: store.health(timeout_s=2.0),
-                "kafka": waiter.ping,
-                "vault": http_probe(
-                    session, settings.vault_addr.rstrip("/") + "/v1/sys/health",
-                    ok_statuses=VAULT_UP_STATUSES,
-                ),
-                "rekor": http_probe(
-                    session, settings.rekor_server_url.rstrip("/") + "/api/v1/log",
-                    ok_statuses=REKOR_UP_STATUSES,
-                ),
-            },
-        )
-        app = build_app(settings, deps)
-        runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=settings.shutdown_grace_s,
-            handle_signals=False,
-        )
-        await runner.setup()
-        closed = False
 
-        async def close_http() -> None:
-            nonlocal closed
-            if not closed:
-                closed = True
-                await runner.cleanup()
-
-        lc.on_close("http", close_http)
-        site = web.TCPSite(runner, settings.http_host, settings.http_port)
-        await site.start()
-        url = _bound_url(runner, settings)
-        log.info("ingest listening", extra={"url": url, "auth": not settings.auth_disabled})
-        if on_listening is not None:
-            on_listening(url)
-        await lc.stopping.wait()
-        log.info("ingest draining")
-        waiter.release_all()  # waiting handlers answer 202 now
-        await close_http()  # stop accepting, finish in-flight within the grace period
-
-    await run_service(
-        "ingest", main, grace_s=settings.shutdown_grace_s, lifecycle=lifecycle,
-        install_signals=lifecycle is None,
-    )
+async def _probe_session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession()
 
 
 def _bound_url(runner: web.AppRunner, settings: Settings) -> str:

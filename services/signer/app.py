@@ -1,33 +1,103 @@
-"""Wiring of the signer process: adapters → :class:`SignerStage` → :class:`ConsumerLoop`.
+"""Wiring of the signer process on the service skeleton (:mod:`shared.service`).
 
-Opening order (closed in reverse by the lifecycle): metrics/health server, database, Vault,
-producer, consumer. A dependency that is down at start-up is retried with back-off until it
-answers or a stop is requested: a signer started before its database simply waits.
+::
+
+    database ─► Vault ─► Kafka producer ─► Kafka consumer ─► work: SignerStage in a
+                                                                   ConsumerLoop, ops server
+
+Dependencies open in that order and close in reverse, the ops server (``/health``,
+``/metrics`` on ``settings.metrics_port`` when set) opens last and closes first. One that is
+down at start-up is waited for with back-off: a signer started before its database waits.
+The Vault client connects on first use; the stream pauses on Vault like on any dependency.
+
+``/health``: ``database``, ``vault`` and ``kafka`` (consuming: the loop is not paused).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import socket
+from typing import Any
 
-from shared.consumer import Backoff, ConsumerLoop, KafkaDeadLetters, RebalanceHooks
+from shared.consumer import ConsumerLoop, KafkaDeadLetters, RebalanceHooks
 from shared.db import Database
-from shared.kafka import make_producer
-from shared.lifecycle import Lifecycle, run_service
-from shared.ops import open_group_consumer, open_when_ready, serve_ops
+from shared.lifecycle import Lifecycle
+from shared.ops import open_ops_server, register_stage_kafka
 from shared.repository import Repository
+from shared.service import Service, at_once
 from shared.settings import Settings
 from shared.telemetry import Metrics
 from shared.vault import TransitSigner
 
 from .publisher import KafkaSignedPublisher
-from .stage import SignerStage
+from .stage import STAGE, SignerStage
 
-__all__ = ["run_signer"]
+__all__ = ["SignerProcess", "run_signer"]
 
 log = logging.getLogger("ledger.signer")
+
+
+class SignerProcess:
+    """The signer's dependencies, registered once, and its work."""
+
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.service = Service(STAGE, grace_s=settings.shutdown_grace_s)
+        self.loop: ConsumerLoop[Any] | None = None
+        self._rebalance = RebalanceHooks()
+        self.database = self.service.register(
+            "database", lambda: Database.connect(settings), close=Database.close,
+            ping=Database.health,
+        )
+        self.vault = self.service.register(
+            "vault", at_once(lambda: TransitSigner(settings)), close=TransitSigner.close,
+            ping=TransitSigner.health,
+        )
+        self.producer, self.consumer = register_stage_kafka(
+            self.service, settings, group_id=settings.signer_group,
+            topic=settings.topic_append, hooks=self._rebalance, consuming=self.consuming,
+            # a waiting POST /append feels this hop: no longer than the poll window
+            fetch_max_wait_ms=max(5, settings.signer_batch_ms), fetch_min_bytes=64 * 1024,
+        )
+
+    def consuming(self) -> bool:
+        return self.loop is not None and not self.loop.paused
+
+    async def run(
+        self, *, lifecycle: Lifecycle | None = None, install_signals: bool = True
+    ) -> None:
+        await self.service.run(self.work, lifecycle=lifecycle, install_signals=install_signals)
+
+    async def work(self, lc: Lifecycle) -> None:
+        """Sign ``ledger.append`` until a stop is requested (then finish the batch in hand)."""
+        settings, producer = self.settings, self.producer.client
+        stage = SignerStage(
+            store=Repository(self.database.client),
+            vault=self.vault.client,
+            publisher=KafkaSignedPublisher(producer, settings.topic_signed),
+            key_name=settings.vault_transit_key,
+            batch_max=settings.signer_batch_max,
+            metrics=self.metrics,
+        )
+        self.loop = ConsumerLoop(
+            stage,
+            self.consumer.client,
+            KafkaDeadLetters(producer),
+            metrics=self.metrics,
+            stopping=lc.stopping,
+            batch_max=settings.signer_batch_max * settings.signer_vault_in_flight,
+            batch_timeout_ms=settings.signer_batch_ms,
+            backoff=self.service.backoff,
+            depth=settings.pipeline_depth,
+        )
+        self._rebalance.bind(self.loop)
+        await open_ops_server(lc, settings, self.metrics, self.service.health)
+        log.info(
+            "signer started",
+            extra={"topic": settings.topic_append, "group": settings.signer_group},
+        )
+        await self.loop.run()
+
 
 async def run_signer(
     settings: Settings,
@@ -37,78 +107,6 @@ async def run_signer(
     install_signals: bool = True,
 ) -> None:
     """Run the signer until SIGTERM/SIGINT (or ``lifecycle.request_stop``), then drain."""
-    m = metrics or Metrics()
-    backoff = Backoff()
-    client_id = f"ledger-signer-{socket.gethostname()}-{os.getpid()}"
-
-    async def main(lc: Lifecycle) -> None:
-        db = await open_when_ready("database", lambda: Database.connect(settings), lc, backoff)
-        if db is None:
-            return
-        lc.on_close("database", db.close)
-        vault = TransitSigner(settings)
-        lc.on_close("vault", vault.close)
-        producer = await open_when_ready(
-            # it sends whole record batches itself (send_many): nothing to linger for
-            "kafka", lambda: make_producer(settings, client_id=client_id, linger_ms=0), lc,
-            backoff,
-        )
-        if producer is None:
-            return
-        lc.on_close("producer", producer.close)
-
-        hooks = RebalanceHooks()
-
-        consumer = await open_group_consumer(
-            settings, group_id=settings.signer_group, topic=settings.topic_append,
-            client_id=client_id, hooks=hooks, lc=lc, backoff=backoff,
-            # a waiting POST /append feels this hop: no longer than the poll window
-            fetch_max_wait_ms=max(5, settings.signer_batch_ms), fetch_min_bytes=64 * 1024,
-        )
-        if consumer is None:
-            return
-        lc.on_close("consumer", consumer.close)
-
-        stage = SignerStage(
-            store=Repository(db),
-            vault=vault,
-            publisher=KafkaSignedPublisher(producer, settings.topic_signed),
-            key_name=settings.vault_transit_key,
-            batch_max=settings.signer_batch_max,
-            metrics=m,
-        )
-        loop = ConsumerLoop(
-            stage,
-            consumer,
-            KafkaDeadLetters(producer),
-            metrics=m,
-            stopping=lc.stopping,
-            batch_max=settings.signer_batch_max * settings.signer_vault_in_flight,
-            batch_timeout_ms=settings.signer_batch_ms,
-            backoff=backoff,
-            depth=settings.pipeline_depth,
-        )
-        hooks.bind(loop)
-
-        if settings.metrics_port > 0:
-
-            async def health() -> dict[str, bool]:
-                database, vault_ok = await asyncio.gather(db.health(), vault.health())
-                return {"database": database, "vault": vault_ok, "consuming": not loop.paused}
-
-            runner = await serve_ops(settings, m, health)
-            lc.on_close("ops server", runner.cleanup)
-
-        log.info(
-            "signer started",
-            extra={"topic": settings.topic_append, "group": settings.signer_group},
-        )
-        await loop.run()
-
-    await run_service(
-        "signer",
-        main,
-        grace_s=settings.shutdown_grace_s,
-        lifecycle=lifecycle,
-        install_signals=install_signals,
+    await SignerProcess(settings, metrics=metrics).run(
+        lifecycle=lifecycle, install_signals=install_signals
     )

@@ -2,7 +2,8 @@
 
 Each test gets a private database (migrated) and private topics and consumer groups, runs the
 real signer (in-process) to turn append requests into signed entries, and the anchorer either
-in-process or as a ``python -m services.anchorer`` subprocess (for the crash test). Rekor is
+in-process or as a subprocess (``ledger anchorer``, or :mod:`tests.support.crash_after_rekor`
+for the crash test). Rekor is
 reached directly or through :mod:`tests.support.rekor_proxy` (pass-through, to count calls;
 or injecting the faults the real Rekor cannot produce).
 
@@ -63,6 +64,7 @@ from shared.verify import (
     load_log_key,
     verify_receipt,
 )
+from tests.support.crash_after_rekor import CRASH_MESSAGE
 from tests.support.rekor_proxy import RekorProxy
 from tests.support.waiting import wait_for
 
@@ -620,12 +622,15 @@ def _env(settings: Settings) -> dict[str, str]:
     return env
 
 
-async def _spawn(settings: Settings, log_path: Path, **extra: str) -> asyncio.subprocess.Process:
+async def _spawn(
+    settings: Settings, log_path: Path, *command: str
+) -> asyncio.subprocess.Process:
+    """``command`` (default: ``ledger anchorer``) with ``settings`` in its environment."""
     log = log_path.open("ab")
     try:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.anchorer", cwd=str(REPO),
-            env={**_env(settings), **extra}, stdout=log, stderr=asyncio.subprocess.STDOUT,
+            sys.executable, "-m", *(command or ("ledger.cli", "anchorer")), cwd=str(REPO),
+            env=_env(settings), stdout=log, stderr=asyncio.subprocess.STDOUT,
         )
     finally:
         log.close()
@@ -645,10 +650,10 @@ async def test_crash_after_rekor_accepted_completes_through_409(world: World) ->
         # The first process must meet the batch on the stream path: its sweeper would
         # otherwise find these entries "never batched" (older than 1 s) and take them.
         first = s.model_copy(update={"sweeper_age_s": 600.0})
-        crashing = await _spawn(first, log1, LEDGER_TEST_CRASH_AFTER_REKOR="1")
+        crashing = await _spawn(first, log1, "tests.support.crash_after_rekor")
         code = await asyncio.wait_for(crashing.wait(), 120)
         assert code == 137, log1.read_text()[-3000:]
-        assert "LEDGER_TEST_CRASH_AFTER_REKOR" in log1.read_text()
+        assert CRASH_MESSAGE in log1.read_text()
         # Rekor has the entry; the database still says pending, with the stored signature.
         assert await rekor_tree_size(world.direct_rekor_url) == before + 1
         pending = await world.db.fetch(

@@ -4,8 +4,8 @@ killed with ``kill -9`` mid-stream, replaced, and nothing lost or duplicated.
 One test, on the real stack (Kafka, PostgreSQL, OpenBao, Rekor v1), with a private database
 and private 4-partition topics and consumer groups:
 
-1. start ``python -m services.signer`` twice and ``python -m services.anchorer`` twice, and
-   wait until each consumer group is stable with both processes holding partitions;
+1. start ``ledger signer`` twice and ``ledger anchorer`` twice, and wait until each
+   consumer group is stable with both processes holding partitions;
 2. produce phase A (most of the requests, a few identical in-stream duplicates, poison
    messages); once about a third of all entries are stored, ``kill -9`` the process group of
    one signer, then of the anchorer seen holding a claimed, not yet anchored batch; start a
@@ -179,7 +179,7 @@ async def spawn(lane: Lane, role: str, name: str) -> Worker:
     log_path = lane.run_dir / f"{name}.log"
     with log_path.open("ab") as log:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", f"services.{role}", cwd=str(REPO), env=_env(s),
+            sys.executable, "-m", "ledger.cli", role, cwd=str(REPO), env=_env(s),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, killed as a whole
         )

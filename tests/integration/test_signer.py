@@ -374,7 +374,7 @@ def start_signer_process(lane: Lane, log_path: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **lane.env(), "PYTHONPATH": str(REPO)}
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.signer"], cwd=REPO, env=env,
+            [sys.executable, "-m", "ledger.cli", "signer"], cwd=REPO, env=env,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
