@@ -56,7 +56,6 @@ from shared.errors import (
     VerificationError,
 )
 from shared.records import BatchRecord, EntryRecord, LeafRecord, NewBatch
-from shared.repository import Repository
 from shared.telemetry import Metrics, Stopwatch, log_context
 from shared.verify import (
     ExpectedEntry,
@@ -70,6 +69,7 @@ from .building import plan_batch
 
 __all__ = [
     "AnchorResult",
+    "AnchorStore",
     "Anchorer",
     "EventPublisher",
     "RekorHealth",
@@ -118,6 +118,16 @@ class RekorPort(Protocol):
         self, digest_hex: str, signature_der: bytes, public_key_pem: bytes | str
     ) -> Any: ...
     async def get_entry_by_uuid(self, uuid: str) -> Any: ...
+
+
+class AnchorStore(Protocol):
+    """The rows anchoring reads and writes (:class:`shared.repository.Repository`)."""
+
+    async def leaves(self, ids: Sequence[uuid.UUID]) -> list[LeafRecord]: ...
+    async def batch(self, batch_id: uuid.UUID) -> BatchRecord | None: ...
+    async def members(self, batch_id: uuid.UUID) -> list[EntryRecord]: ...
+    async def claim(self, batch: NewBatch) -> None: ...
+    async def complete(self, batch_id: uuid.UUID, receipt: VerifiedReceipt) -> datetime | None: ...
 
 
 class EventPublisher(Protocol):
@@ -182,7 +192,7 @@ class Anchorer:
     def __init__(
         self,
         *,
-        store: Repository,
+        store: AnchorStore,
         signer: SignerPort,
         rekor: RekorPort,
         publisher: EventPublisher,

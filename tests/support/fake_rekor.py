@@ -19,11 +19,11 @@ import rfc8785
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding
 
-from shared.errors import RekorUnavailable
+from shared.errors import RekorConflict, RekorError, RekorUnavailable
 from shared.merkle import MerkleTree, leaf_hash
-from shared.rekor import ConsistencyProof, LogInfo
+from shared.rekor import ConsistencyProof, LogInfo, RekorEntry
 
-__all__ = ["FakeLog", "der", "pem", "sign"]
+__all__ = ["FakeLog", "FakeRekor", "der", "hashedrekord", "pem", "sign"]
 
 
 def der(pub: Any) -> bytes:
@@ -45,6 +45,21 @@ def sign(priv: Any, data: bytes) -> bytes:
     if isinstance(priv, ed25519.Ed25519PrivateKey):
         return priv.sign(data)
     return priv.sign(data, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[no-any-return]
+
+
+def hashedrekord(digest_hex: str, sig: bytes, pem: bytes) -> dict[str, Any]:
+    """The body Rekor v1 stores for a hashedrekord submission."""
+    return {
+        "apiVersion": "0.0.1",
+        "kind": "hashedrekord",
+        "spec": {
+            "data": {"hash": {"algorithm": "sha256", "value": digest_hex}},
+            "signature": {
+                "content": base64.b64encode(sig).decode(),
+                "publicKey": {"content": base64.b64encode(pem).decode()},
+            },
+        },
+    }
 
 
 class FakeLog:
@@ -146,3 +161,49 @@ class FakeLog:
     async def get_public_key(self, tree_id: str | None = None) -> str:
         self._up()
         return pem(self.priv.public_key()).decode()
+
+
+class FakeRekor:
+    """The Rekor calls the anchorer makes (:class:`shared.rekor.RekorClient`'s), on a
+    :class:`FakeLog`: a hashedrekord is logged once, the same one again answers 409 naming
+    it (as the real log does), and entries are read back by uuid.
+
+    ``down`` fails every call as an unreachable Rekor; ``refuse`` is raised by the next
+    submission (a 4xx the real log answers for a bad entry).
+    """
+
+    def __init__(self, log: FakeLog) -> None:
+        self.log = log
+        self.entries: dict[str, RekorEntry] = {}
+        self._by_body: dict[str, str] = {}
+        self.down = False
+        self.refuse: RekorError | None = None
+        self.created = 0
+
+    async def create_hashedrekord(
+        self, digest_hex: str, signature_der: bytes, public_key_pem: bytes | str
+    ) -> RekorEntry:
+        if self.down:
+            raise RekorUnavailable("rekor unreachable (fake)")
+        if self.refuse is not None:
+            refusal, self.refuse = self.refuse, None
+            raise refusal
+        pem = public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem
+        body = hashedrekord(digest_hex, signature_der, pem)
+        key = json.dumps(body, sort_keys=True)
+        if key in self._by_body:
+            uuid = self._by_body[key]
+            raise RekorConflict(f"an equivalent entry already exists in the log: {uuid}",
+                                uuid=uuid)
+        ((uuid, entry),) = self.log.add(body, filler=1).items()
+        self._by_body[key] = uuid
+        self.entries[uuid] = RekorEntry(uuid=uuid, entry=entry)
+        self.created += 1
+        return self.entries[uuid]
+
+    async def get_entry_by_uuid(self, uuid: str) -> RekorEntry:
+        if self.down:
+            raise RekorUnavailable("rekor unreachable (fake)")
+        if uuid not in self.entries:
+            raise RekorError(f"no entry {uuid}", status=404)
+        return self.entries[uuid]

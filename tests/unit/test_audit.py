@@ -41,7 +41,8 @@ from shared.records import BatchRecord, EntryRecord
 from shared.statement import content_sha256, entry_id_for, manifest_bytes, statement_bytes
 from shared.verify import LogKey, RekorReceipt, load_log_key
 from tests.support.fake_rekor import FakeLog
-from tests.unit.test_bundle import _hashedrekord, _pem
+from tests.support.fake_rekor import hashedrekord as _hashedrekord
+from tests.unit.test_bundle import _pem
 
 pytestmark = pytest.mark.unit
 

@@ -36,6 +36,7 @@ from shared.records import BatchRecord, EntryRecord
 from shared.statement import entry_id_for, format_time, statement_bytes
 from shared.verify import RekorReceipt
 from tests.support.fake_rekor import FakeLog
+from tests.support.fake_rekor import hashedrekord as _hashedrekord
 
 pytestmark = pytest.mark.unit
 
@@ -52,20 +53,6 @@ def _pem(key: Any) -> bytes:
 
 def _payload(i: int) -> bytes:
     return f"document number {i}\n".encode()
-
-
-def _hashedrekord(digest_hex: str, sig: bytes, pem: bytes) -> dict[str, Any]:
-    return {
-        "apiVersion": "0.0.1",
-        "kind": "hashedrekord",
-        "spec": {
-            "data": {"hash": {"algorithm": "sha256", "value": digest_hex}},
-            "signature": {
-                "content": base64.b64encode(sig).decode(),
-                "publicKey": {"content": base64.b64encode(pem).decode()},
-            },
-        },
-    }
 
 
 class World:

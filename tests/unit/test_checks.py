@@ -27,7 +27,8 @@ from shared.merkle import MerkleTree
 from shared.statement import manifest_bytes, statement_bytes
 from shared.verify import RekorReceipt, load_log_key
 from tests.support.fake_rekor import FakeLog
-from tests.unit.test_bundle import _hashedrekord, _pem
+from tests.support.fake_rekor import hashedrekord as _hashedrekord
+from tests.unit.test_bundle import _pem
 
 pytestmark = pytest.mark.unit
 

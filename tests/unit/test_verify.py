@@ -37,6 +37,7 @@ from shared.verify import (
 )
 from tests.support.fake_rekor import FakeLog
 from tests.support.fake_rekor import der as _der
+from tests.support.fake_rekor import hashedrekord as _hashedrekord
 from tests.support.fake_rekor import pem as _pem
 from tests.support.fake_rekor import sign as _sign
 
@@ -77,20 +78,6 @@ def _flip_b64(s: str, byte: int = 10) -> str:
     raw = bytearray(base64.b64decode(s))
     raw[byte] ^= 0x01
     return base64.b64encode(bytes(raw)).decode()
-
-
-def _hashedrekord(digest_hex: str, sig: bytes, pem: bytes) -> dict[str, Any]:
-    return {
-        "apiVersion": "0.0.1",
-        "kind": "hashedrekord",
-        "spec": {
-            "data": {"hash": {"algorithm": "sha256", "value": digest_hex}},
-            "signature": {
-                "content": base64.b64encode(sig).decode(),
-                "publicKey": {"content": base64.b64encode(pem).decode()},
-            },
-        },
-    }
 
 
 @pytest.fixture(scope="module")
