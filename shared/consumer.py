@@ -62,30 +62,12 @@ from shared.stage import (
     DeadLetterer,
     DeadLetterPort,
     Decoder,
-    KafkaDeadLetters,
-    Message,
-    Rejection,
     Stage,
     Turn,
 )
 from shared.telemetry import Metrics
 
-__all__ = [
-    "Backoff",
-    "Committer",
-    "ConsumerLoop",
-    "ConsumerPort",
-    "DeadLetterPort",
-    "DeadLetterer",
-    "Decoder",
-    "KafkaDeadLetters",
-    "Message",
-    "RebalanceHooks",
-    "Rejection",
-    "Stage",
-    "Turn",
-    "dependency_name",
-]
+__all__ = ["ConsumerLoop", "RebalanceHooks", "dependency_name"]
 
 log = logging.getLogger("ledger.consumer")
 

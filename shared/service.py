@@ -24,9 +24,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
-from shared.consumer import Backoff
 from shared.errors import DependencyError
 from shared.lifecycle import Lifecycle, run_service
+from shared.stage import Backoff
 
 __all__ = ["Dependency", "DependencyName", "Service", "Work", "at_once", "open_when_ready"]
 

@@ -29,14 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shared.anchored import AnchoredEvent
-from shared.consumer import (
-    ConsumerLoop,
-    KafkaDeadLetters,
-    Message,
-    RebalanceHooks,
-    Rejection,
-    Turn,
-)
+from shared.consumer import ConsumerLoop, RebalanceHooks
 from shared.db import Database
 from shared.errors import InvalidMessage, LedgerError
 from shared.kafka import Producer, Record
@@ -47,6 +40,7 @@ from shared.rekor import RekorClient
 from shared.repository import Repository
 from shared.service import Service, at_once
 from shared.settings import Settings
+from shared.stage import KafkaDeadLetters, Message, Rejection, Turn
 from shared.telemetry import Metrics, log_context
 from shared.tracing import TraceCarrier
 from shared.vault import TransitSigner

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, TypeVar
 
-from shared.consumer import ConsumerPort
 from shared.kafka import Record, TopicPartition
+from shared.stage import ConsumerPort
 
 __all__ = ["AccumulatingConsumer", "Batcher"]
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shared.consumer import ConsumerLoop, KafkaDeadLetters, RebalanceHooks
+from shared.consumer import ConsumerLoop, RebalanceHooks
 from shared.db import Database
 from shared.lifecycle import Lifecycle
 from shared.ops import open_ops_server, register_stage_kafka
 from shared.repository import Repository
 from shared.service import Service, at_once
 from shared.settings import Settings
+from shared.stage import KafkaDeadLetters
 from shared.telemetry import Metrics
 from shared.vault import TransitSigner
 

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from shared.consumer import Message, Rejection, Turn
 from shared.errors import (
     IdempotencyConflict,
     InvalidMessage,
@@ -52,6 +51,7 @@ from shared.errors import (
 from shared.kafka import Record
 from shared.messages import AppendRequest, decode
 from shared.records import EntryRecord, NewEntry
+from shared.stage import Message, Rejection, Turn
 from shared.statement import content_sha256, entry_id_for, statement_bytes
 from shared.telemetry import Metrics, log_context
 from shared.tracing import trace_headers

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
-from shared.consumer import Backoff, ConsumerLoop, Message, Rejection, Turn
+from shared.consumer import ConsumerLoop
 from shared.errors import (
     ClaimRaced,
     ConfigError,
@@ -32,6 +32,7 @@ from shared.errors import (
     VerificationError,
 )
 from shared.kafka import Record, TopicPartition
+from shared.stage import Backoff, Message, Rejection, Turn
 from shared.telemetry import Metrics
 
 pytestmark = pytest.mark.unit

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 
-from shared.consumer import Backoff, RebalanceHooks
+from shared.consumer import RebalanceHooks
 from shared.errors import DatabaseUnavailable
 from shared.lifecycle import Lifecycle
 from shared.ops import register_stage_kafka
 from shared.service import Service, at_once
 from shared.settings import Settings
+from shared.stage import Backoff
 
 NO_WAIT = Backoff(base_s=0.001, cap_s=0.001)
 

@@ -23,7 +23,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from services.signer.stage import SignerStage, decode_append
-from shared.consumer import Message
 from shared.errors import (
     InvalidMessage,
     LedgerError,
@@ -36,6 +35,7 @@ from shared.kafka import Record
 from shared.messages import AppendRequest, SignedEntry
 from shared.records import EntryRecord, NewEntry
 from shared.settings import Settings
+from shared.stage import Message
 from shared.statement import content_sha256, entry_id_for, statement_bytes
 from shared.telemetry import Metrics
 from shared.vault import PublicKey, Signature, TransitSigner
