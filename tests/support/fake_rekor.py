@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding
 from shared.errors import RekorConflict, RekorError, RekorUnavailable
 from shared.merkle import MerkleTree, leaf_hash
 from shared.rekor import ConsistencyProof, LogInfo, RekorEntry
+from shared.verify import LogKey
 
 __all__ = ["FakeLog", "FakeRekor", "der", "hashedrekord", "pem", "sign"]
 
@@ -207,3 +208,13 @@ class FakeRekor:
         if uuid not in self.entries:
             raise RekorError(f"no entry {uuid}", status=404)
         return self.entries[uuid]
+
+
+class PinnedKey:
+    """A log-key source that always answers the same key (LogKeySource without Rekor)."""
+
+    def __init__(self, key: LogKey) -> None:
+        self.key = key
+
+    async def get(self) -> LogKey:
+        return self.key

@@ -27,8 +27,8 @@ from shared.errors import DatabaseUnavailable, ReceiptRejected, RekorError, Reko
 from shared.records import NewEntry
 from shared.statement import entry_id_for, statement_bytes
 from shared.telemetry import Metrics
-from shared.verify import LogKey, load_log_key
-from tests.support.fake_rekor import FakeLog, FakeRekor, der, pem
+from shared.verify import load_log_key
+from tests.support.fake_rekor import FakeLog, FakeRekor, PinnedKey, der, pem
 from tests.support.fake_repository import FakeRepository
 
 pytestmark = pytest.mark.unit
@@ -70,14 +70,6 @@ class Published:
 
     async def publish(self, events: Sequence[AnchoredEvent]) -> None:
         self.events.extend(events)
-
-
-class PinnedKey:
-    def __init__(self, key: LogKey) -> None:
-        self.key = key
-
-    async def get(self) -> LogKey:
-        return self.key
 
 
 class World:

@@ -10,19 +10,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.anchorer.checkpoints import ConsistencyMonitor
 from shared.telemetry import Metrics
-from shared.verify import LogKey, load_log_key
-from tests.support.fake_rekor import FakeLog, der
+from shared.verify import load_log_key
+from tests.support.fake_rekor import FakeLog, PinnedKey, der
 from tests.support.fake_repository import FakeRepository
 
 pytestmark = pytest.mark.unit
-
-
-class PinnedKey:
-    def __init__(self, key: LogKey) -> None:
-        self.key = key
-
-    async def get(self) -> LogKey:
-        return self.key
 
 
 class World:
