@@ -92,4 +92,6 @@ def test_not_json_and_missing_files_exit_1(
     assert "\u2717 bundle" in capsys.readouterr().out
     files["bundle"].unlink()
     assert _verify(files) == 1
-    assert "cannot read the bundle" in capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "\u2717 bundle" in out and "cannot read" in out and "No such file" in out
+    assert out.rstrip().splitlines()[-1] == "NOT VERIFIED: the bundle step failed"
