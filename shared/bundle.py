@@ -203,20 +203,25 @@ Bundle = AnchoredEntry | Mapping[str, Any] | bytes | str
 
 
 def _bundle_json(bundle: Bundle) -> str:
-    """The bundle as JSON text that :func:`shared.untrusted.parse_json` accepts."""
+    """The bundle as JSON text of a version 1 object within the bounds of
+    :func:`shared.untrusted.parse_json`."""
     if isinstance(bundle, bytes | str):
-        doc = parse_json(bundle, max_bytes=MAX_BUNDLE_BYTES)
-        if not isinstance(doc, dict):
-            raise _Failed(f"expected a JSON object, got {_json_type(doc)}")
-        return bundle.decode() if isinstance(bundle, bytes) else bundle
-    if isinstance(bundle, AnchoredEntry):
-        text = bundle.model_dump_json()
-    elif isinstance(bundle, Mapping):
-        check_tree(bundle, max_bytes=MAX_BUNDLE_BYTES)
-        text = json.dumps(bundle)
+        doc = parse_json(bundle, max_bytes=MAX_BUNDLE_BYTES)  # UTF-8 once this returns
+        text = bundle.decode() if isinstance(bundle, bytes) else bundle
     else:
-        raise _Failed(f"expected a JSON object, got {type(bundle).__name__}")
-    parse_json(text, max_bytes=MAX_BUNDLE_BYTES)
+        if isinstance(bundle, AnchoredEntry):
+            text = bundle.model_dump_json()
+        elif isinstance(bundle, Mapping):
+            check_tree(bundle, max_bytes=MAX_BUNDLE_BYTES)
+            text = json.dumps(bundle)
+        else:
+            raise _Failed(f"expected a JSON object, got {type(bundle).__name__}")
+        doc = parse_json(text, max_bytes=MAX_BUNDLE_BYTES)
+    if not isinstance(doc, dict):
+        raise _Failed(f"expected a JSON object, got {_json_type(doc)}")
+    version = doc.get("version")
+    if type(version) is not int or version != 1:
+        raise _Failed(f"unsupported version {display(repr(version), 40)} (expected 1)")
     return text
 
 
