@@ -219,9 +219,12 @@ def _bundle_json(bundle: Bundle) -> str:
         doc = parse_json(text, max_bytes=MAX_BUNDLE_BYTES)
     if not isinstance(doc, dict):
         raise _Failed(f"expected a JSON object, got {_json_type(doc)}")
-    version = doc.get("version")
-    if type(version) is not int or version != 1:
-        raise _Failed(f"unsupported version {display(repr(version), 40)} (expected 1)")
+    entry = doc.get("entry")
+    for where, obj in (("", doc), ("entry ", entry if isinstance(entry, dict) else {"version": 1})):
+        # present and exactly 1: the model's default must not stand in for a missing version
+        version = obj.get("version")
+        if type(version) is not int or version != 1:
+            raise _Failed(f"unsupported {where}version {display(repr(version), 40)} (expected 1)")
     return text
 
 

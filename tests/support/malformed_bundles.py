@@ -274,6 +274,8 @@ def _shape_cases(c: Corpus) -> Iterator[tuple[str, str, str, bytes]]:
     yield "version-string", "bundle", "version '1'", _edit(c, "version", "1")
     yield "version-float", "bundle", "version 1.5", _edit(c, "version", 1.5)
     yield "version-missing", "bundle", "no version (the model would default it to 1)", _drop(c, "version")
+    yield "entry-version-missing", "bundle", "no entry version (the model would default it)", (
+        _drop(c, "entry.version"))
     yield "extra-field", "bundle", "an unknown top-level field", _edit(c, "note", "hi")
     yield "entry-missing", "bundle", "no entry", _drop(c, "entry")
     yield "entry-list", "bundle", "the entry is an array", _edit(c, "entry", [])
