@@ -210,22 +210,29 @@ def _bundle_json(bundle: Bundle) -> str:
         text = bundle.decode() if isinstance(bundle, bytes) else bundle
     else:
         if isinstance(bundle, AnchoredEntry):
-            text = bundle.model_dump_json()
+            try:  # a model made with model_construct may hold anything
+                text = bundle.model_dump_json(warnings=False)
+            except ValueError:
+                raise _Failed("the AnchoredEntry holds values that are not JSON") from None
         elif isinstance(bundle, Mapping):
-            check_tree(bundle, max_bytes=MAX_BUNDLE_BYTES)
-            text = json.dumps(bundle)
+            check_tree(bundle, max_bytes=MAX_BUNDLE_BYTES)  # JSON types only, bounded
+            text = json.dumps(bundle, default=dict)  # default: a Mapping that is not a dict
         else:
             raise _Failed(f"expected a JSON object, got {type(bundle).__name__}")
         doc = parse_json(text, max_bytes=MAX_BUNDLE_BYTES)
     if not isinstance(doc, dict):
         raise _Failed(f"expected a JSON object, got {_json_type(doc)}")
-    entry = doc.get("entry")
-    for where, obj in (("", doc), ("entry ", entry if isinstance(entry, dict) else {"version": 1})):
-        # present and exactly 1: the model's default must not stand in for a missing version
-        version = obj.get("version")
-        if type(version) is not int or version != 1:
-            raise _Failed(f"unsupported {where}version {display(repr(version), 40)} (expected 1)")
+    _require_version_1(doc, "version")
+    if isinstance(doc.get("entry"), dict):
+        _require_version_1(doc["entry"], "entry.version")
     return text
+
+
+def _require_version_1(obj: dict[str, Any], name: str) -> None:
+    """Present and exactly the integer 1: the model's default must not stand in for it."""
+    version = obj.get("version")
+    if type(version) is not int or version != 1:
+        raise _Failed(f"unsupported {name} {display(repr(version), 40)} (expected 1)")
 
 
 def _json_type(value: object) -> str:
