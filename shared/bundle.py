@@ -50,7 +50,6 @@ I/O or imports anything that talks to a network.
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import hashlib
 import json
@@ -178,7 +177,7 @@ def _key_fingerprint(public_key: str) -> str:
 def _b64(text: str, what: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or text that is not ASCII
         raise _Failed(f"the {what} is not valid base64") from None
 
 

@@ -77,10 +77,12 @@ def display(text: object, limit: int = DISPLAY_LIMIT) -> str:
     """``text`` (``str()`` of it) as one printable line: unsafe characters escaped, and at most
     ``limit`` characters long (the cut is marked). Idempotent."""
     s = text if isinstance(text, str) else str(text)
+    total = len(s)
+    s = s[:limit]  # every character shows as one or more: the rest would be cut anyway
     if not s.isascii() or not s.isprintable():
         s = "".join(ch if _safe(ch) else _escape_char(ch) for ch in s)
-    if len(s) > limit:
-        marker = f"… ({len(s)} characters in all)"
+    if total > limit or len(s) > limit:
+        marker = f"… ({total} characters in all)"
         s = s[: max(0, limit - len(marker))] + marker
     return s
 

@@ -28,7 +28,6 @@ a network.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import re
 from collections.abc import Mapping
@@ -214,7 +213,7 @@ class RekorReceipt(BaseModel):
     def body_bytes(self) -> bytes:
         try:
             return base64.b64decode(self.body, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or text that is not ASCII
             raise _fail("receipt", "body is not valid base64") from None
 
     def body_json(self) -> dict[str, Any]:
@@ -297,7 +296,7 @@ def verify_set(receipt: RekorReceipt, log_key: LogKey) -> None:
     """Check the signed entry timestamp (Rekor's promise to include the entry)."""
     try:
         sig = base64.b64decode(receipt.signed_entry_timestamp, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or text that is not ASCII
         raise _fail("set", "signed entry timestamp is not valid base64") from None
     try:
         log_key.verify(sig, _set_payload(receipt))
@@ -356,7 +355,7 @@ def parse_checkpoint(note: str) -> Checkpoint:
         raise _fail("checkpoint", f"bad tree size {size_s[:40]!r}")
     try:
         root = base64.b64decode(root_b64, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or text that is not ASCII
         raise _fail("checkpoint", "root hash is not valid base64") from None
     if len(root) != 32:
         raise _fail("checkpoint", f"root hash has {len(root)} bytes, not 32")
@@ -369,7 +368,7 @@ def parse_checkpoint(note: str) -> Checkpoint:
             raise _fail("checkpoint", f"malformed signature line {line!r}")
         try:
             raw = base64.b64decode(m["sig"], validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or text that is not ASCII
             raise _fail("checkpoint", "signature is not valid base64") from None
         if len(raw) < 5:
             raise _fail("checkpoint", "signature too short")
@@ -478,7 +477,7 @@ def check_body(body: Mapping[str, Any], expected: ExpectedEntry) -> None:
     try:
         sig = base64.b64decode(sig_b64, validate=True)
         key_pem = base64.b64decode(key_b64, validate=True)
-    except (binascii.Error, TypeError):
+    except (ValueError, TypeError):  # binascii.Error, non-ASCII text, not a string
         raise _fail("body", "signature or public key is not valid base64") from None
     if sig != expected.signature:
         raise _fail("body", "signature is not the submitted signature")

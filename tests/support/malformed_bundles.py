@@ -324,6 +324,8 @@ def _step_cases(c: Corpus) -> Iterator[tuple[str, str, str, bytes]]:
         c, "entry.statement", "***" + doc["entry"]["statement"])
     yield "statement-base64-newlines", "statement", "base64 broken by a newline", _edit(
         c, "entry.statement", doc["entry"]["statement"][:20] + "\n" + doc["entry"]["statement"][20:])
+    yield "statement-non-ascii", "statement", "a non-ASCII letter in the base64 statement", (
+        _edit(c, "entry.statement", "\u00e9" + doc["entry"]["statement"]))
     yield "signature-empty", "statement", "vault:v1: with no signature", _edit(
         c, "entry.signature", "vault:v1:")
     yield "signature-garbage-base64", "statement", "the signature is not base64", _edit(
@@ -356,6 +358,8 @@ def _step_cases(c: Corpus) -> Iterator[tuple[str, str, str, bytes]]:
         c, "entry.key_name", "k" * 50_000)
     yield "manifest-not-base64", "manifest", "the manifest is not base64", _edit(
         c, "batch.manifest", "!!")
+    yield "manifest-non-ascii", "manifest", "a non-ASCII letter in the base64 manifest", _edit(
+        c, "batch.manifest", doc["batch"]["manifest"] + "\u00e9")
     yield "manifest-deep", "manifest", "the manifest nested 10,000 deep", _manifest_b64(
         c, _deep(10_000))
     yield "manifest-huge-size", "manifest", "the manifest's size has 5,000 digits", (
@@ -368,6 +372,9 @@ def _step_cases(c: Corpus) -> Iterator[tuple[str, str, str, bytes]]:
         c, "batch.manifest_sha256", ("1" if digest[0] != "1" else "2") + digest[1:])
     yield "anchor-signature-garbage", "anchor_signature", "the anchor signature is not base64", (
         _edit(c, "batch.anchor_signature", "@@@"))
+    yield ("anchor-signature-non-ascii", "anchor_signature",
+           "a non-ASCII digit in the anchor signature",
+           _edit(c, "batch.anchor_signature", "\u0661" + doc["batch"]["anchor_signature"]))
     yield "anchor-key-garbage", "anchor_signature", "the anchor key is not a key", _edit(
         c, "batch.anchor_public_key", "garbage")
 
@@ -395,6 +402,14 @@ def _receipt_cases(c: Corpus) -> Iterator[tuple[str, str, str, bytes, str]]:
         _resign_set(c, 253402300800)), "set"
     yield "set-garbage", "receipt", "the SET is not base64", _edit(
         c, "receipt.signed_entry_timestamp", "\u0000\u0001"), "set"
+    yield "set-non-ascii", "receipt", "a non-ASCII letter in the SET", _edit(
+        c, "receipt.signed_entry_timestamp", "\u00e9"), "set"
+    yield "body-non-ascii", "receipt", "a non-ASCII letter in the receipt body", _edit(
+        c, "receipt.body", "\u00e9" + doc["body"]), "receipt"
+    yield ("checkpoint-arabic-digits", "receipt",
+           "the checkpoint's tree size in Arabic-Indic digits",
+           _edit(c, "receipt.checkpoint", doc["checkpoint"].replace(
+               f"\n{doc['tree_size']}\n", "\n\u0667\n", 1)), "checkpoint")
     yield "body-garbage", "receipt", "the receipt body is not base64", _edit(
         c, "receipt.body", "{not base64}"), "receipt"
     yield "body-deep", "receipt", "the receipt body nested 10,000 deep", _edit(
