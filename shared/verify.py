@@ -184,8 +184,13 @@ class RekorReceipt(BaseModel):
                 tree_size=proof["treeSize"],
                 checkpoint=proof.get("checkpoint"),
             )
-        except (KeyError, TypeError, AttributeError, ValidationError) as exc:
-            raise _fail("receipt", f"malformed Rekor entry: {type(exc).__name__}") from None
+        except KeyError as exc:  # the key is one of ours, not the answer's
+            raise _fail("receipt", f"malformed Rekor entry: no {exc.args[0]!r}") from None
+        except (TypeError, AttributeError):
+            raise _fail("receipt", "malformed Rekor entry: a part of the wrong type") from None
+        except ValidationError as exc:
+            bad = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+            raise _fail("receipt", f"malformed Rekor entry: bad {bad}") from None
 
     def to_v1_response(self) -> dict[str, Any]:
         """The Rekor v1 answer shape (what sigstore-python's ``_from_v1_response`` takes)."""
