@@ -7,7 +7,8 @@
 * ``ledger token create``: add a bearer token to the tokens file (only its hash is stored);
 * ``ledger schemas``: regenerate the JSON Schema files of the Kafka messages;
 * ``ledger verify BUNDLE.json --rekor-key REKOR.pem``: check a proof bundle offline
-  (``shared.bundle``), printing each step; exit 0 when it verifies, 1 when not;
+  (``ledger.verify``, ``shared.bundle``), printing each step; exit 0 when it verifies, 1 when
+  not, 2 when the command line or the verifier's own key files are wrong;
 * ``ledger audit``: recompute every leaf and root from the database and compare them with
   what was anchored (``ledger.audit``); exit 0 clean, 1 problems, 2 could not run.
 
@@ -104,50 +105,6 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    """Verify a proof bundle offline; no network. Exit 0 when it verifies, 1 when not."""
-    import json  # noqa: PLC0415
-
-    from shared.bundle import BundleVerificationError, StepResult, verify_bundle  # noqa: PLC0415
-
-    raw = _read(args.bundle, "bundle")
-    rekor_key = _read(args.rekor_key, "Rekor public key")
-    entry_key = _read(args.entry_key, "entry public key") if args.entry_key else None
-    payload = _read(args.payload, "payload") if args.payload else None
-    width = 17
-
-    def show(result: StepResult) -> None:
-        print(f"\u2713 {result.step:<{width}} {result.detail}", flush=True)
-
-    try:
-        bundle = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        print(f"\u2717 {'bundle':<{width}} not JSON: {exc}")
-        print("NOT VERIFIED")
-        return 1
-    try:
-        report = verify_bundle(bundle, rekor_public_key_pem=rekor_key,
-                               entry_public_key_pem=entry_key, payload=payload, on_step=show)
-    except BundleVerificationError as exc:
-        print(f"\u2717 {exc.step:<{width}} {exc.detail}")
-        print(f"NOT VERIFIED: the {exc.step} step failed")
-        return 1
-    if payload is None:
-        print(f"- {'payload':<{width}} not checked (pass --payload FILE to check the document)")
-    print(f"VERIFIED: entry {report.entry_id} (request {report.request_id}, subject "
-          f"{report.subject}) is leaf {report.leaf_index} of batch {report.batch_id}, anchored "
-          f"in Rekor at log index {report.rekor_log_index}, integrated "
-          f"{report.integrated_at.isoformat()}")
-    return 0
-
-
 def register(register_command: Callable[..., None]) -> None:
     register_command("ingest", "run the HTTP ingest service", lambda p: None, cmd_ingest)
     register_command("signer", "run the signer stage", lambda p: None, cmd_signer)
@@ -170,19 +127,10 @@ def register(register_command: Callable[..., None]) -> None:
     register_command("schemas", "regenerate the messages' JSON Schema files",
                      configure_schemas, cmd_schemas)
 
-    def configure_verify(p: argparse.ArgumentParser) -> None:
-        p.add_argument("bundle", metavar="BUNDLE.json",
-                       help="the proof bundle (GET /entries/{id}/proof or a ledger.anchored "
-                            "event); - reads stdin")
-        p.add_argument("--rekor-key", required=True, metavar="REKOR.pem",
-                       help="the Rekor log public key you pin (PEM); never taken from the bundle")
-        p.add_argument("--payload", default=None, metavar="FILE",
-                       help="the document itself: its SHA-256 must be the entry's payload hash")
-        p.add_argument("--entry-key", default=None, metavar="KEY.pem",
-                       help="require the entry to be signed with this Ed25519 public key (PEM)")
+    from ledger import verify  # noqa: PLC0415 - keeps the module list above readable
 
     register_command("verify", "verify a proof bundle offline (no network)",
-                     configure_verify, cmd_verify)
+                     verify.configure, verify.cmd_verify)
 
     from ledger import audit  # noqa: PLC0415 - keeps the module list above readable
 

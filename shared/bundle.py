@@ -6,7 +6,10 @@ entry to the pinned Rekor log key, in this order, and raises :class:`BundleVerif
 (a :class:`shared.errors.VerificationError`) naming the first step that fails (its ``step``
 is one of :data:`STEPS`; ``passed`` holds the steps that passed before it):
 
-``bundle``            the document is an AnchoredEntry (version 1, every field well formed)
+``bundle``            the document is an AnchoredEntry (version 1, every field well formed):
+                      I-JSON within fixed bounds (:data:`MAX_BUNDLE_BYTES`, nesting depth,
+                      integer range; :mod:`shared.untrusted`), every field of its JSON type
+                      (no coercion: ``"2"`` is not ``2``), timestamps with a time zone
 ``statement``         the statement is base64; the signature is ``vault:v<N>:<base64>`` and
                       ``N`` is the entry's key version
 ``entry_key``         (only with a pinned entry key) the entry's public key is the pinned one
@@ -31,6 +34,14 @@ themselves are :mod:`shared.checks`, which ``ledger audit`` runs on database row
 function decodes what it needs from the bundle, runs its check and returns what it
 established; it raises ``_Failed`` with the first problem.
 
+Whatever the input (bytes, text, parsed JSON or a model), :func:`verify_bundle` either returns
+a report or raises :class:`BundleVerificationError`; nothing else escapes it. Every ``detail``
+(of a passed step and of the failure) has gone through :func:`shared.untrusted.display`: it is
+one line, safe to print. A detail states only what a signature or a pinned key establishes;
+what the bundle merely claims is said to be claimed. No signature covers ``entry.created_at``,
+``anchored_at``, ``batch.anchor_key_version`` or the tree-id prefix of ``receipt.uuid``
+(:data:`UNSIGNED_FIELDS`): they are not reported.
+
 The Rekor log key is never taken from the bundle: the verifier pins it. Nothing here does
 I/O or imports anything that talks to a network.
 """
@@ -39,13 +50,14 @@ I/O or imports anything that talks to a network.
 from __future__ import annotations
 
 import base64
-import binascii
+import functools
 import hashlib
+import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from pydantic import ValidationError
 
@@ -64,10 +76,13 @@ from shared.errors import VerificationError
 from shared.messages import AnchoredEntry, ReceiptInfo
 from shared.signatures import load_public_key_der
 from shared.statement import leaf_bytes
+from shared.untrusted import UntrustedInput, check_tree, display, parse_json
 from shared.verify import RekorReceipt, load_log_key
 
 __all__ = [
+    "MAX_BUNDLE_BYTES",
     "STEPS",
+    "UNSIGNED_FIELDS",
     "BundleVerificationError",
     "StepResult",
     "VerificationReport",
@@ -89,6 +104,12 @@ Step = Literal[
 ]
 #: The steps of :func:`verify_bundle`, in the order it runs them.
 STEPS: tuple[Step, ...] = get_args(Step)
+#: A bundle larger than this is refused before it is parsed (a bundle is a few KiB plus its
+#: entry's meta, twice; ingest's default limit on meta is 16 KiB).
+MAX_BUNDLE_BYTES: Final = 1024 * 1024
+#: The bundle's fields that no signature covers: what they say is only the bundle's word.
+UNSIGNED_FIELDS: Final = ("entry.created_at", "anchored_at", "batch.anchor_key_version",
+                          "the tree-id prefix of receipt.uuid")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +124,7 @@ class BundleVerificationError(VerificationError):
     """A step failed; ``step`` names it, ``passed`` lists the steps that passed before it."""
 
     def __init__(self, step: Step, detail: str, passed: tuple[StepResult, ...]) -> None:
+        detail = display(detail)
         super().__init__(f"{step}: {detail}")
         self.step: Step = step
         self.detail = detail
@@ -124,6 +146,7 @@ class VerificationReport:
     batch_size: int
     batch_root: str
     manifest_sha256: str
+    #: as the bundle gives it: only its last 64 hex digits (the leaf hash) are verified
     rekor_uuid: str
     rekor_log_index: int
     rekor_log_id: str
@@ -146,10 +169,15 @@ def _first(problems: list[str]) -> None:
         raise _Failed(problems[0])
 
 
+def _key_fingerprint(public_key: str) -> str:
+    """SHA-256 of a key's DER SubjectPublicKeyInfo (a verified key: it parsed), shortened."""
+    return hashlib.sha256(load_public_key_der(public_key)).hexdigest()[:16] + "…"
+
+
 def _b64(text: str, what: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or text that is not ASCII
         raise _Failed(f"the {what} is not valid base64") from None
 
 
@@ -170,20 +198,65 @@ class _Bundle:
 # --- the steps, in order ------------------------------------------------------------------------
 
 
-def _step_bundle(bundle: AnchoredEntry | Mapping[str, Any]) -> AnchoredEntry:
-    if isinstance(bundle, AnchoredEntry):
-        return bundle
-    if not isinstance(bundle, Mapping):
-        raise _Failed(f"expected a JSON object, got {type(bundle).__name__}")
-    if bundle.get("version") != 1:
-        raise _Failed(f"unsupported version {bundle.get('version')!r}")
+Bundle = AnchoredEntry | Mapping[str, Any] | bytes | str
+
+
+def _bundle_json(bundle: Bundle) -> str:
+    """The bundle as JSON text of a version 1 object within the bounds of
+    :func:`shared.untrusted.parse_json`."""
+    if isinstance(bundle, bytes | str):
+        doc = parse_json(bundle, max_bytes=MAX_BUNDLE_BYTES)  # UTF-8 once this returns
+        text = bundle.decode() if isinstance(bundle, bytes) else bundle
+    else:
+        if isinstance(bundle, AnchoredEntry):
+            try:  # a model made with model_construct may hold anything
+                text = bundle.model_dump_json(warnings=False)
+            except ValueError:
+                raise _Failed("the AnchoredEntry holds values that are not JSON") from None
+        elif isinstance(bundle, Mapping):
+            check_tree(bundle, max_bytes=MAX_BUNDLE_BYTES)  # JSON types only, bounded
+            text = json.dumps(bundle, default=dict)  # default: a Mapping that is not a dict
+        else:
+            raise _Failed(f"expected a JSON object, got {type(bundle).__name__}")
+        doc = parse_json(text, max_bytes=MAX_BUNDLE_BYTES)
+    if not isinstance(doc, dict):
+        raise _Failed(f"expected a JSON object, got {_json_type(doc)}")
+    _require_version_1(doc, "version")
+    if isinstance(doc.get("entry"), dict):
+        _require_version_1(doc["entry"], "entry.version")
+    return text
+
+
+def _require_version_1(obj: dict[str, Any], name: str) -> None:
+    """Present and exactly the integer 1: the model's default must not stand in for it."""
+    version = obj.get("version")
+    if type(version) is not int or version != 1:
+        raise _Failed(f"unsupported {name} {display(repr(version), 40)} (expected 1)")
+
+
+def _json_type(value: object) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number"}.get(type(value), "null")
+
+
+def _step_bundle(bundle: Bundle) -> AnchoredEntry:
     try:
-        return AnchoredEntry.model_validate(dict(bundle))
+        text = _bundle_json(bundle)
+    except UntrustedInput as exc:
+        raise _Failed(f"not a bundle: {exc}") from None
+    try:
+        doc = AnchoredEntry.model_validate_json(text, strict=True)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
         )
         raise _Failed(f"not a ledger.anchored v1 document: {problems[:500]}") from None
+    for name, value in (("entry.submitted_at", doc.entry.submitted_at),
+                        ("entry.created_at", doc.entry.created_at),
+                        ("anchored_at", doc.anchored_at)):
+        if value.tzinfo is None:
+            raise _Failed(f"{name} has no time zone")
+    return doc
 
 
 def _step_statement(b: _Bundle) -> str:
@@ -193,7 +266,8 @@ def _step_statement(b: _Bundle) -> str:
     if raw is None or problems:
         raise _Failed(problems[0])
     b.signature = raw
-    return f"{len(b.statement)} statement bytes, signed by {entry.key_name} v{entry.key_version}"
+    return (f"{len(b.statement)} statement bytes; the signature names key version "
+            f"{entry.key_version}, as the entry does")
 
 
 def _step_entry_key(b: _Bundle) -> str | None:
@@ -214,7 +288,10 @@ def _step_entry_key(b: _Bundle) -> str | None:
 
 def _step_entry_signature(b: _Bundle) -> str:
     _first(entry_signature_problems(b.doc.entry.public_key, b.signature, b.statement))
-    return "Ed25519 signature over the statement verifies"
+    whose = "the pinned entry key" if b.pinned_entry_key is not None else (
+        "the public key the bundle carries (not pinned)")
+    return (f"Ed25519 signature over the statement verifies with {whose}, "
+            f"SHA-256 {_key_fingerprint(b.doc.entry.public_key)}")
 
 
 def _step_statement_fields(b: _Bundle) -> str:
@@ -239,7 +316,8 @@ def _step_manifest(b: _Bundle) -> str:
     b.manifest = _b64(batch.manifest, "manifest")
     _first(manifest_problems(b.manifest, batch_id=batch.batch_id, size=batch.size,
                              root=batch.root))
-    return f"names batch {batch.batch_id}, size {batch.size}, root {batch.root}"
+    return (f"names batch {batch.batch_id}, size {batch.size}, root {batch.root}, created "
+            f"{json.loads(b.manifest)['created_at']}")
 
 
 def _step_manifest_digest(b: _Bundle) -> str:
@@ -251,7 +329,9 @@ def _step_anchor_signature(b: _Bundle) -> str:
     batch = b.doc.batch
     b.anchor_signature = _b64(batch.anchor_signature, "anchor signature")
     _first(anchor_signature_problems(batch.anchor_public_key, b.manifest, b.anchor_signature))
-    return f"ECDSA P-256 signature by anchor key v{batch.anchor_key_version} verifies"
+    return (f"ECDSA P-256 signature verifies with the anchor key the bundle carries, SHA-256 "
+            f"{_key_fingerprint(batch.anchor_public_key)} (the bundle calls it version "
+            f"{batch.anchor_key_version}; no signature covers that number)")
 
 
 def _rekor_receipt(info: ReceiptInfo) -> RekorReceipt:
@@ -270,9 +350,9 @@ def _step_receipt(b: _Bundle) -> str:
                             anchor_signature=b.anchor_signature,
                             anchor_public_key=b.doc.batch.anchor_public_key))
     integrated_at = datetime.fromtimestamp(receipt.integrated_time, tz=UTC)
-    return (f"Rekor entry {receipt.uuid} at log index {receipt.log_index}, integrated "
-            f"{integrated_at.isoformat()}, verifies with the pinned log key "
-            f"{log_key.log_id[:16]}…")
+    return (f"Rekor entry with leaf hash {receipt.uuid[-64:]} at log index "
+            f"{receipt.log_index}, integrated {integrated_at.isoformat()}, verifies with the "
+            f"pinned log key {log_key.log_id[:16]}…")
 
 
 def _step_payload(b: _Bundle) -> str | None:
@@ -312,7 +392,7 @@ class _Run:
         self._on_step = on_step
 
     def ok(self, step: Step, detail: str) -> None:
-        self.passed.append(StepResult(step, detail))
+        self.passed.append(StepResult(step, display(detail)))
         if self._on_step is not None:
             self._on_step(self.passed[-1])
 
@@ -320,8 +400,19 @@ class _Run:
         return BundleVerificationError(step, detail, tuple(self.passed))
 
 
+def _run_step(run: _Run, step: Step, check: Callable[[], str | None]) -> str | None:
+    """Run one step; any failure, expected or not, becomes the step's named failure."""
+    try:
+        return check()
+    except _Failed as exc:
+        raise run.fail(step, exc.detail) from None
+    except Exception as exc:  # noqa: BLE001 - fail closed: no input may escape as a crash
+        raise run.fail(step, f"the verifier could not check this input ({type(exc).__name__}); "
+                             "it is not verified") from None
+
+
 def verify_bundle(
-    bundle: AnchoredEntry | Mapping[str, Any],
+    bundle: Bundle,
     *,
     rekor_public_key_pem: bytes,
     entry_public_key_pem: bytes | None = None,
@@ -330,23 +421,24 @@ def verify_bundle(
 ) -> VerificationReport:
     """Verify a proof bundle completely and offline; see the module docstring for the steps.
 
-    ``rekor_public_key_pem`` is the pinned Rekor log key (PEM or DER) — never the bundle's
-    word. ``entry_public_key_pem`` optionally pins the Ed25519 key the entry must be signed
-    with; ``payload`` optionally checks the document the entry is about. ``on_step`` is
-    called after each passed step. Raises :class:`BundleVerificationError`.
+    ``bundle`` is the JSON document (bytes or text, as received), its parsed form or the
+    model. ``rekor_public_key_pem`` is the pinned Rekor log key (PEM or DER) — never the
+    bundle's word. ``entry_public_key_pem`` optionally pins the Ed25519 key the entry must be
+    signed with; ``payload`` optionally checks the document the entry is about. ``on_step`` is
+    called after each passed step. Raises :class:`BundleVerificationError`, and nothing else,
+    whatever ``bundle`` holds.
     """
     run = _Run(on_step)
-    try:
-        doc = _step_bundle(bundle)
-    except _Failed as exc:
-        raise run.fail("bundle", exc.detail) from None
-    run.ok("bundle", f"ledger.anchored v1 for entry {doc.entry.entry_id}")
-    checked = _Bundle(doc, rekor_public_key_pem, entry_public_key_pem, payload)
+    parsed: list[AnchoredEntry] = []
+
+    def parse() -> str:
+        parsed.append(_step_bundle(bundle))
+        return f"a well-formed ledger.anchored v1 document naming entry {parsed[0].entry.entry_id}"
+
+    run.ok("bundle", str(_run_step(run, "bundle", parse)))
+    checked = _Bundle(parsed[0], rekor_public_key_pem, entry_public_key_pem, payload)
     for step, check in _STEP_TABLE:
-        try:
-            detail = check(checked)
-        except _Failed as exc:
-            raise run.fail(step, exc.detail) from None
+        detail = _run_step(run, step, functools.partial(check, checked))
         if detail is not None:
             run.ok(step, detail)
     return _report(checked, tuple(run.passed))

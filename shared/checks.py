@@ -28,7 +28,6 @@ is imported (an auditor runs it offline).
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from shared.statement import (
     manifest_bytes,
     parse_time,
 )
+from shared.untrusted import UntrustedInput, parse_json
 from shared.verify import ExpectedEntry, LogKey, RekorReceipt, verify_receipt
 
 __all__ = [
@@ -157,9 +157,9 @@ def statement_problems(
     ``column meta`` for the audit) and ``show`` prints a value.
     """
     try:
-        doc = json.loads(statement)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return [("statement", "the signed statement is not JSON")]
+        doc = parse_json(statement, max_bytes=len(statement))
+    except UntrustedInput as exc:
+        return [("statement", f"the signed statement is not I-JSON: {exc}")]
     if not isinstance(doc, dict):
         return [("statement", "the signed statement is not a JSON object")]
     if set(doc) != STATEMENT_KEYS:
@@ -214,7 +214,7 @@ def audit_path_problems(
 def _parse_manifest(manifest: bytes) -> dict[str, Any] | None:
     """The manifest's fields if it is exactly a canonical batch manifest, else None."""
     try:
-        doc = json.loads(manifest)
+        doc = parse_json(manifest, max_bytes=len(manifest))
         rebuilt = manifest_bytes(
             batch_id=uuid.UUID(doc["batch_id"]),
             size=doc["size"],

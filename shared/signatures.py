@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 _KEY_CACHE = 256
+#: A PEM public key is at most a few KiB (RSA 8192: about 1.5 KiB); anything longer is not one.
+MAX_PUBLIC_KEY_SIZE = 16 * 1024
 _SHA256_LEN = 32
 
 
@@ -68,13 +70,20 @@ def parse_vault_signature(text: str) -> tuple[int, bytes]:
     return version, raw
 
 
-@functools.lru_cache(maxsize=_KEY_CACHE)
 def load_public_key_der(key: bytes | str) -> bytes:
     """DER SubjectPublicKeyInfo of a PEM (``PUBLIC KEY``) or DER public key.
 
-    Raises VerificationError when it is not a public key.
+    Raises VerificationError when it is not a public key (or is larger than any key is, so
+    that the cache never holds large untrusted values).
     """
-    data = key.encode() if isinstance(key, str) else key
+    if len(key) > MAX_PUBLIC_KEY_SIZE:
+        raise VerificationError(f"not a public key: {len(key)} characters, more than any key")
+    return _load_public_key_der(key)
+
+
+@functools.lru_cache(maxsize=_KEY_CACHE)
+def _load_public_key_der(key: bytes | str) -> bytes:
+    data = key.encode("utf-8", "surrogatepass") if isinstance(key, str) else key
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
             pub = serialization.load_pem_public_key(data)

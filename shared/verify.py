@@ -7,9 +7,11 @@ checks it against the pinned log public key, in this order, and raises
 check that fails (its ``check`` attribute is one of :data:`CHECKS`):
 
 ``log_id``      the entry's logID is the SHA-256 of the pinned key's DER SubjectPublicKeyInfo
-``uuid``        the uuid ends with the leaf hash ``SHA256(0x00 ‖ body)``
+``uuid``        the uuid is the leaf hash ``SHA256(0x00 ‖ body)`` in lowercase hex, after
+                nothing or the 16-hex tree id (no signature covers that prefix)
 ``set``         the signed entry timestamp: the log key's signature over RFC 8785 JSON of
-                ``{"body","integratedTime","logID","logIndex"}`` (global logIndex)
+                ``{"body","integratedTime","logID","logIndex"}`` (global logIndex); the
+                signed integratedTime is a time (1970 to 9999)
 ``inclusion``   the audit path at the tree-local index leads to ``rootHash``
 ``checkpoint``  the signed note is signed by the log key (signature line chosen by the
                 4-byte key hint = first bytes of the logID) and names the same size and root
@@ -26,9 +28,7 @@ a network.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared.errors import VerificationError
 from shared.merkle import leaf_hash, root_from_inclusion_proof
 from shared.signatures import load_public_key_der
+from shared.untrusted import UntrustedInput, parse_json
 
 __all__ = [
     "CHECKS",
@@ -162,6 +163,8 @@ class RekorReceipt(BaseModel):
     @classmethod
     def from_v1_response(cls, response: Mapping[str, Any]) -> RekorReceipt:
         """Build from a Rekor v1 answer ``{uuid: entry}`` holding exactly one entry."""
+        if not isinstance(response, Mapping):
+            raise _fail("receipt", f"expected a JSON object, got {type(response).__name__}")
         if len(response) != 1:
             raise _fail("receipt", f"expected one entry in the response, got {len(response)}")
         ((uuid, entry),) = response.items()
@@ -181,8 +184,13 @@ class RekorReceipt(BaseModel):
                 tree_size=proof["treeSize"],
                 checkpoint=proof.get("checkpoint"),
             )
-        except (KeyError, TypeError, ValidationError) as exc:
-            raise _fail("receipt", f"malformed Rekor entry: {exc!r}") from None
+        except KeyError as exc:  # the key is one of ours, not the answer's
+            raise _fail("receipt", f"malformed Rekor entry: no {exc.args[0]!r}") from None
+        except (TypeError, AttributeError):
+            raise _fail("receipt", "malformed Rekor entry: a part of the wrong type") from None
+        except ValidationError as exc:
+            bad = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+            raise _fail("receipt", f"malformed Rekor entry: bad {bad}") from None
 
     def to_v1_response(self) -> dict[str, Any]:
         """The Rekor v1 answer shape (what sigstore-python's ``_from_v1_response`` takes)."""
@@ -210,14 +218,15 @@ class RekorReceipt(BaseModel):
     def body_bytes(self) -> bytes:
         try:
             return base64.b64decode(self.body, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or text that is not ASCII
             raise _fail("receipt", "body is not valid base64") from None
 
     def body_json(self) -> dict[str, Any]:
+        raw = self.body_bytes()
         try:
-            value = json.loads(self.body_bytes())
-        except ValueError:
-            raise _fail("receipt", "body is not JSON") from None
+            value = parse_json(raw, max_bytes=len(raw))
+        except UntrustedInput as exc:
+            raise _fail("body", f"body is not I-JSON: {exc}") from None
         if not isinstance(value, dict):
             raise _fail("receipt", "body is not a JSON object")
         return value
@@ -268,27 +277,39 @@ def v1_response_from_bundle_entry(tlog_entry: Mapping[str, Any]) -> dict[str, An
 # --- SET ------------------------------------------------------------------------------------
 
 
+#: The latest integratedTime that is a time (9999-12-31T23:59:59Z); the earliest is 0.
+MAX_INTEGRATED_TIME = 253402300799
+
+
 def _set_payload(receipt: RekorReceipt) -> bytes:
-    return rfc8785.dumps(
-        {
-            "body": receipt.body,
-            "integratedTime": receipt.integrated_time,
-            "logID": receipt.log_id,
-            "logIndex": receipt.log_index,
-        }
-    )
+    try:
+        return rfc8785.dumps(
+            {
+                "body": receipt.body,
+                "integratedTime": receipt.integrated_time,
+                "logID": receipt.log_id,
+                "logIndex": receipt.log_index,
+            }
+        )
+    except rfc8785.CanonicalizationError as exc:
+        raise _fail("set", f"the signed fields have no RFC 8785 form ({type(exc).__name__}: "
+                           "an integer outside ±(2^53-1) or a string that is not Unicode)"
+                    ) from None
 
 
 def verify_set(receipt: RekorReceipt, log_key: LogKey) -> None:
     """Check the signed entry timestamp (Rekor's promise to include the entry)."""
     try:
         sig = base64.b64decode(receipt.signed_entry_timestamp, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or text that is not ASCII
         raise _fail("set", "signed entry timestamp is not valid base64") from None
     try:
         log_key.verify(sig, _set_payload(receipt))
     except InvalidSignature:
         raise _fail("set", "signed entry timestamp does not verify with the log key") from None
+    if not 0 <= receipt.integrated_time <= MAX_INTEGRATED_TIME:
+        raise _fail("set", f"the log signed integratedTime {receipt.integrated_time}, which is "
+                           "not a time between 1970 and 9999: the receipt dates nothing")
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -313,6 +334,9 @@ class Checkpoint:
     signatures: tuple[NoteSignature, ...]
 
 
+#: Rekor v1 entry uuid: optional 16-hex tree id, then the 64-hex leaf hash.
+_UUID = re.compile(r"(?:[0-9a-f]{16})?[0-9a-f]{64}")
+
 _SIG_LINE = re.compile(r"^\u2014 (?P<name>[^ ]+) (?P<sig>[A-Za-z0-9+/=]+)$")
 
 
@@ -331,11 +355,12 @@ def parse_checkpoint(note: str) -> Checkpoint:
     origin, size_s, root_b64, *other = lines
     if not origin:
         raise _fail("checkpoint", "empty origin")
-    if not size_s.isdigit() or (size_s != "0" and size_s.startswith("0")):
-        raise _fail("checkpoint", f"bad tree size {size_s!r}")
+    if (not size_s.isascii() or not size_s.isdigit() or len(size_s) > 19
+            or (size_s != "0" and size_s.startswith("0"))):
+        raise _fail("checkpoint", f"bad tree size {size_s[:40]!r}")
     try:
         root = base64.b64decode(root_b64, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or text that is not ASCII
         raise _fail("checkpoint", "root hash is not valid base64") from None
     if len(root) != 32:
         raise _fail("checkpoint", f"root hash has {len(root)} bytes, not 32")
@@ -348,7 +373,7 @@ def parse_checkpoint(note: str) -> Checkpoint:
             raise _fail("checkpoint", f"malformed signature line {line!r}")
         try:
             raw = base64.b64decode(m["sig"], validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or text that is not ASCII
             raise _fail("checkpoint", "signature is not valid base64") from None
         if len(raw) < 5:
             raise _fail("checkpoint", "signature too short")
@@ -457,7 +482,7 @@ def check_body(body: Mapping[str, Any], expected: ExpectedEntry) -> None:
     try:
         sig = base64.b64decode(sig_b64, validate=True)
         key_pem = base64.b64decode(key_b64, validate=True)
-    except (binascii.Error, TypeError):
+    except (ValueError, TypeError):  # binascii.Error, non-ASCII text, not a string
         raise _fail("body", "signature or public key is not valid base64") from None
     if sig != expected.signature:
         raise _fail("body", "signature is not the submitted signature")
@@ -497,7 +522,10 @@ def verify_receipt(
         raise _fail("log_id", f"entry logID {receipt.log_id} is not the log key's id {key.log_id}")
 
     leaf = leaf_hash(receipt.body_bytes())
-    if not receipt.uuid.lower().endswith(leaf.hex()):
+    if _UUID.fullmatch(receipt.uuid) is None:
+        raise _fail("uuid", f"uuid {receipt.uuid[:100]!r} is not 64 lowercase hex digits (the "
+                            "leaf hash) after nothing or 16 (the tree id)")
+    if receipt.uuid[-64:] != leaf.hex():
         raise _fail("uuid", f"uuid {receipt.uuid} does not end with the leaf hash {leaf.hex()}")
 
     verify_set(receipt, key)

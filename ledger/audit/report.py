@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.untrusted import display
+
 __all__ = ["AuditReport", "Problem", "short"]
 
 
@@ -33,7 +35,8 @@ class Problem:
         ]
         if self.leaf_index is not None:
             where.append(f"leaf {self.leaf_index}")
-        return f"\u2717 {' '.join(where)}: {self.check}: {self.detail}"
+        # the detail quotes stored rows and receipts: escaped, it stays one printable line
+        return display(f"\u2717 {' '.join(where)}: {self.check}: {self.detail}", limit=4000)
 
     def as_json(self) -> dict[str, Any]:
         return {

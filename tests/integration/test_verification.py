@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -154,6 +156,13 @@ async def test_an_appended_entry_is_proven_offline_with_ledger_verify(
     assert "\u2717" not in out
     assert f"VERIFIED: entry {entry_id}" in out
     assert "\u2713 receipt" in out and "\u2713 payload" in out
+    # the real log's uuid is the 16-hex tree id and the leaf hash; no signature covers the
+    # tree id, nor anchored_at: neither is printed
+    doc = json.loads(bundle)
+    assert re.fullmatch(r"[0-9a-f]{80}", doc["receipt"]["uuid"]), doc["receipt"]["uuid"]
+    assert doc["receipt"]["uuid"][:16] not in out
+    assert doc["receipt"]["uuid"][16:] in out
+    assert doc["anchored_at"] not in out and doc["entry"]["created_at"] not in out
 
     # one byte of the batch root changed in the bundle
     tampered = tmp_path / "tampered.json"

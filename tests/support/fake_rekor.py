@@ -42,7 +42,8 @@ def pem(pub: Any) -> bytes:
 def sign(priv: Any, data: bytes) -> bytes:
     if isinstance(priv, ec.EllipticCurvePrivateKey):
         h = {"secp256r1": hashes.SHA256(), "secp384r1": hashes.SHA384()}[priv.curve.name]
-        return priv.sign(data, ec.ECDSA(h))
+        # RFC 6979: the same key and data always give the same signature (reproducible data)
+        return priv.sign(data, ec.ECDSA(h, deterministic_signing=True))
     if isinstance(priv, ed25519.Ed25519PrivateKey):
         return priv.sign(data)
     return priv.sign(data, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[no-any-return]

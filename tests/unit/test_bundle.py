@@ -389,3 +389,20 @@ def test_bundle_verification_imports_no_network_client() -> None:
 
 def test_the_bundle_is_the_anchored_event_schema(world: World) -> None:
     assert AnchoredEntry.model_validate(world.bundle()) == world.event
+
+
+def test_a_model_built_without_validation_is_refused_not_crashed(world: World) -> None:
+    cases: list[dict[str, Any]] = [{"entry": []}, {"entry": object()}, {}]
+    for fields in cases:
+        with pytest.raises(BundleVerificationError, match=r"^bundle: ") as exc:
+            verify_bundle(AnchoredEntry.model_construct(**fields),
+                          rekor_public_key_pem=world.log_pem)
+        assert "could not check" not in exc.value.detail
+
+
+def test_the_raw_bytes_verify_and_a_non_dict_mapping_too(world: World) -> None:
+    from types import MappingProxyType  # noqa: PLC0415
+
+    verify_bundle(world.event.to_bytes(), rekor_public_key_pem=world.log_pem)
+    verify_bundle(world.event.to_bytes().decode(), rekor_public_key_pem=world.log_pem)
+    verify_bundle(MappingProxyType(world.bundle()), rekor_public_key_pem=world.log_pem)

@@ -85,7 +85,7 @@ def test_the_signed_statement_of_the_fields_passes() -> None:
 
 
 @pytest.mark.parametrize(("statement", "problem"), [
-    (b"\xff{", "the signed statement is not JSON"),
+    (b"\xff{", "the signed statement is not I-JSON: not UTF-8"),
     (b"[1]", "the signed statement is not a JSON object"),
     (_restated(extra=1), "the signed statement has fields ['extra', 'meta', "),
 ])

@@ -92,4 +92,32 @@ def test_not_json_and_missing_files_exit_1(
     assert "\u2717 bundle" in capsys.readouterr().out
     files["bundle"].unlink()
     assert _verify(files) == 1
-    assert "cannot read the bundle" in capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "\u2717 bundle" in out and "cannot read" in out and "No such file" in out
+    assert out.rstrip().splitlines()[-1] == "NOT VERIFIED: the bundle step failed"
+
+
+def test_a_verifier_key_that_cannot_be_read_exits_2(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    files["rekor"].unlink()
+    assert _verify(files) == 2
+    captured = capsys.readouterr()
+    assert "cannot read" in captured.err and "Rekor public key" in captured.err
+    assert "VERIFIED" not in captured.out
+    assert main(["verify", str(files["bundle"]), "--rekor-key", str(files["bundle"].parent)]) == 2
+
+
+def test_the_unsigned_fields_are_named_not_shown(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], world: World
+) -> None:
+    doc = json.loads(files["bundle"].read_bytes())
+    doc["batch"]["anchor_key_version"] = 7
+    doc["anchored_at"] = "2031-01-01T00:00:00Z"
+    doc["entry"]["created_at"] = "2030-01-01T00:00:00Z"
+    files["bundle"].write_text(json.dumps(doc))
+    assert _verify(files) == 0  # no signature covers them: changing them changes nothing
+    out = capsys.readouterr().out
+    assert "2030" not in out and "2031" not in out and "anchor key v7" not in out
+    assert "the bundle calls it version 7; no signature covers that number" in out
+    assert "- unsigned" in out and "anchored_at" in out

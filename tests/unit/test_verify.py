@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rfc8785
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
@@ -441,6 +442,52 @@ def test_malformed_responses(fake_resp: dict[str, Any], fake_log: FakeLog) -> No
     with pytest.raises(ReceiptVerificationError) as exc:
         verify_receipt(bad_b64, fake_log.der)
     assert exc.value.check == "receipt"
+
+
+
+@pytest.mark.parametrize("response", [[], [{}], "uuid", None, 7, {"u": []}, {"u": {"verification": []}},
+                                      {"u": {"verification": {"inclusionProof": []}}}])
+def test_responses_of_the_wrong_shape_are_refused_not_crashed(
+    response: Any, fake_log: FakeLog
+) -> None:
+    with pytest.raises(ReceiptVerificationError) as exc:
+        verify_receipt(response, fake_log.der)
+    assert exc.value.check == "receipt"
+
+
+def _with_uuid(resp: dict[str, Any], uuid: str) -> dict[str, Any]:
+    ((_, entry),) = resp.items()
+    return {uuid: entry}
+
+
+def test_the_uuid_is_the_leaf_hash_after_nothing_or_the_tree_id(
+    fake_resp: dict[str, Any], fake_log: FakeLog, submitted: ExpectedEntry
+) -> None:
+    ((uuid, _),) = fake_resp.items()
+    assert len(uuid) == 80
+    verify_receipt(fake_resp, fake_log.der, expected=submitted)
+    verify_receipt(_with_uuid(fake_resp, uuid[16:]), fake_log.der, expected=submitted)
+    verify_receipt(_with_uuid(fake_resp, "0123456789abcdef" + uuid[16:]), fake_log.der)
+    for bad in [uuid.upper(), uuid[1:], "0" + uuid, uuid[:16] + "\n" + uuid[16:],
+                "\x1b[2K" + uuid[16:], uuid[:15] + "g" + uuid[16:], uuid + "\n",
+                uuid[:16] + "0" * 64]:
+        with pytest.raises(ReceiptVerificationError) as exc:
+            verify_receipt(_with_uuid(fake_resp, bad), fake_log.der)
+        assert exc.value.check == "uuid", bad
+
+
+def test_a_signed_integrated_time_that_is_no_time_is_refused(fake_log: FakeLog) -> None:
+    for when in (-1, 253402300800, 2**53 - 1):
+        resp = fake_log.add(_hashedrekord("ab" * 32, b"sig", b"key"))
+        entry = _entry(resp)
+        entry["integratedTime"] = when
+        signed = rfc8785.dumps({"body": entry["body"], "integratedTime": when,
+                                "logID": entry["logID"], "logIndex": entry["logIndex"]})
+        entry["verification"]["signedEntryTimestamp"] = base64.b64encode(
+            _sign(fake_log.priv, signed)).decode()
+        with pytest.raises(ReceiptVerificationError, match="not a time") as exc:
+            verify_receipt(resp, fake_log.der)
+        assert exc.value.check == "set"
 
 
 # --- conformance bundles -------------------------------------------------------------------------
