@@ -51,6 +51,12 @@ class Settings(BaseModel):
     max_batch_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     tokens_file: str = ""
     auth_disabled: bool = False
+    #: how long an append waits for Kafka's acknowledgement before answering 503
+    publish_timeout_ms: int = Field(default=5000, gt=0, le=60_000)
+    #: how long an append waits for the idempotency lookup before publishing without it
+    lookup_timeout_ms: int = Field(default=1000, gt=0, le=60_000)
+    #: requests handled at once (health, metrics excluded); past it: 503 + Retry-After
+    max_in_flight: int = Field(default=4096, gt=0)
 
     # --- signer ---------------------------------------------------------------------------
     signer_group: str = "ledger-signer"
@@ -74,6 +80,10 @@ class Settings(BaseModel):
     metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no separate metrics server
     log_level: str = "INFO"
     shutdown_grace_s: float = Field(default=15.0, gt=0)
+    #: how long a ``/health`` answer is reused (concurrent callers share one probe)
+    health_cache_s: float = Field(default=1.0, ge=0, le=60)
+    #: the most one dependency probe of ``/health`` may take
+    health_timeout_s: float = Field(default=2.0, gt=0, le=30)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
