@@ -570,9 +570,9 @@ async def test_rekor_outage_pauses_anchoring_then_backlog_drains(
             await wait_for(reported_down, within=120, what="rekor reported down")
             async with http.get(health_url) as resp:
                 body = await resp.json()
-                assert resp.status == 503
-                assert body["rekor"] is False and body["status"] == "degraded"
-                assert body["database"] is True
+                assert resp.status == 503  # paused: the stage cannot do its job
+                assert body["rekor"] is False and body["status"] == "unhealthy"
+                assert body["paused"] is True and body["database"] == "ok"
             during_ids = await entry_ids(world, during)
             assert await count(
                 world, "SELECT count(*) FROM ledger.entries WHERE id = ANY($1::uuid[])"
