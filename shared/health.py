@@ -73,15 +73,36 @@ Probe = Callable[[], Awaitable[bool | Check]]
 
 
 async def guarded(probe: Probe, *, timeout_s: float) -> Check:
-    """The probe's answer; one that overruns ``timeout_s`` or raises is down (never a 500)."""
+    """The probe's answer; one that overruns ``timeout_s`` or raises is down (never a 500).
+
+    The answer comes at ``timeout_s`` even when the cancelled probe takes longer to clean up
+    (an asyncpg connection to a frozen server resets until its command timeout): that
+    clean-up finishes in the background.
+    """
+    task = asyncio.ensure_future(_checked(probe))
     try:
-        async with asyncio.timeout(timeout_s):
-            return Check.of(await probe())
-    except TimeoutError:
-        return Check(False, "timeout")
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if done:
+        return task.result()
+    task.cancel()
+    task.add_done_callback(_retrieve)
+    return Check(False, "timeout")
+
+
+async def _checked(probe: Probe) -> Check:
+    try:
+        return Check.of(await probe())
     except Exception as exc:  # noqa: BLE001 - a broken probe means "down"
         log.debug("probe raised", extra={"error": type(exc).__name__})
         return Check(False, "error")
+
+
+def _retrieve(task: asyncio.Future[Check]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def run_probes(probes: Mapping[str, Probe], *, timeout_s: float) -> dict[str, Check]:

@@ -68,7 +68,10 @@ class IngestProcess:
         self.tokens = None if settings.auth_disabled else TokenStore(settings.tokens_file)
         service = self.service = Service("ingest", grace_s=settings.shutdown_grace_s)
         self.database = service.register(
-            "database", lambda: Database.connect(settings, min_size=1, max_size=10),
+            # reads are single indexed queries: past 10 s the database is not answering, and
+            # a 503 beats a client's own timeout (appends do not wait on it at all)
+            "database", lambda: Database.connect(settings, min_size=1, max_size=10,
+                                                 command_timeout_s=10.0),
             close=Database.close, ping=Database.health,
         )
         self.publisher = service.register(

@@ -5,9 +5,12 @@
   ``publish_timeout_ms`` and a margin; after SIGCONT the retries with the same request ids
   give exactly one row each (the first attempts may still reach Kafka: the signer stores one
   row per request id).
-* Vault: a bad token, a token that may not read the key, and a sealed OpenBao each show in
-  ``checks.vault.state`` while ingest stays ready (200, degraded); the signer's ops server
-  says ``sealed`` too.
+* Vault: a bad token, a token that may not read the key, a frozen and a sealed OpenBao each
+  show in ``checks.vault.state`` while ingest stays ready (200, degraded); the signer's ops
+  server says ``sealed`` too.
+* PostgreSQL frozen: ingest is degraded, not unhealthy; an append with a client request id
+  gives up its idempotency lookup after ``lookup_timeout_ms`` and is accepted; a read
+  answers 503 within the command timeout; the entry is stored once the database is back.
 
 Timings are measured and printed; the assertions use generous margins.
 """
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import signal
 import time
 import uuid
@@ -28,6 +32,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from benchmarks.procs import tree_pids
 from deploy.local.process import free_port
 from services.signer import run_signer
 from shared.db import Database, migrate
@@ -89,6 +94,17 @@ async def _get(ing: Ingest, path: str) -> tuple[int, dict[str, Any], float]:
         return r.status, await r.json(), time.monotonic() - started
 
 
+async def _fresh_health(ing: Ingest, lane: Settings) -> tuple[int, dict[str, Any], float]:
+    """``/health`` once the answer cached before is stale (a probe that starts now)."""
+    probes = ing.metrics.registry.get_sample_value("ledger_health_probes_total") or 0.0
+    while True:
+        answer = await _get(ing, "/health")
+        now = ing.metrics.registry.get_sample_value("ledger_health_probes_total") or 0.0
+        if now > probes:
+            return answer
+        await asyncio.sleep(lane.health_cache_s / 4)  # (paces the polling of the cache)
+
+
 async def _append(ing: Ingest, rid: str) -> tuple[int, dict[str, Any], Any, float]:
     started = time.monotonic()
     status, doc, headers = await ing.append(
@@ -100,13 +116,23 @@ async def _append(ing: Ingest, rid: str) -> tuple[int, dict[str, Any], Any, floa
 
 @contextlib.contextmanager
 def frozen(stack: Any, name: str) -> Any:
+    """SIGSTOP a service's process group and every descendant (PostgreSQL's backends put
+    themselves in sessions of their own, so the group alone would leave them serving)."""
     procs = stack.require(name).processes()
     assert procs, f"{name} runs as a local process"
+    stopped: list[int] = []
     for p in procs:
         p.signal(signal.SIGSTOP)
+        for pid in tree_pids(p.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
     try:
         yield
     finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         for p in procs:
             p.signal(signal.SIGCONT)
 
@@ -243,6 +269,10 @@ async def test_vault_probe_authenticates_and_says_sealed(lane: Settings, stack: 
         assert (await _vault_state(ing))[2] == "key not readable"
     async with ingest_running(lane) as ing, _signer_ops(lane) as signer:
         assert (await _vault_state(ing))[2] == "ok"
+        with frozen(stack, "openbao"):  # a frozen Vault: the probe's timeout, still ready
+            status, body, took = await _fresh_health(ing, lane)
+        assert status == 200 and body["checks"]["vault"]["state"] == "timeout", body
+        assert took <= lane.health_timeout_s + MARGIN_S
         await _vault_admin(stack, "PUT", "sys/seal")
         try:
             async def says_sealed() -> bool:
@@ -268,3 +298,38 @@ async def test_vault_probe_authenticates_and_says_sealed(lane: Settings, stack: 
             return (await _vault_state(ing))[2] == "ok"
 
         await wait_for(unsealed, within=30, what="ingest's health to see Vault back")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_database_frozen_appends_still_accepted_and_reads_answer_503(
+    lane: Settings, db: Database, stack: Any
+) -> None:
+    async with ingest_running(lane) as ing:
+        status, body, _ = await _get(ing, "/health")
+        assert status == 200 and body["database"] == "ok", body
+        with frozen(stack, "postgres"):
+            health = await _fresh_health(ing, lane)
+            appended = await _append(ing, f"{lane.topic_append}-db-frozen")
+            started = time.monotonic()
+            read_status, read = await ing.get("/entries", {"subject": f"{ing.prefix}/frozen"})
+            read_s = time.monotonic() - started
+        print(f"\nPostgreSQL frozen: /health {health[2]:.2f} s, append {appended[3]:.2f} s, "
+              f"GET /entries {read_s:.2f} s")
+        # appends still reach Kafka: 200 and degraded, the database named with its reason
+        assert health[0] == 200 and health[1]["status"] == "degraded", health
+        assert health[1]["database"] == "timeout"
+        assert health[2] <= lane.health_timeout_s + MARGIN_S
+        # the idempotency lookup is given up after lookup_timeout_ms; the append is published
+        assert appended[0] == 202, appended
+        assert appended[3] <= lane.lookup_timeout_ms / 1000 + MARGIN_S
+        # reads need the database: 503 + Retry-After within the command timeout (10 s)
+        assert read_status == 503, read
+        assert read_s <= 10 + MARGIN_S
+        async with signer_running(lane):
+            async def stored() -> bool:
+                return bool(await db.fetchval(
+                    "SELECT count(*) FROM ledger.entries WHERE request_id = $1",
+                    f"{lane.topic_append}-db-frozen") == 1)
+
+            await wait_for(stored, within=120, what="the append stored once PostgreSQL is back")

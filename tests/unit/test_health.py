@@ -50,6 +50,23 @@ async def test_a_probe_that_raises_or_hangs_is_down_not_an_error() -> None:
     assert await guarded(hangs, timeout_s=0.01) == Check(False, "timeout")
 
 
+async def test_a_probe_slow_to_cancel_still_answers_at_the_timeout() -> None:
+    release = asyncio.Event()
+
+    async def stubborn() -> bool:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await release.wait()  # a clean-up that takes its time (asyncpg, frozen server)
+            raise
+        return True
+
+    answer = asyncio.create_task(guarded(stubborn, timeout_s=0.05))
+    await wait_for(lambda: _true(answer.done()), within=5, what="the answer at the timeout")
+    assert answer.result() == Check(False, "timeout")
+    release.set()
+
+
 async def test_cache_shares_one_probe_and_reprobes_after_the_window() -> None:
     now = 100.0
     release = asyncio.Event()
