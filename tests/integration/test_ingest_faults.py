@@ -8,6 +8,7 @@
 * Vault: a bad token, a token that may not read the key, a frozen and a sealed OpenBao each
   show in ``checks.vault.state`` while ingest stays ready (200, degraded); the signer's ops
   server says ``sealed`` too.
+* ``/health`` asked 60 times, concurrently and one after another, probes once per window.
 * PostgreSQL frozen: ingest is degraded, not unhealthy; an append with a client request id
   gives up its idempotency lookup after ``lookup_timeout_ms`` and is accepted; a read
   answers 503 within the command timeout; the entry is stored once the database is back.
@@ -287,6 +288,11 @@ async def test_vault_probe_authenticates_and_says_sealed(lane: Settings, stack: 
 
                 await wait_for(signer_says_sealed, within=30,
                                what="the signer's health to say sealed")
+                async with http.get(f"{signer}/livez") as r:
+                    assert r.status == 200
+                async with http.get(f"{signer}/readyz") as r:
+                    # nothing to sign in this lane: the loop is not paused, so still ready
+                    assert r.status == 200 and (await r.json())["status"] == "degraded"
             status, doc, _ = await ing.append(
                 {"subject": f"{ing.prefix}/sealed", "payload": b64(b"x")},
                 Prefer="respond-async")
@@ -333,3 +339,14 @@ async def test_database_frozen_appends_still_accepted_and_reads_answer_503(
                     f"{lane.topic_append}-db-frozen") == 1)
 
             await wait_for(stored, within=120, what="the append stored once PostgreSQL is back")
+
+
+async def test_health_probes_once_per_window_however_often_it_is_asked(lane: Settings) -> None:
+    s = lane.model_copy(update={"health_cache_s": 60.0})
+    async with ingest_running(s) as ing:
+        probes = "ledger_health_probes_total"
+        concurrent = await asyncio.gather(*(_get(ing, p) for p in ("/health", "/readyz") * 25))
+        sequential = [await _get(ing, "/health") for _ in range(10)]
+        assert {a[0] for a in concurrent + sequential} == {200}
+        assert ing.metrics.registry.get_sample_value(probes) == 1
+        assert {a[1]["status"] for a in sequential} == {concurrent[0][1]["status"]}
