@@ -204,7 +204,8 @@ class _Api:
     async def middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        """Metrics for every request, bearer auth where the route needs it, JSON errors.
+        """Metrics for every request, the ``max_in_flight`` bound (503 past it, before the
+        body is read), bearer auth where the route needs it, JSON errors.
 
         One middleware, not three: each layer is a coroutine per request.
         """
