@@ -2,9 +2,17 @@
 
 * :func:`register_stage_kafka` registers a stage's Kafka clients (its producer, then its
   group consumer) on a :class:`~shared.service.Service`; ``kafka`` is up in ``/health``
-  while the stage consumes (its loop is not paused);
-* :func:`open_ops_server` serves ``/metrics`` (Prometheus) and ``/health`` (the service's
-  pings) on ``settings.metrics_port``: the stages have no HTTP API of their own.
+  while the stage consumes (its loop is not paused), else its state is ``paused``;
+* :func:`open_ops_server` serves, on ``settings.metrics_port`` (the stages have no HTTP API
+  of their own):
+
+  ``/metrics``  Prometheus exposition;
+  ``/health``   the service's pings in the vocabulary of :mod:`shared.health`: ``healthy``,
+                ``degraded`` (a dependency is down but the loop still consumes) or
+                ``unhealthy`` (paused: 503); ``paused``; ``checks`` with each state (a
+                sealed Vault: ``sealed``). Cached for ``health_cache_s``;
+  ``/livez``    200 while the event loop runs (restart the process only when this fails);
+  ``/readyz``   200 while the stage consumes, else 503.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.consumer import RebalanceHooks
+from shared.health import OK, Check, HealthCache, health_body
 from shared.kafka import Consumer, Producer, make_consumer, make_producer
 from shared.lifecycle import Lifecycle
 from shared.service import Dependency, Service
@@ -68,8 +77,8 @@ def register_stage_kafka(
             fetch_min_bytes=fetch_min_bytes,
         )
 
-    async def ping(_: Consumer) -> bool:
-        return consuming()
+    async def ping(_: Consumer) -> Check:
+        return OK if consuming() else Check(False, "paused")
 
     producer = service.register(
         "kafka", open_producer, close=Producer.close, what="kafka producer"
@@ -80,11 +89,15 @@ def register_stage_kafka(
     return producer, consumer
 
 
+#: the check a stage cannot work without: its consuming loop (``kafka``; ``paused`` if not)
+STAGE_REQUIRED: tuple[str, ...] = ("kafka",)
+
+
 async def open_ops_server(
     lc: Lifecycle,
     settings: Settings,
     metrics: Metrics,
-    health: Callable[[], Awaitable[Mapping[str, Any]]],
+    health: Callable[[], Awaitable[Mapping[str, Check]]],
 ) -> None:
     """:func:`serve_ops` when ``settings.metrics_port`` is set (0: none), closed first."""
     if settings.metrics_port > 0:
@@ -92,12 +105,21 @@ async def open_ops_server(
         lc.on_close("ops server", runner.cleanup)
 
 
+def stage_health_body(checks: Mapping[str, Check]) -> dict[str, Any]:
+    """:func:`shared.health.health_body` plus ``paused`` (the loop waits on a dependency)."""
+    body = health_body(checks, required=STAGE_REQUIRED)
+    kafka = checks.get("kafka")
+    body["paused"] = kafka is not None and kafka.state == "paused"
+    return body
+
+
 async def serve_ops(
     settings: Settings,
     metrics: Metrics,
-    health: Callable[[], Awaitable[Mapping[str, Any]]],
+    health: Callable[[], Awaitable[Mapping[str, Check]]],
 ) -> web.AppRunner:
-    """``/metrics`` and ``/health`` (200 if every boolean check passed, else 503)."""
+    """``/metrics``, ``/health``, ``/livez`` and ``/readyz`` (see the module docstring)."""
+    cache = HealthCache(health, ttl_s=settings.health_cache_s, on_probe=metrics.health_probes.inc)
 
     async def get_metrics(_: web.Request) -> web.Response:
         return web.Response(
@@ -106,17 +128,27 @@ async def serve_ops(
         )
 
     async def get_health(_: web.Request) -> web.Response:
-        checks = await health()
-        ok = all(v for v in checks.values() if isinstance(v, bool))
-        body = {"status": "ok" if ok else "degraded", **checks}
-        return web.Response(
-            status=200 if ok else 503, text=json.dumps(body), content_type="application/json"
-        )
+        body = stage_health_body(await cache.get())
+        return _json(503 if body["status"] == "unhealthy" else 200, body)
+
+    async def get_ready(_: web.Request) -> web.Response:
+        body = stage_health_body(await cache.get())
+        ready = body["status"] != "unhealthy"
+        return _json(200 if ready else 503, {"status": body["status"], "ready": ready})
+
+    async def get_live(_: web.Request) -> web.Response:
+        return _json(200, {"status": "alive"})
 
     app = web.Application()
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/health", get_health)
+    app.router.add_get("/readyz", get_ready)
+    app.router.add_get("/livez", get_live)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.http_host, settings.metrics_port).start()
     return runner
+
+
+def _json(status: int, body: Mapping[str, Any]) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json")

@@ -10,6 +10,7 @@ skeleton does the rest, the same way for every process::
                  with one back-off)        a stop is requested)    grace period is over)
 
     /health ◄── the registered pings, by dependency name: database, kafka, vault, rekor
+                (each a shared.health.Check, bounded by a timeout)
 
 Processes differ only in what they register and in their work. A dependency's ``open`` may
 be replaced before the process runs (an instrumented or fake client): the work only ever
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 from shared.errors import DependencyError
+from shared.health import OK, Check, guarded
 from shared.lifecycle import Lifecycle, run_service
 from shared.stage import Backoff
 
@@ -82,7 +84,7 @@ class Dependency(Generic[_T]):
     what: str
     open: Callable[[], Awaitable[_T]]
     close: Callable[[_T], Awaitable[object]]
-    ping: Callable[[_T], Awaitable[bool]] | None = None
+    ping: Callable[[_T], Awaitable[bool | Check]] | None = None
     _client: _T | None = field(default=None, init=False, repr=False)
 
     @property
@@ -92,11 +94,11 @@ class Dependency(Generic[_T]):
             raise RuntimeError(f"{self.what} is not open")
         return self._client
 
-    async def up(self) -> bool:
+    async def up(self) -> Check:
         """The ping's answer; a client that is not open (yet) is down."""
         if self._client is None or self.ping is None:
-            return False
-        return await self.ping(self._client)
+            return Check(False, "not open")
+        return Check.of(await self.ping(self._client))
 
     async def open_in(self, lc: Lifecycle, backoff: Backoff) -> bool:
         """Open (waiting while the service is down) and register the close; False if stopped."""
@@ -123,7 +125,7 @@ class Service:
         open: Callable[[], Awaitable[_T]],
         *,
         close: Callable[[_T], Awaitable[object]],
-        ping: Callable[[_T], Awaitable[bool]] | None = None,
+        ping: Callable[[_T], Awaitable[bool | Check]] | None = None,
         what: str | None = None,
     ) -> Dependency[_T]:
         """Add a dependency, opened after those registered before it; returns its handle."""
@@ -153,23 +155,28 @@ class Service:
             install_signals=install_signals,
         )
 
-    def health_checks(self) -> dict[str, Callable[[], Awaitable[bool]]]:
+    def health_checks(self) -> dict[str, Callable[[], Awaitable[Check]]]:
         """One probe per dependency name that has pings: up when all of its pings are."""
         names = dict.fromkeys(d.name for d in self._dependencies if d.ping is not None)
         return {name: functools.partial(self._up, name) for name in names}
 
-    async def health(self) -> dict[str, bool]:
-        """Every probe of :meth:`health_checks`, one after another in the order registered.
+    async def health(self, *, timeout_s: float = 2.0) -> dict[str, Check]:
+        """Every probe of :meth:`health_checks`, one after another in the order registered,
+        each cut off after ``timeout_s`` (state ``timeout``).
 
         In order, not together: what the work keeps in memory (a stage's ``kafka``: its loop
         is not paused, registered last) is then read after the network probes, so it is as
         fresh as the answer can be; a loop that resumed while Vault was being asked is up.
         """
-        return {name: await check() for name, check in self.health_checks().items()}
+        return {
+            name: await guarded(check, timeout_s=timeout_s)
+            for name, check in self.health_checks().items()
+        }
 
-    async def _up(self, name: DependencyName) -> bool:
+    async def _up(self, name: DependencyName) -> Check:
         for dependency in self._dependencies:
-            pinged = dependency.name == name and dependency.ping is not None
-            if pinged and not await dependency.up():
-                return False
-        return True
+            if dependency.name == name and dependency.ping is not None:
+                check = await dependency.up()
+                if not check.ok:
+                    return check
+        return OK

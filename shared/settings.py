@@ -16,21 +16,36 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError
 
-__all__ = ["ENV_NAMES", "Settings"]
+__all__ = ["ENV_NAMES", "PROCESSES", "Settings", "needed_by", "required_env"]
+
+#: the processes that read these settings (``ledger <process>``)
+PROCESSES = ("ingest", "signer", "anchorer", "migrate")
+_STAGES = ("ingest", "signer", "anchorer")
+
+
+def _needed(*processes: str, one_of: str | None = None) -> dict[str, Any]:
+    """Field metadata: these processes need the setting set wherever their dependencies are
+    not on their own host (the default is a loopback address, or empty). Settings sharing a
+    ``one_of`` group are alternatives: one of them is enough."""
+    return {"needed_by": list(processes), "one_of": one_of}
 
 
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # --- services the pipeline talks to -------------------------------------------------
-    kafka_bootstrap_servers: str = "127.0.0.1:9092"
-    database_dsn: str = "postgresql://ledger@127.0.0.1:5432/ledger"
-    vault_addr: str = "http://127.0.0.1:8200"
-    vault_token: str = Field(default="", repr=False)
+    kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092",
+                                         json_schema_extra=_needed(*_STAGES))
+    database_dsn: str = Field(default="postgresql://ledger@127.0.0.1:5432/ledger",
+                              json_schema_extra=_needed(*PROCESSES))
+    #: ingest too: its /health reads the signing key's metadata (a read-only token will do)
+    vault_addr: str = Field(default="http://127.0.0.1:8200", json_schema_extra=_needed(*_STAGES))
+    vault_token: str = Field(default="", repr=False, json_schema_extra=_needed(*_STAGES))
     vault_transit_mount: str = "transit"
     vault_transit_key: str = "ledger-ed25519"
     vault_anchor_key: str = "ledger-anchor"
-    rekor_server_url: str = "http://127.0.0.1:3000"
+    rekor_server_url: str = Field(default="http://127.0.0.1:3000",
+                                  json_schema_extra=_needed("ingest", "anchorer"))
     rekor_public_key: str = ""  # a PEM file path or the PEM itself; empty: pin on first use
     rekor_timeout_s: float = Field(default=20.0, gt=0)
 
@@ -40,7 +55,8 @@ class Settings(BaseModel):
     topic_anchored: str = "ledger.anchored"
 
     # --- ingest ---------------------------------------------------------------------------
-    http_host: str = "127.0.0.1"
+    #: the loopback default serves only the same host (a container: nobody)
+    http_host: str = Field(default="127.0.0.1", json_schema_extra=_needed("ingest"))
     http_port: int = Field(default=8080, ge=0, le=65535)
     max_payload_bytes: int = Field(default=1024 * 1024, gt=0)
     max_meta_bytes: int = Field(default=16 * 1024, gt=0)
@@ -49,8 +65,15 @@ class Settings(BaseModel):
     append_wait_ms: int = Field(default=5000, ge=0)
     #: the largest ``POST /append/batch`` body (each entry also within the limits above)
     max_batch_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
-    tokens_file: str = ""
-    auth_disabled: bool = False
+    tokens_file: str = Field(default="", json_schema_extra=_needed("ingest", one_of="auth"))
+    auth_disabled: bool = Field(default=False,
+                                json_schema_extra=_needed("ingest", one_of="auth"))
+    #: how long an append waits for Kafka's acknowledgement before answering 503
+    publish_timeout_ms: int = Field(default=5000, gt=0, le=60_000)
+    #: how long an append waits for the idempotency lookup before publishing without it
+    lookup_timeout_ms: int = Field(default=1000, gt=0, le=60_000)
+    #: requests handled at once (health, metrics excluded); past it: 503 + Retry-After
+    max_in_flight: int = Field(default=4096, gt=0)
 
     # --- signer ---------------------------------------------------------------------------
     signer_group: str = "ledger-signer"
@@ -74,6 +97,10 @@ class Settings(BaseModel):
     metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no separate metrics server
     log_level: str = "INFO"
     shutdown_grace_s: float = Field(default=15.0, gt=0)
+    #: how long a ``/health`` answer is reused (concurrent callers share one probe)
+    health_cache_s: float = Field(default=1.0, ge=0, le=60)
+    #: the most one dependency probe of ``/health`` may take
+    health_timeout_s: float = Field(default=2.0, gt=0, le=30)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -112,3 +139,26 @@ ENV_NAMES.update(
         "rekor_server_url": "REKOR_SERVER_URL",
     }
 )
+
+
+def required_env(process: str) -> list[frozenset[str]]:
+    """The environment variables ``process`` needs (from the fields' ``needed_by``), as groups:
+    at least one variable of each group must be set. Deployment checks use it (the compose
+    file's test), so the list cannot drift from the settings."""
+    if process not in PROCESSES:
+        raise ValueError(f"unknown process {process!r}; one of {PROCESSES}")
+    groups: dict[str, set[str]] = {}
+    for name, info in Settings.model_fields.items():
+        if process not in needed_by(name):
+            continue
+        extra = info.json_schema_extra
+        group = extra.get("one_of") if isinstance(extra, dict) else None
+        groups.setdefault(str(group) if group else name, set()).add(ENV_NAMES[name])
+    return [frozenset(names) for names in groups.values()]
+
+
+def needed_by(field_name: str) -> list[str]:
+    """The processes that need ``field_name`` set outside one host (see :func:`_needed`)."""
+    extra = Settings.model_fields[field_name].json_schema_extra
+    needed = extra.get("needed_by") if isinstance(extra, dict) else None
+    return [str(p) for p in needed] if isinstance(needed, list) else []

@@ -168,6 +168,10 @@ class Metrics:
             "ledger_dependency_up", "1 if the last health check of a dependency passed",
             ["dependency"], registry=r,
         )
+        self.health_probes = Counter(
+            "ledger_health_probes", "health probes run (cached answers are not counted)",
+            registry=r,
+        )
         self.messages_processed = Counter(
             "ledger_messages_processed", "Kafka messages processed and committed",
             ["stage"], registry=r,

@@ -15,14 +15,17 @@ on ``settings.metrics_port`` when set) and the sweeper, which close first. One t
 at start-up is waited for with back-off. The Vault and Rekor clients connect on first use:
 Rekor is not needed to start, the stream pauses on it like on any dependency.
 
-``/health``: ``database``, ``vault`` (the anchor key), ``rekor`` (false while the last Rekor
-call failed; before any call, whether Rekor answers) and ``kafka`` (consuming: not paused).
+``/health`` (:mod:`shared.ops`): ``database``, ``vault`` (a probe of its own: unsealed, the
+token valid, the anchor key readable), ``rekor`` (false while the last Rekor call failed;
+before any call, whether Rekor answers) and ``kafka`` (consuming: not paused); ``unhealthy``
+(503) while paused. ``/livez`` and ``/readyz`` beside it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Sequence
@@ -32,6 +35,7 @@ from shared.anchored import AnchoredEvent
 from shared.consumer import ConsumerLoop, RebalanceHooks
 from shared.db import Database
 from shared.errors import InvalidMessage, LedgerError
+from shared.health import VaultProbe
 from shared.kafka import Producer, Record
 from shared.lifecycle import Lifecycle
 from shared.messages import decode_object
@@ -196,7 +200,11 @@ class AnchorerProcess:
         )
         self.vault = register(
             "vault", at_once(lambda: TransitSigner(settings)), close=TransitSigner.close,
-            ping=lambda vault: vault.health(settings.vault_anchor_key),
+        )
+        register(
+            "vault", lambda: VaultProbe.open(settings, settings.vault_anchor_key,
+                                             timeout_s=settings.health_timeout_s),
+            close=VaultProbe.close, ping=VaultProbe.check, what="vault probe",
         )
         self.rekor = register(
             "rekor", at_once(lambda: RekorClient.from_settings(settings)),
@@ -249,7 +257,10 @@ class AnchorerProcess:
             depth=settings.pipeline_depth,
         )
         self._rebalance.bind(self.loop)
-        await open_ops_server(lc, settings, self.metrics, self.service.health)
+        await open_ops_server(
+            lc, settings, self.metrics,
+            functools.partial(self.service.health, timeout_s=settings.health_timeout_s),
+        )
         sweeping = asyncio.create_task(sweeper.run(lc.stopping), name="anchorer-sweeper")
 
         async def stop_sweeper() -> None:

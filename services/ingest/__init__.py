@@ -9,7 +9,7 @@ with a status URL), and serves reads, health, metrics and the OpenAPI document.
 * :mod:`.auth` — hashed bearer tokens with scopes, :func:`create_token`;
 * :mod:`.waiter` — the per-process ``ledger.signed`` tail that wakes waiting requests;
 * :mod:`.store` — read queries and the entry's JSON shape;
-* :mod:`.health` — dependency probes;
+* :mod:`.health` — ``/health``, ``/livez``, ``/readyz`` and the Rekor probe;
 * :mod:`.service` — :func:`run_ingest`: wiring and graceful shutdown.
 
 It must never forward, store or log a payload or a token.

@@ -10,6 +10,8 @@ Routes (documented in ``openapi.json`` next to this file, served at ``GET /opena
 ``GET /entries/{id}/proof``                read      the offline proof bundle (409 until anchored)
 ``GET /entries/by-request/{request_id}``   read      one entry by its idempotency key
 ``GET /health``                            open      status, database, rekor, kafka, vault
+``GET /livez``                             open      200 while the event loop runs
+``GET /readyz``                            open      200 while appends are accepted, else 503
 ``GET /metrics``                           open      Prometheus exposition
 ``GET /openapi.json``                      open      this API's OpenAPI 3.1 document
 =========================================  ========  ==========================================
@@ -24,10 +26,13 @@ How ``POST /append`` answers
 3. Only when the client chose the request id can the entry already exist: then ingest does
    **one** lookup by request id before publishing. Same content → ``201`` with the stored
    entry (``Idempotent-Replayed: true``), nothing published; different content → ``409``.
-   If the database is down the lookup is skipped and the signer's idempotency decides.
+   If the database is down or slower than ``lookup_timeout_ms`` the lookup is skipped and
+   the signer's idempotency decides.
 4. The :class:`AppendRequest` is published (key = subject) and the broker's ``acks=all``
-   acknowledgement awaited. No ack → ``503`` + ``Retry-After``: never acknowledged to the
-   client what Kafka has not.
+   acknowledgement awaited, at most ``publish_timeout_ms``. No ack → ``503`` + ``Retry-After``
+   and the request id: never acknowledged to the client what Kafka has not. The record may
+   still reach Kafka later; a retry with the same request id is then one entry (the signer
+   stores one row per request id).
 5. ``Prefer: respond-async`` → ``202`` now. Otherwise the handler waits, at most
    ``append_wait_ms``, on a future registered under the entry id *before* publishing; the
    process's single ``ledger.signed`` tail (:mod:`.waiter`) resolves it. No database polling.
@@ -40,6 +45,15 @@ valid entries go to Kafka together; the answer is ``200`` with the results (``er
 when any entry was refused). Only a malformed envelope fails the whole request (``4xx``); if
 Kafka does not acknowledge, the answer is ``503`` naming the request id of every entry, so a
 retry with those ids is idempotent.
+
+Load shedding and health
+------------------------
+At most ``max_in_flight`` requests are handled at once (health, liveness, readiness, metrics
+and the OpenAPI document do not count); past it a request is answered ``503`` + ``Retry-After``
+before its body is read. ``/health`` (:mod:`shared.health`): ``unhealthy`` (503) only while
+appends cannot be accepted (Kafka down, shutting down, at the in-flight bound); PostgreSQL,
+Vault or Rekor down is ``degraded`` (200): appends still reach Kafka and the signer catches
+up later, reads answer 503. The dependency probes are cached for ``health_cache_s``.
 
 Never logs or returns the payload or a token; logs carry request id and entry id.
 """
@@ -69,6 +83,7 @@ from shared.errors import (
     LedgerError,
     Policy,
 )
+from shared.health import Probe
 from shared.messages import append_request_fields
 from shared.settings import Settings
 from shared.statement import content_sha256, entry_id_for
@@ -76,7 +91,7 @@ from shared.telemetry import Metrics, log_context
 from shared.tracing import continue_trace, trace_id_of
 
 from .auth import Principal, TokenStore
-from .health import HealthCheck, run_checks
+from .health import IngestHealth
 from .reads import EntryReads
 from .responses import (
     RETRY_AFTER_S,
@@ -89,6 +104,7 @@ from .responses import (
     item_conflict,
     item_created,
     json_response,
+    overloaded,
     parse_prefer,
     rejection,
 )
@@ -109,7 +125,8 @@ __all__ = ["OPENAPI_PATH", "IngestDeps", "Publisher", "build_app", "check_auth_c
 log = logging.getLogger("ledger.ingest")
 
 OPENAPI_PATH: Final = Path(__file__).with_name("openapi.json")
-_HEALTH_TIMEOUT_S: Final = 2.0
+#: routes that neither count towards nor are refused at ``max_in_flight``
+_UNCOUNTED: Final = frozenset({"health", "livez", "readyz", "metrics", "openapi"})
 _READ_CHUNK: Final = 64 * 1024
 _JSON_HEADER: Final = ("content-type", b"application/json")
 _JSON_TYPE_RE: Final = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
@@ -149,13 +166,15 @@ class IngestDeps:
     waiter: SignedWaiter
     metrics: Metrics
     #: name → probe; ``/health`` reports each (database, kafka, vault, rekor)
-    health_checks: Mapping[str, HealthCheck] = field(default_factory=dict)
+    health_checks: Mapping[str, Probe] = field(default_factory=dict)
     #: None only when ``settings.auth_disabled``
     tokens: TokenStore | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     meta_schema: MetaSchema | None = None  # default: loaded from settings.meta_schema_path
     #: ``GET /entries/{id}/proof`` reads here; None answers 501 (the service passes its store)
     proofs: ProofStore | None = None
+    #: set when the process is shutting down: ``/health`` and ``/readyz`` say so (503)
+    stopping: asyncio.Event | None = None
 
 
 def _route_label(request: web.Request) -> str:
@@ -173,6 +192,11 @@ class _Api:
         self.body_limit = body_limit(settings.max_payload_bytes, settings.max_meta_bytes)
         self.batch_body_limit = settings.max_batch_body_bytes
         self.wait_s = settings.append_wait_ms / 1000
+        self.in_flight = 0
+        self.health = IngestHealth(
+            settings, deps.metrics, deps.health_checks, stopping=deps.stopping,
+            in_flight=lambda: self.in_flight,
+        )
 
     # --- middlewares ------------------------------------------------------------------------
 
@@ -180,14 +204,26 @@ class _Api:
     async def middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        """Metrics for every request, bearer auth where the route needs it, JSON errors.
+        """Metrics for every request, the ``max_in_flight`` bound (503 past it, before the
+        body is read), bearer auth where the route needs it, JSON errors.
 
         One middleware, not three: each layer is a coroutine per request.
         """
         started = time.monotonic()
         status = 500
+        counted = request.match_info.route.name not in _UNCOUNTED
+        response: web.StreamResponse
         try:
-            response = await self._guarded(request, handler)
+            if counted and self.in_flight >= self.settings.max_in_flight:
+                response = overloaded()
+            elif counted:
+                self.in_flight += 1
+                try:
+                    response = await self._guarded(request, handler)
+                finally:
+                    self.in_flight -= 1
+            else:
+                response = await self._guarded(request, handler)
             status = response.status
             return response
         finally:
@@ -445,11 +481,12 @@ class _Api:
 
     async def _existing_many(self, request_ids: Sequence[str]) -> dict[str, EntryView]:
         try:
-            if len(request_ids) == 1:
-                view = await self.deps.store.get_by_request_id(request_ids[0])
-                return {} if view is None else {view.request_id: view}
-            return await self.deps.store.get_by_request_ids(request_ids)
-        except DatabaseUnavailable as exc:
+            async with asyncio.timeout(self.settings.lookup_timeout_ms / 1000):
+                if len(request_ids) == 1:
+                    view = await self.deps.store.get_by_request_id(request_ids[0])
+                    return {} if view is None else {view.request_id: view}
+                return await self.deps.store.get_by_request_ids(request_ids)
+        except (DatabaseUnavailable, TimeoutError) as exc:
             # availability over an early answer: the signer's idempotency still decides
             log.warning("idempotency lookup skipped", extra={"error": type(exc).__name__})
             return {}
@@ -496,20 +533,6 @@ class _Api:
             log.debug("append published", extra={"payload_sha256": payload_sha256})
 
     # --- operations -------------------------------------------------------------------------
-
-    async def health(self, request: web.Request) -> web.Response:
-        names = ("database", "rekor", "kafka", "vault")
-        checks = {n: c for n, c in self.deps.health_checks.items() if n in names}
-        results = await run_checks(checks, timeout_s=_HEALTH_TIMEOUT_S)
-        body: dict[str, Any] = {}
-        all_ok = True
-        for name in names:
-            up = results.get(name, False)
-            body[name] = up
-            all_ok = all_ok and up
-            self.metrics.dependency_up.labels(name).set(1 if up else 0)
-        body = {"status": "ok" if all_ok else "degraded", **body}
-        return web.json_response(body, status=200 if all_ok else 503)
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         data = generate_latest(self.metrics.registry)
@@ -562,7 +585,9 @@ def build_app(settings: Settings, deps: IngestDeps) -> web.Application:
     r.add_get(
         "/entries/{id}/proof", reads.get_entry_proof, name="get_entry_proof", allow_head=False
     )
-    r.add_get("/health", api.health, name="health", allow_head=False)
+    r.add_get("/health", api.health.health, name="health", allow_head=False)
+    r.add_get("/livez", api.health.livez, name="livez", allow_head=False)
+    r.add_get("/readyz", api.health.readyz, name="readyz", allow_head=False)
     r.add_get("/metrics", api.metrics_endpoint, name="metrics", allow_head=False)
     r.add_get("/openapi.json", api.openapi_endpoint, name="openapi", allow_head=False)
     return app

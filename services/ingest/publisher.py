@@ -9,6 +9,12 @@ scheduled for the end of the current loop turn.
 
 The producer is started on first use (and again after a failed start), so ingest comes up
 while Kafka is down; sends then fail fast with :class:`KafkaUnavailable` (→ 503).
+
+A caller waits at most ``publish_timeout_ms`` for its acknowledgement, then gets
+:class:`KafkaUnavailable` (→ 503 + ``Retry-After``): a frozen or slow broker never holds a
+request longer. Its record may still be delivered afterwards (it is already in the producer's
+batch); the client's retry with the same request id is still one entry, because the signer
+stores one row per request id.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class KafkaPublisher:
         request_timeout_ms: int = _PRODUCER_TIMEOUT_MS,
     ) -> None:
         self._settings = settings
+        self._ack_timeout_s = settings.publish_timeout_ms / 1000
         self._start_timeout_s = start_timeout_s
         self._request_timeout_ms = request_timeout_ms
         self._producer: Producer | None = None
@@ -96,10 +103,19 @@ class KafkaPublisher:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._start_flush)
-        if len(futures) == 1:
-            await futures[0]
-        else:
-            await asyncio.gather(*futures)
+        done, pending = await asyncio.wait(futures, timeout=self._ack_timeout_s)
+        if pending:
+            for future in pending:
+                future.add_done_callback(_retrieve)  # nobody awaits it any more
+            for future in done:
+                _retrieve(future)
+            raise KafkaUnavailable(
+                f"Kafka did not acknowledge within {self._settings.publish_timeout_ms} ms"
+            )
+        failures = [f.exception() for f in futures]  # every one retrieved, the first raised
+        first = next((exc for exc in failures if exc is not None), None)
+        if first is not None:
+            raise first
 
     def _start_flush(self) -> None:
         self._flush_scheduled = False
@@ -130,3 +146,9 @@ class KafkaPublisher:
                 await asyncio.wait(set(self._flushes), timeout=self._request_timeout_ms / 1000)
             if self._producer is not None:
                 await self._producer.close()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a failure as seen: a send its caller stopped waiting for is not an error to log."""
+    if not future.cancelled():
+        future.exception()

@@ -31,6 +31,7 @@ __all__ = [
     "item_conflict",
     "item_created",
     "json_response",
+    "overloaded",
     "parse_prefer",
     "parse_time",
     "rejection",
@@ -66,6 +67,16 @@ def error(
 def rejection(exc: RequestRejected) -> web.Response:
     headers = {"Retry-After": RETRY_AFTER_S} if exc.status == 503 else None
     return json_response(exc.body(), status=exc.status, headers=headers)
+
+
+def overloaded() -> web.Response:
+    """503 at the ``max_in_flight`` bound: nothing was read, so nothing was published."""
+    return error(
+        503, "overloaded",
+        "too many requests in flight; nothing was read or published: retry later "
+        "(with the same request_id)",
+        headers={"Retry-After": RETRY_AFTER_S},
+    )
 
 
 class RequestUnavailable(RequestRejected):

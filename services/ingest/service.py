@@ -9,7 +9,9 @@ Dependencies open in that order and close in reverse. PostgreSQL down at start i
 with back-off, as the stages do: the listener opens once the database answers. Kafka down at
 start is not: the producer is started on first use (:class:`.publisher.KafkaPublisher`), so
 the process comes up, ``/health`` says ``kafka: false`` and appends answer 503 until Kafka is
-back. ``/health`` asks the registered pings (``database``, ``kafka``, ``vault``, ``rekor``).
+back. ``/health`` asks the registered pings (``database``, ``kafka``, ``vault``, ``rekor``)
+at most once per ``health_cache_s``; it is ``unhealthy`` (503) only while appends cannot be
+accepted: Kafka down, or ingest itself shutting down or at its ``max_in_flight`` bound.
 
 Shutdown (:mod:`shared.lifecycle`): on SIGTERM the listener closes (no new connections),
 handlers still waiting for the signer are woken (they answer 202 with the status URL, since
@@ -27,6 +29,7 @@ from aiohttp import web
 
 from shared.db import Database
 from shared.errors import KafkaUnavailable
+from shared.health import VaultProbe
 from shared.lifecycle import Lifecycle
 from shared.service import Service
 from shared.settings import Settings
@@ -34,7 +37,7 @@ from shared.telemetry import Metrics
 
 from .app import IngestDeps, build_app, check_auth_config
 from .auth import TokenStore
-from .health import REKOR_UP_STATUSES, VAULT_UP_STATUSES, http_ping
+from .health import REKOR_UP_STATUSES, http_ping
 from .publisher import KafkaPublisher
 from .store import PgEntryStore
 from .waiter import KafkaSignedWaiter
@@ -65,7 +68,10 @@ class IngestProcess:
         self.tokens = None if settings.auth_disabled else TokenStore(settings.tokens_file)
         service = self.service = Service("ingest", grace_s=settings.shutdown_grace_s)
         self.database = service.register(
-            "database", lambda: Database.connect(settings, min_size=1, max_size=10),
+            # reads are single indexed queries: past 10 s the database is not answering, and
+            # a 503 beats a client's own timeout (appends do not wait on it at all)
+            "database", lambda: Database.connect(settings, min_size=1, max_size=10,
+                                                 command_timeout_s=10.0),
             close=Database.close, ping=Database.health,
         )
         self.publisher = service.register(
@@ -75,15 +81,16 @@ class IngestProcess:
             "kafka", self._open_tail, close=KafkaSignedWaiter.close,
             ping=KafkaSignedWaiter.ping, what="ledger.signed tail",
         )
+        # ingest signs nothing: its token only needs to read the signing key's metadata
         service.register(
-            "vault", _probe_session, close=aiohttp.ClientSession.close,
-            ping=http_ping(settings.vault_addr.rstrip("/") + "/v1/sys/health",
-                           ok_statuses=VAULT_UP_STATUSES),
+            "vault", lambda: VaultProbe.open(settings, settings.vault_transit_key,
+                                             timeout_s=settings.health_timeout_s),
+            close=VaultProbe.close, ping=VaultProbe.check, what="vault probe",
         )
         service.register(
             "rekor", _probe_session, close=aiohttp.ClientSession.close,
             ping=http_ping(settings.rekor_server_url.rstrip("/") + "/api/v1/log",
-                           ok_statuses=REKOR_UP_STATUSES),
+                           ok_statuses=REKOR_UP_STATUSES, timeout_s=settings.health_timeout_s),
         )
 
     async def _open_publisher(self) -> KafkaPublisher:
@@ -117,6 +124,7 @@ class IngestProcess:
             tokens=self.tokens,
             proofs=store,
             health_checks=self.service.health_checks(),
+            stopping=lc.stopping,
         )
         runner = web.AppRunner(
             build_app(settings, deps), access_log=None,

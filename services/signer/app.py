@@ -10,16 +10,20 @@ Dependencies open in that order and close in reverse, the ops server (``/health`
 down at start-up is waited for with back-off: a signer started before its database waits.
 The Vault client connects on first use; the stream pauses on Vault like on any dependency.
 
-``/health``: ``database``, ``vault`` and ``kafka`` (consuming: the loop is not paused).
+``/health`` (:mod:`shared.ops`): ``database``, ``vault`` (a probe of its own: unsealed, the
+token valid, the signing key readable) and ``kafka`` (consuming: the loop is not paused);
+``unhealthy`` (503) while paused. ``/livez`` and ``/readyz`` beside it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 from shared.consumer import ConsumerLoop, RebalanceHooks
 from shared.db import Database
+from shared.health import VaultProbe
 from shared.lifecycle import Lifecycle
 from shared.ops import open_ops_server, register_stage_kafka
 from shared.repository import Repository
@@ -52,7 +56,11 @@ class SignerProcess:
         )
         self.vault = self.service.register(
             "vault", at_once(lambda: TransitSigner(settings)), close=TransitSigner.close,
-            ping=TransitSigner.health,
+        )
+        self.service.register(
+            "vault", lambda: VaultProbe.open(settings, settings.vault_transit_key,
+                                             timeout_s=settings.health_timeout_s),
+            close=VaultProbe.close, ping=VaultProbe.check, what="vault probe",
         )
         self.producer, self.consumer = register_stage_kafka(
             self.service, settings, group_id=settings.signer_group,
@@ -92,7 +100,10 @@ class SignerProcess:
             depth=settings.pipeline_depth,
         )
         self._rebalance.bind(self.loop)
-        await open_ops_server(lc, settings, self.metrics, self.service.health)
+        await open_ops_server(
+            lc, settings, self.metrics,
+            functools.partial(self.service.health, timeout_s=settings.health_timeout_s),
+        )
         log.info(
             "signer started",
             extra={"topic": settings.topic_append, "group": settings.signer_group},

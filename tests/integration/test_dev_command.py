@@ -100,7 +100,7 @@ def test_ledger_dev_runs_the_pipeline_and_ctrl_c_stops_everything(stack_run_dir:
             time.sleep(0.3)
         assert doc["anchored_at"] and doc["rekor_log_id"]
         status, health = _request("GET", f"{base}/health", tok)
-        assert status == 200 and health["status"] == "ok", health
+        assert status == 200 and health["status"] == "healthy", health
         assert _processes_of(stack_dir), "expected the stack's processes while it runs"
     finally:
         dev.send_signal(signal.SIGINT)

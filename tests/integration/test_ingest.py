@@ -297,7 +297,10 @@ async def test_kafka_unreachable_answers_503_with_retry_after(lane_settings):
         assert ing.metrics.registry.get_sample_value("ledger_appends_published_total") == 0
         async with ing.session.get(f"{ing.url}/health") as r:
             health = await r.json()
-            assert r.status == 503 and health["kafka"] is False and health["status"] == "degraded"
+            # appends cannot be accepted: unhealthy, and readiness says so too
+            assert r.status == 503 and health["kafka"] is False and health["status"] == "unhealthy"
+        async with ing.session.get(f"{ing.url}/readyz") as r:
+            assert r.status == 503
     # and nothing reached the real Kafka
     assert await scan_topic(lane_settings, lane_settings.topic_append) == []
 
@@ -356,10 +359,10 @@ async def test_health_is_truthful(lane_settings, stack):
         async with ing.session.get(f"{ing.url}/health") as r:
             doc = await r.json()
         expected_rekor = "REKOR_SERVER_URL" in stack.endpoints()
-        assert doc["database"] is True and doc["kafka"] is True and doc["vault"] is True
+        assert doc["database"] == "ok" and doc["kafka"] is True and doc["vault"] is True
         assert doc["rekor"] is expected_rekor
-        assert (r.status == 200) is expected_rekor and doc["status"] == ("ok" if expected_rekor else "degraded")
-        assert set(doc) == {"status", "database", "rekor", "kafka", "vault"}
+        assert r.status == 200 and doc["status"] == ("healthy" if expected_rekor else "degraded")
+        assert set(doc) == {"status", "database", "rekor", "kafka", "vault", "checks"}
     down = lane_settings.model_copy(update={
         "rekor_server_url": f"http://127.0.0.1:{closed_port()}",
         "vault_addr": f"http://127.0.0.1:{closed_port()}",
@@ -367,9 +370,16 @@ async def test_health_is_truthful(lane_settings, stack):
     async with ingest_running(down) as ing:
         async with ing.session.get(f"{ing.url}/health") as r:
             doc = await r.json()
-        assert r.status == 503
-        assert doc == {"status": "degraded", "database": True, "rekor": False,
-                       "kafka": True, "vault": False}
+        # appends still work without Rekor and Vault: 200, degraded, with the details
+        assert r.status == 200, doc
+        assert {k: doc[k] for k in ("status", "database", "rekor", "kafka", "vault")} == {
+            "status": "degraded", "database": "ok", "rekor": False, "kafka": True,
+            "vault": False}
+        assert doc["checks"]["rekor"] == doc["checks"]["vault"] == {
+            "ok": False, "state": "unreachable"}
+        status, appended, _ = await ing.append(
+            {"subject": f"{ing.prefix}/d", "payload": b64(b"x")}, Prefer="respond-async")
+        assert status == 202, appended
 
 
 async def test_database_down_at_start_is_waited_for_then_served(lane_settings):
@@ -389,7 +399,7 @@ async def test_database_down_at_start_is_waited_for_then_served(lane_settings):
         async with tcp_forwarder(port, real.hostname or "127.0.0.1", real.port or 5432):
             url = await asyncio.wait_for(bound, 60)  # the database answers now
             async with aiohttp.ClientSession() as session, session.get(f"{url}/health") as r:
-                assert (await r.json())["database"] is True
+                assert (await r.json())["database"] == "ok"
             lc.request_stop("test over")
             await asyncio.wait_for(task, 60)
     finally:

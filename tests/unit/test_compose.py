@@ -36,7 +36,8 @@ from deploy.local.rekor import (
     Rekor,
 )
 from deploy.local.rekor_key import LOG_PUBLIC_KEY_FILE, SIGNER_KEY_FILE
-from shared.settings import ENV_NAMES
+from services.ingest.app import check_auth_config
+from shared.settings import ENV_NAMES, PROCESSES, Settings, needed_by, required_env
 
 pytestmark = pytest.mark.unit
 
@@ -200,3 +201,74 @@ def test_rekor_matches_the_local_stack(services: dict[str, Any]) -> None:
     assert rekor["depends_on"]["trillian-createtree"]["condition"] == (
         "service_completed_successfully"
     )
+
+
+# --- every ledger process gets the settings it needs (from shared/settings.py) -------------
+
+_DEFAULTED = re.compile(r"\$\{([A-Z0-9_]+)(?::?-([^}]*))?\}")
+
+
+def _resolved(value: str) -> str:
+    """A compose value with ``${VAR:-default}`` replaced by its default (no .env here)."""
+    return _DEFAULTED.sub(lambda m: m.group(2) or "", value)
+
+
+def _ledger_processes(services: dict[str, Any]) -> dict[str, str]:
+    """compose service → the ledger process it runs (the image's entrypoint is ``ledger``)."""
+    found = {}
+    for name, service in services.items():
+        command = service.get("command")
+        if service.get("image") == "signed-ledger:local" and "entrypoint" not in service:
+            assert isinstance(command, list) and command, name
+            found[name] = str(command[0])
+    return found
+
+
+def test_every_ledger_process_runs_a_known_command(services: dict[str, Any]) -> None:
+    processes = _ledger_processes(services)
+    assert processes == {"ledger-migrate": "migrate", "ingest": "ingest",
+                         "signer": "signer", "anchorer": "anchorer"}
+    assert set(processes.values()) == set(PROCESSES)
+
+
+@pytest.mark.parametrize("process", PROCESSES)
+def test_each_process_gets_every_setting_it_needs(
+    services: dict[str, Any], process: str
+) -> None:
+    name = next(n for n, p in _ledger_processes(services).items() if p == process)
+    env = {k: _resolved(v) for k, v in _env(services[name]).items()}
+    groups = required_env(process)
+    assert groups  # derived from the settings' needed_by metadata
+    for group in groups:
+        assert any(env.get(var) for var in group), f"{name} sets none of {sorted(group)}"
+    settings = Settings.from_env(env)  # every value is valid
+    for field in Settings.model_fields:
+        if process in needed_by(field):
+            value = str(getattr(settings, field))
+            assert "127.0.0.1" not in value, f"{name}: {ENV_NAMES[field]} is a loopback address"
+    if process == "ingest":
+        check_auth_config(settings)  # what made ingest exit and restart in a loop
+        assert not settings.auth_disabled
+
+
+def test_ingest_tokens_file_is_created_once_by_a_job_ingest_waits_for(
+    services: dict[str, Any],
+) -> None:
+    ingest = services["ingest"]
+    tokens = _env(ingest)["LEDGER_TOKENS_FILE"]
+    volume = next(v.split(":")[0] for v in ingest["volumes"]
+                  if tokens.startswith(v.split(":")[1] + "/"))
+    assert any(v == f"{volume}:{tokens.rsplit('/', 1)[0]}:ro" for v in ingest["volumes"])
+    creators = [n for n, s in services.items()
+                if n != "ingest" and any(str(v).startswith(volume + ":") for v in
+                                         s.get("volumes", []))]
+    assert creators == ["ingest-token"]
+    assert ingest["depends_on"]["ingest-token"]["condition"] == (
+        "service_completed_successfully")
+    script = _command_text(services["ingest-token"])
+    assert "ledger token create --name ledger-dev --scopes append,read" in script
+    assert f"--file {tokens}" in script
+    assert f"[ -s {tokens} ]" in script  # only when absent: printed once
+    # the image's user (deploy/Dockerfile) must be able to read the 0600 file
+    uid = re.search(r"^USER\s+(\d+)", (ROOT / "deploy" / "Dockerfile").read_text(), re.M)
+    assert uid is not None and f"chown {uid.group(1)} {tokens}" in script

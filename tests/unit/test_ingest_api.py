@@ -26,10 +26,12 @@ from services.ingest.auth import TokenStore
 from services.ingest.store import EntryFilter, EntryView
 from services.ingest.waiter import FutureRegistry
 from shared.errors import ConfigError, DatabaseUnavailable, KafkaUnavailable
+from shared.health import Check
 from shared.messages import AppendRequest, decode
 from shared.settings import Settings
 from shared.statement import content_sha256, entry_id_for
 from shared.telemetry import JsonFormatter, Metrics
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.unit
 
@@ -41,6 +43,7 @@ class FakePublisher:
         self.sent: list[tuple[str, bytes | str | None, bytes, Any]] = []
         self.fail = False
         self.on_send: Any = None
+        self.on_send_async: Any = None
 
     async def send(self, topic, key, value, headers=None) -> None:
         await self.send_many([(topic, key, value, headers)])
@@ -52,6 +55,8 @@ class FakePublisher:
             self.sent.append((topic, key, value, headers))
             if self.on_send is not None:
                 self.on_send(value)
+            if self.on_send_async is not None:
+                await self.on_send_async(value)
 
 
 class FakeStore:
@@ -491,8 +496,8 @@ async def test_list_entries_pages_without_duplicates_and_filters(tmp_path):
             assert r.status == 400 and (await r.json())["field"] == field
 
 
-async def test_health_reports_each_dependency_and_503_when_one_is_down(tmp_path):
-    async with Harness(tmp_path) as h:
+async def test_health_keeps_the_runbook_shape_and_is_503_only_without_kafka(tmp_path):
+    async with Harness(tmp_path, health_cache_s=0, health_timeout_s=0.2) as h:
         assert h.client is not None
 
         async def up():
@@ -501,20 +506,104 @@ async def test_health_reports_each_dependency_and_503_when_one_is_down(tmp_path)
         async def down():
             return False
 
+        async def sealed():
+            return Check(False, "sealed")
+
         async def hangs():
             await asyncio.Event().wait()
             return True
 
         h.checks.update({"database": up, "kafka": up, "vault": up, "rekor": up})
         r = await h.client.get("/health")
+        body = await r.json()
         assert r.status == 200
-        assert await r.json() == {"status": "ok", "database": True, "rekor": True,
-                                  "kafka": True, "vault": True}
-        h.checks.update({"rekor": down, "vault": hangs})
+        assert {k: body[k] for k in ("status", "database", "rekor", "kafka", "vault")} == {
+            "status": "healthy", "database": "ok", "rekor": True, "kafka": True, "vault": True}
+        assert body["checks"]["ingest"] == {"ok": True, "state": "ok"}
+        # Rekor, Vault, the database down: appends still reach Kafka → 200, degraded
+        h.checks.update({"rekor": down, "vault": sealed, "database": hangs})
         r = await h.client.get("/health")
-        assert r.status == 503
-        assert await r.json() == {"status": "degraded", "database": True, "rekor": False,
-                                  "kafka": True, "vault": False}
+        body = await r.json()
+        assert r.status == 200, body
+        assert body["status"] == "degraded" and body["rekor"] is False
+        assert body["vault"] is False and body["checks"]["vault"]["state"] == "sealed"
+        assert body["database"] == "timeout"
+        r = await h.client.get("/readyz")
+        assert r.status == 200 and await r.json() == {"status": "degraded", "ready": True}
+        # Kafka down: appends cannot be accepted → 503, unhealthy
+        h.checks["kafka"] = down
+        r = await h.client.get("/health")
+        body = await r.json()
+        assert r.status == 503 and body["status"] == "unhealthy" and body["kafka"] is False
+        r = await h.client.get("/readyz")
+        assert r.status == 503 and (await r.json())["ready"] is False
+        r = await h.client.get("/livez")
+        assert r.status == 200 and await r.json() == {"status": "alive"}
+
+
+async def test_health_probes_once_per_cache_window_for_concurrent_and_sequential_calls(
+    tmp_path,
+):
+    async with Harness(tmp_path, health_cache_s=60) as h:
+        assert h.client is not None
+        release = asyncio.Event()
+        calls = 0
+
+        async def slow_up():
+            nonlocal calls
+            calls += 1
+            await release.wait()
+            return True
+
+        h.checks.update({"database": slow_up, "kafka": slow_up, "vault": slow_up,
+                         "rekor": slow_up})
+        pending = [asyncio.create_task(h.client.get(p))
+                   for p in ("/health", "/readyz") * 10]
+        await wait_for(lambda: _true(calls == 4), within=5, what="the one probe to start")
+        release.set()
+        statuses = [r.status for r in await asyncio.gather(*pending)]
+        for _ in range(5):
+            statuses.append((await h.client.get("/health")).status)
+        assert statuses == [200] * 25
+        assert calls == 4  # one probe of each dependency
+        assert h.metric("ledger_health_probes_total") == 1
+
+
+async def test_past_max_in_flight_requests_get_503_with_retry_after(tmp_path):
+    async with Harness(tmp_path, max_in_flight=3) as h:
+        assert h.client is not None
+        release = asyncio.Event()
+        held = 0
+
+        async def hold(_: bytes) -> None:
+            nonlocal held
+            held += 1
+            await release.wait()
+
+        h.publisher.on_send_async = hold
+        h.checks["kafka"] = _up
+        body = {"subject": "s", "payload": b64(b"x")}
+        async_ = {"Prefer": "respond-async"}
+        first = [asyncio.create_task(h.post(body, headers=async_)) for _ in range(3)]
+        await wait_for(lambda: _true(held == 3), within=5, what="three requests in flight")
+        r = await h.post(body, headers=async_)
+        assert r.status == 503 and int(r.headers["Retry-After"]) > 0
+        assert (await r.json())["error"] == "overloaded"
+        assert len(h.publisher.sent) == 3  # the shed request published nothing
+        health = await h.client.get("/health")  # not counted: it still answers
+        assert health.status == 503
+        assert (await health.json())["checks"]["ingest"]["state"] == "overloaded"
+        release.set()
+        assert [r.status for r in await asyncio.gather(*first)] == [202] * 3
+        assert (await h.post(body, headers=async_)).status == 202
+
+
+async def _up() -> bool:
+    return True
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_metrics_endpoint_counts_requests_by_route_and_status(tmp_path):

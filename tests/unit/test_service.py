@@ -12,6 +12,7 @@ import pytest
 
 from shared.consumer import RebalanceHooks
 from shared.errors import DatabaseUnavailable
+from shared.health import OK, Check
 from shared.lifecycle import Lifecycle
 from shared.ops import register_stage_kafka
 from shared.service import Service, at_once
@@ -107,16 +108,17 @@ async def test_health_comes_from_the_pings_by_dependency_name() -> None:
     tail = service.register("kafka", opener("tail", events), close=Client.close,
                             ping=Client.ping, what="kafka tail")
     service.register("vault", opener("vault", events), close=Client.close)  # never reported
-    assert await service.health() == {"database": False, "kafka": False}  # nothing open yet
+    assert await service.health() == {  # nothing open yet
+        "database": Check(False, "not open"), "kafka": Check(False, "not open")}
     seen: list[dict[str, bool]] = []
 
     async def work(lc: Lifecycle) -> None:
-        seen.append(await service.health())
+        seen.append(_oks(await service.health()))
         tail.client.is_up = False
-        seen.append(await service.health())
+        seen.append(_oks(await service.health()))
         db.client.is_up = False
         checks = service.health_checks()
-        seen.append({name: await check() for name, check in checks.items()})
+        seen.append({name: (await check()).ok for name, check in checks.items()})
 
     await service.run(work, install_signals=False)
     assert seen == [{"database": True, "kafka": True}, {"database": True, "kafka": False},
@@ -161,7 +163,7 @@ async def test_a_stage_reports_kafka_up_while_it_consumes() -> None:
     fake: Any = object()  # no broker here: the clients are stand-ins
     producer.open, consumer.open = at_once(lambda: fake), at_once(lambda: fake)
     producer.close = consumer.close = _close_nothing
-    seen: list[dict[str, bool]] = []
+    seen: list[dict[str, Check]] = []
 
     async def work(lc: Lifecycle) -> None:
         nonlocal consuming
@@ -170,7 +172,29 @@ async def test_a_stage_reports_kafka_up_while_it_consumes() -> None:
         seen.append(await service.health())
 
     await service.run(work, install_signals=False)
-    assert seen == [{"kafka": False}, {"kafka": True}]
+    assert seen == [{"kafka": Check(False, "paused")}, {"kafka": OK}]
+
+
+async def test_a_ping_that_hangs_is_cut_off_and_reported_as_timeout() -> None:
+    service = Service("t", grace_s=1, backoff=NO_WAIT)
+    never = asyncio.Event()
+
+    async def hangs(_: object) -> bool:
+        await never.wait()
+        return True
+
+    service.register("rekor", at_once(object), close=_close_nothing, ping=hangs)
+    seen: list[dict[str, Check]] = []
+
+    async def work(lc: Lifecycle) -> None:
+        seen.append(await service.health(timeout_s=0.05))
+
+    await service.run(work, install_signals=False)
+    assert seen == [{"rekor": Check(False, "timeout")}]
+
+
+def _oks(checks: dict[str, Check]) -> dict[str, bool]:
+    return {name: check.ok for name, check in checks.items()}
 
 
 async def _append(target: list[str], item: str) -> None:
