@@ -6,6 +6,7 @@ Every error body is ``{"error": <code>, "field": <which input>, "message": <what
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -41,7 +42,13 @@ RETRY_AFTER_S: Final = "2"
 
 def json_response(body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
                   ) -> web.Response:
-    return web.Response(body=fastjson.dumps(body), status=status, headers=headers,
+    try:
+        data = fastjson.dumps(body)
+    except TypeError:
+        # an integer beyond 64 bits, e.g. in the meta of an entry a Kafka producer sent
+        # (JSONB gives a float such as 1e300 back as an integer of 301 digits)
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return web.Response(body=data, status=status, headers=headers,
                         content_type="application/json")
 
 

@@ -51,6 +51,13 @@ _KNOWN_FIELDS: Final = frozenset({"subject", "payload", "payload_sha256", "meta"
 _NUL_PROBLEM: Final = (
     "must not contain U+0000 in a string or key (PostgreSQL JSONB cannot store it)"
 )
+#: numbers in meta stay within +-(2^53-1): larger integers cannot be canonicalised exactly
+#: (RFC 8785), and PostgreSQL's JSONB gives larger floats back as integers of hundreds of digits
+_SAFE_NUMBER: Final = 2**53 - 1
+_NUMBER_PROBLEM: Final = (
+    "has a number beyond +-(2^53-1) (9007199254740991), which cannot be canonicalised "
+    "(RFC 8785) and stored exactly"
+)
 #: room for the JSON around payload and meta (subject, request id, quotes, whitespace)
 BODY_OVERHEAD_BYTES: Final = 4096
 #: most entries one ``POST /append/batch`` may carry
@@ -151,7 +158,7 @@ def _reject_constant(name: str) -> Any:
 
 
 def _meta_problem(value: Any, limit: int) -> str | None:
-    """What makes ``meta`` unstorable (too deep, or a U+0000), or None.
+    """What makes ``meta`` unstorable (too deep, a U+0000, a number too large), or None.
 
     Iterative, so a hostile nesting cannot blow the Python stack.
     """
@@ -162,6 +169,10 @@ def _meta_problem(value: Any, limit: int) -> str | None:
         if isinstance(item, str):
             if "\x00" in item:
                 return _NUL_PROBLEM
+            continue
+        if isinstance(item, int | float) and not isinstance(item, bool):
+            if not -_SAFE_NUMBER <= item <= _SAFE_NUMBER:
+                return _NUMBER_PROBLEM
             continue
         if isinstance(item, dict):
             if any("\x00" in key for key in item):
