@@ -218,6 +218,9 @@ def decode_object(raw: bytes | None) -> dict[str, Any]:
         obj = fastjson.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidMessage("not JSON", detail=str(exc)[:200]) from None
+    except RecursionError:
+        # a poison message must be dead-lettered, not crash the stage that reads it
+        raise InvalidMessage("not JSON", detail="nested too deeply to decode") from None
     if not isinstance(obj, dict):
         raise InvalidMessage("not a JSON object", detail=type(obj).__name__)
     if obj.get("version") != 1:

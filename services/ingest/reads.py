@@ -11,6 +11,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from shared.errors import VerificationError
+from shared.messages import REQUEST_ID_PATTERN, SUBJECT_PATTERN
 
 from .responses import error, parse_time
 from .store import (
@@ -31,7 +32,8 @@ log = logging.getLogger("ledger.ingest")
 _MAX_LIMIT: Final = 1000
 _DEFAULT_LIMIT: Final = 100
 _PROOF_RETRY_AFTER_S: Final = "5"
-_REQUEST_ID_PATH_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_REQUEST_ID_PATH_RE: Final = re.compile(REQUEST_ID_PATTERN)
+_SUBJECT_RE: Final = re.compile(SUBJECT_PATTERN)
 _LIST_PARAMETERS: Final = frozenset({"subject", "from", "to", "anchored", "limit", "cursor",
                                      "order"})
 
@@ -96,7 +98,7 @@ class EntryReads:
 
     async def get_entry_by_request(self, request: web.Request) -> web.Response:
         request_id = request.match_info["request_id"]
-        if not _REQUEST_ID_PATH_RE.match(request_id):
+        if not _REQUEST_ID_PATH_RE.fullmatch(request_id):
             raise RequestRejected(400, "request_id", "is not a valid request id")
         view = await self.store.get_by_request_id(request_id)
         if view is None:
@@ -112,8 +114,7 @@ class EntryReads:
         next_cursor = None
         if more:
             last = page[-1]
-            next_cursor = encode_cursor(Cursor(created_at=last.created_at, id=last.id,
-                                               order=flt.order))
+            next_cursor = encode_cursor(Cursor(created_at=last.created_at, id=last.id))
         body: dict[str, Any] = {
             "entries": [v.to_json() for v in page],
             "next_cursor": next_cursor,
@@ -126,6 +127,14 @@ def _entry_filter(q: Any) -> EntryFilter:
     unknown = sorted(set(q) - _LIST_PARAMETERS)
     if unknown:
         raise RequestRejected(400, unknown[0][:64], "is not a known query parameter")
+    subject = q.get("subject")
+    if subject is not None and not _SUBJECT_RE.fullmatch(subject):
+        # no entry can have such a subject (and PostgreSQL refuses a U+0000 in a query)
+        raise RequestRejected(
+            400, "subject",
+            "is not a valid subject: it must start with a letter or digit and contain only "
+            "letters, digits and . _ : / @ + = - (at most 256 characters)",
+        )
     created_from = parse_time(q["from"], "from") if "from" in q else None
     created_to = parse_time(q["to"], "to") if "to" in q else None
     anchored: bool | None = None
@@ -148,10 +157,8 @@ def _entry_filter(q: Any) -> EntryFilter:
             cursor = decode_cursor(q["cursor"])
         except ValueError as exc:
             raise RequestRejected(400, "cursor", str(exc)) from None
-        if cursor.order != order:
-            raise RequestRejected(400, "cursor", "was made for the other order")
     return EntryFilter(
-        subject=q.get("subject"),
+        subject=subject,
         created_from=created_from,
         created_to=created_to,
         anchored=anchored,

@@ -6,10 +6,11 @@ Every error body is ``{"error": <code>, "field": <which input>, "message": <what
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from aiohttp import web
@@ -42,7 +43,13 @@ RETRY_AFTER_S: Final = "2"
 
 def json_response(body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
                   ) -> web.Response:
-    return web.Response(body=fastjson.dumps(body), status=status, headers=headers,
+    try:
+        data = fastjson.dumps(body)
+    except TypeError:
+        # an integer beyond 64 bits, e.g. in the meta of an entry a Kafka producer sent
+        # (JSONB gives a float such as 1e300 back as an integer of 301 digits)
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return web.Response(body=data, status=status, headers=headers,
                         content_type="application/json")
 
 
@@ -124,17 +131,38 @@ def parse_prefer(header: str | None) -> tuple[bool, float | None]:
     return respond_async, wait
 
 
+#: the seconds of an RFC 3339 leap second (``23:59:60``), which Python's datetime cannot hold
+_LEAP_SECOND: Final = re.compile(r"(?<=[Tt ]\d\d:\d\d:)60(?=[.,+-]|$)")
+
+
 def parse_time(value: str, name: str) -> datetime:
+    """An RFC 3339 timestamp as an aware datetime in UTC, for filtering.
+
+    Everything RFC 3339 allows is accepted: a leap second reads as the last microsecond of its
+    minute, and an instant beyond the range of a datetime (e.g. year 1 with a positive offset)
+    is clamped to that range, where no entry lies anyway.
+    """
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
+    leap = _LEAP_SECOND.search(text)
+    if leap is not None:
+        text = text[: leap.start()] + "59" + text[leap.end():]
+    if text.startswith("0000-"):  # year 0 is RFC 3339, but before every datetime
+        return datetime.min.replace(tzinfo=UTC)
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise RequestRejected(400, name, "must be an RFC 3339 timestamp") from None
     if parsed.tzinfo is None:
         raise RequestRejected(400, name, "needs a time zone (e.g. 2026-01-01T00:00:00Z)")
-    return parsed
+    if leap is not None:
+        parsed = parsed.replace(microsecond=999_999)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        edge = datetime.max if parsed.year > 1 else datetime.min
+        return edge.replace(tzinfo=UTC)
 
 
 # --- POST /append ------------------------------------------------------------------------------

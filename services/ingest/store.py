@@ -3,8 +3,9 @@
 Ingest never writes entries (the signer does). Reads go through
 :class:`shared.repository.Repository`, so database errors arrive as
 :class:`DatabaseUnavailable` / :class:`QueryError`. Listing uses keyset pagination over
-``(created_at, id)``: the cursor is opaque to clients (base64url JSON of the last row's key
-and the order) and pages never skip or repeat a row, even while rows are being inserted.
+``(created_at, id)``: the cursor is opaque to clients (32 characters of base64url holding the
+last row's key, good for either order) and pages never skip or repeat a row, even while rows
+are being inserted.
 
 Never selects the statement bytes into a response log; nothing here logs row contents.
 """
@@ -12,13 +13,12 @@ Never selects the statement bytes into a response log; nothing here logs row con
 from __future__ import annotations
 
 import base64
-import binascii
-import json
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal, Protocol
 
 from shared.anchored import AnchoredEvent, anchored_events
 from shared.db import Database
@@ -29,6 +29,7 @@ from shared.repository import EntryQuery, Repository
 from shared.statement import format_time
 
 __all__ = [
+    "CURSOR_PATTERN",
     "Cursor",
     "EntryFilter",
     "EntryStore",
@@ -119,9 +120,10 @@ class EntryView:
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
+    """The key of the last row of a page: the next page starts after it, in either order."""
+
     created_at: datetime
     id: uuid.UUID
-    order: Order
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,25 +137,36 @@ class EntryFilter:
     limit: int = 100
 
 
+#: a cursor is 24 bytes (created_at as big-endian signed microseconds since the epoch, then
+#: the entry id) in unpadded base64url: always 32 characters, and every such string decodes,
+#: so the OpenAPI pattern ``^[A-Za-z0-9_-]{32}$`` says exactly what is accepted
+CURSOR_PATTERN: Final = r"^[A-Za-z0-9_-]{32}$"
+_CURSOR_RE: Final = re.compile(CURSOR_PATTERN)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_TIME_MIN: Final = datetime.min.replace(tzinfo=UTC)
+_TIME_MAX: Final = datetime.max.replace(tzinfo=UTC)
+
+
 def encode_cursor(cursor: Cursor) -> str:
-    doc = {"t": format_time(cursor.created_at), "i": str(cursor.id), "o": cursor.order}
-    raw = json.dumps(doc, separators=(",", ":")).encode()
+    micros = (cursor.created_at - _EPOCH) // timedelta(microseconds=1)
+    raw = micros.to_bytes(8, "big", signed=True) + cursor.id.bytes
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(text: str) -> Cursor:
-    """Parse a cursor made by :func:`encode_cursor`; ``ValueError`` if it is not one."""
+    """Parse a cursor (see :data:`CURSOR_PATTERN`); ``ValueError`` if it is not one.
+
+    A key beyond the range of a datetime is clamped to it: no row lies beyond either end.
+    """
+    if not _CURSOR_RE.fullmatch(text):
+        raise ValueError("not a cursor returned by this API (32 characters of base64url)")
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    micros = int.from_bytes(raw[:8], "big", signed=True)
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        doc = json.loads(raw)
-        order = doc["o"]
-        created = datetime.strptime(doc["t"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-        entry_id = uuid.UUID(doc["i"])
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise ValueError("not a cursor returned by this API") from None
-    if order not in ("asc", "desc"):
-        raise ValueError("not a cursor returned by this API")
-    return Cursor(created_at=created, id=entry_id, order=order)
+        created = _EPOCH + timedelta(microseconds=micros)
+    except OverflowError:
+        created = _TIME_MAX if micros > 0 else _TIME_MIN
+    return Cursor(created_at=created, id=uuid.UUID(bytes=raw[8:]))
 
 
 class EntryStore(Protocol):

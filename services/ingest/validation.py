@@ -43,9 +43,21 @@ __all__ = [
 _SUBJECT_RE: Final = re.compile(SUBJECT_PATTERN)
 _REQUEST_ID_RE: Final = re.compile(REQUEST_ID_PATTERN)
 _SHA256_RE: Final = re.compile(r"^[0-9a-fA-F]{64}$")
+# Patterns are matched with fullmatch: ``$`` alone also matches before a final newline, and
+# "abc\n" would pass here yet be refused by the signer (and by the OpenAPI document).
 _SUBJECT_MAX: Final = 256
 _REQUEST_ID_MAX: Final = 128
 _KNOWN_FIELDS: Final = frozenset({"subject", "payload", "payload_sha256", "meta", "request_id"})
+_NUL_PROBLEM: Final = (
+    "must not contain U+0000 in a string or key (PostgreSQL JSONB cannot store it)"
+)
+#: numbers in meta stay within +-(2^53-1): larger integers cannot be canonicalised exactly
+#: (RFC 8785), and PostgreSQL's JSONB gives larger floats back as integers of hundreds of digits
+_SAFE_NUMBER: Final = 2**53 - 1
+_NUMBER_PROBLEM: Final = (
+    "has a number beyond +-(2^53-1) (9007199254740991), which cannot be canonicalised "
+    "(RFC 8785) and stored exactly"
+)
 #: room for the JSON around payload and meta (subject, request id, quotes, whitespace)
 BODY_OVERHEAD_BYTES: Final = 4096
 #: most entries one ``POST /append/batch`` may carry
@@ -145,22 +157,35 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    # iterative, so a hostile nesting cannot blow the Python stack
+def _meta_problem(value: Any, limit: int) -> str | None:
+    """What makes ``meta`` unstorable (too deep, a U+0000, a number too large), or None.
+
+    Iterative, so a hostile nesting cannot blow the Python stack.
+    """
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, level = stack.pop()
         children: Any
+        if isinstance(item, str):
+            if "\x00" in item:
+                return _NUL_PROBLEM
+            continue
+        if isinstance(item, int | float) and not isinstance(item, bool):
+            if not -_SAFE_NUMBER <= item <= _SAFE_NUMBER:
+                return _NUMBER_PROBLEM
+            continue
         if isinstance(item, dict):
+            if any("\x00" in key for key in item):
+                return _NUL_PROBLEM
             children = item.values()
         elif isinstance(item, list):
             children = item
         else:
             continue
         if level > limit:
-            return True
+            return f"is nested too deeply (at most {limit} levels of objects/arrays)"
         stack.extend((child, level + 1) for child in children)
-    return False
+    return None
 
 
 def _check_subject(body: dict[str, Any]) -> str:
@@ -175,7 +200,7 @@ def _check_subject(body: dict[str, Any]) -> str:
         raise RequestRejected(
             400, "subject", f"is too long ({len(subject)} characters, at most {_SUBJECT_MAX})"
         )
-    if not _SUBJECT_RE.match(subject):
+    if not _SUBJECT_RE.fullmatch(subject):
         raise RequestRejected(
             400,
             "subject",
@@ -190,7 +215,7 @@ def _check_request_id(value: Any, field: str) -> str:
         raise RequestRejected(400, field, "must be a string")
     if len(value) > _REQUEST_ID_MAX:
         raise RequestRejected(400, field, f"is too long (at most {_REQUEST_ID_MAX} characters)")
-    if not _REQUEST_ID_RE.match(value):
+    if not _REQUEST_ID_RE.fullmatch(value):
         raise RequestRejected(
             400,
             field,
@@ -212,7 +237,7 @@ def _payload_hash(body: dict[str, Any], max_payload_bytes: int) -> str:
         )
     if has_hash:
         digest = body["payload_sha256"]
-        if not isinstance(digest, str) or not _SHA256_RE.match(digest):
+        if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest):
             raise RequestRejected(
                 400, "payload_sha256", "must be 64 hexadecimal characters (a SHA-256 digest)"
             )
@@ -249,10 +274,9 @@ def _check_meta(
         meta = {}
     if not isinstance(meta, dict):
         raise RequestRejected(400, "meta", "must be a JSON object")
-    if _depth_exceeds(meta, max_depth):
-        raise RequestRejected(
-            400, "meta", f"is nested too deeply (at most {max_depth} levels of objects/arrays)"
-        )
+    problem = _meta_problem(meta, max_depth)
+    if problem is not None:
+        raise RequestRejected(400, "meta", problem)
     try:
         canonical = fastjson.canonical(meta)
     except (rfc8785.CanonicalizationError, ValueError, TypeError) as exc:

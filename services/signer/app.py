@@ -87,6 +87,7 @@ class SignerProcess:
             key_name=settings.vault_transit_key,
             batch_max=settings.signer_batch_max,
             metrics=self.metrics,
+            max_meta_bytes=settings.max_meta_bytes,
         )
         self.loop = ConsumerLoop(
             stage,

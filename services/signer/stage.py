@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from shared import fastjson
 from shared.errors import (
     IdempotencyConflict,
     InvalidMessage,
@@ -58,6 +59,7 @@ from shared.tracing import trace_headers
 from shared.vault import PublicKey, Signature
 
 __all__ = [
+    "DEFAULT_MAX_META_BYTES",
     "EntryStore",
     "SignRequest",
     "SignedEvent",
@@ -104,8 +106,17 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-def decode_append(record: Record) -> SignRequest:
-    """Decode a ``ledger.append`` record; anything unusable raises :class:`InvalidMessage`."""
+#: LEDGER_MAX_META_BYTES' default: ingest refuses larger meta, and so does the signer
+DEFAULT_MAX_META_BYTES = 16 * 1024
+
+
+def decode_append(record: Record, *, max_meta_bytes: int = DEFAULT_MAX_META_BYTES) -> SignRequest:
+    """Decode a ``ledger.append`` record; anything unusable raises :class:`InvalidMessage`.
+
+    ``meta`` is held to the limit ingest applies (canonical JSON bytes): a producer that
+    bypasses ingest could otherwise make a ``ledger.signed`` event larger than Kafka takes,
+    which no retry can publish.
+    """
     request = decode(AppendRequest, record.value)
     if _has_nul(request.meta):
         # PostgreSQL's JSONB cannot store U+0000; refusing it here keeps the partition moving.
@@ -122,6 +133,14 @@ def decode_append(record: Record) -> SignRequest:
         raise InvalidMessage(
             "invalid fields", detail=f"meta cannot be canonicalised: {type(exc).__name__}"
         ) from None
+    if len(statement) > max_meta_bytes:  # the statement holds the canonical meta
+        size = len(fastjson.canonical(request.meta))
+        if size > max_meta_bytes:
+            raise InvalidMessage(
+                "invalid fields",
+                detail=f"meta: too large ({size} bytes as canonical JSON, at most "
+                f"{max_meta_bytes})",
+            )
     return SignRequest(
         request=request,
         entry_id=entry_id_for(request.request_id),
@@ -192,7 +211,9 @@ class SignerStage:
         key_name: str,
         batch_max: int,
         metrics: Metrics,
+        max_meta_bytes: int = DEFAULT_MAX_META_BYTES,
     ) -> None:
+        self._max_meta_bytes = max_meta_bytes
         self._store = store
         self._vault = vault
         self._publisher = publisher
@@ -201,7 +222,7 @@ class SignerStage:
         self._metrics = metrics
 
     def decode(self, record: Record) -> SignRequest:
-        return decode_append(record)
+        return decode_append(record, max_meta_bytes=self._max_meta_bytes)
 
     async def process_batch(
         self, messages: Sequence[Message[SignRequest]], turn: Turn | None = None

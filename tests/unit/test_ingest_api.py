@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from services.ingest import IngestDeps, build_app, create_token
 from services.ingest.auth import TokenStore
+from services.ingest.responses import json_response
 from services.ingest.store import EntryFilter, EntryView
 from services.ingest.waiter import FutureRegistry
 from shared.errors import ConfigError, DatabaseUnavailable, KafkaUnavailable
@@ -849,3 +850,11 @@ async def test_batch_body_beyond_its_limit_is_413(tmp_path):
         doc = await resp.json()
         assert resp.status == 413 and doc["field"] == "body"
         assert h.publisher.sent == []
+
+
+def test_a_json_answer_carries_integers_beyond_64_bits():
+    # JSONB gives a float such as 1e300 back as an integer of 301 digits; an entry a Kafka
+    # producer sent with one must still be served
+    response = json_response({"meta": {"x": 10**300}})
+    assert isinstance(response.body, bytes)
+    assert json.loads(response.body) == {"meta": {"x": 10**300}}

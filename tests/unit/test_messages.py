@@ -19,6 +19,7 @@ from shared.messages import (
     SignedEntry,
     append_request_fields,
     decode,
+    decode_object,
     schema_documents,
     signed_entry_fields,
     write_schemas,
@@ -140,3 +141,10 @@ def test_append_request_fields_serialize_like_the_model(meta, submitted) -> None
     raw = fastjson.dumps(fields)
     assert raw == AppendRequest.model_validate(fields).model_dump_json().encode()
     assert decode(AppendRequest, raw) == AppendRequest.model_validate(fields)
+
+
+def test_a_message_nested_too_deeply_is_invalid_not_a_crash():
+    raw = b'{"version": 1, "meta": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(InvalidMessage) as info:
+        decode_object(raw)
+    assert info.value.reason == "not JSON" and "nested too deeply" in info.value.detail

@@ -87,6 +87,16 @@ def test_decode_refuses_poison_with_a_reason(value, reason):
     assert info.value.reason == reason
 
 
+def test_decode_holds_meta_to_the_ingest_limit():
+    limit = 1024
+    at_limit = {"k": "x" * (limit - len('{"k":""}'))}
+    assert decode_append(record(req_bytes("r", meta=at_limit)), max_meta_bytes=limit)
+    with pytest.raises(InvalidMessage) as info:
+        decode_append(record(req_bytes("r", meta={"k": "x" * limit})), max_meta_bytes=limit)
+    assert info.value.reason == "invalid fields"
+    assert "meta: too large" in info.value.detail and str(limit) in info.value.detail
+
+
 def test_decode_builds_the_canonical_statement_content_hash_and_entry_id():
     raw = req_bytes("r-1", payload=b"x", meta={"b": 1, "a": [1, "z"]})
     sign = decode_append(record(raw, headers=(("traceparent", b"00-1"), ("other", b"no"))))
