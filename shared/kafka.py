@@ -444,7 +444,7 @@ async def make_consumer(
     client_id: str,
     on_assigned: RebalanceHook | None = None,
     on_revoked: RebalanceHook | None = None,
-    session_timeout_ms: int = 10_000,
+    session_timeout_ms: int | None = None,
     max_poll_interval_ms: int = 300_000,
     request_timeout_ms: int = 30_000,
     start_timeout_s: float = 30.0,
@@ -457,7 +457,14 @@ async def make_consumer(
     only committed transactional data is read. ``on_revoked`` runs before partitions are
     taken away (the last chance to commit finished work); ``on_assigned`` after new ones
     arrive.
+
+    Group membership follows ``settings`` (``consumer_session_timeout_ms``,
+    ``consumer_heartbeat_interval_ms``, ``consumer_instance_id``): how fast a dead member's
+    partitions move to the others is the session timeout plus one heartbeat of the others
+    (docs/reliability.md).
     """
+    session_ms = session_timeout_ms or settings.consumer_session_timeout_ms
+    heartbeat_ms = min(settings.consumer_heartbeat_interval_ms, max(50, session_ms // 3))
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         client_id=client_id,
@@ -465,8 +472,12 @@ async def make_consumer(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
-        session_timeout_ms=session_timeout_ms,
-        heartbeat_interval_ms=max(100, session_timeout_ms // 3),
+        session_timeout_ms=session_ms,
+        heartbeat_interval_ms=heartbeat_ms,
+        # a rejoin waits at most this long for the others: a member that does not rejoin
+        # within one session is as good as dead
+        rebalance_timeout_ms=session_ms,
+        group_instance_id=settings.consumer_instance_id or None,
         max_poll_interval_ms=max_poll_interval_ms,
         request_timeout_ms=request_timeout_ms,
         fetch_max_wait_ms=fetch_max_wait_ms,
