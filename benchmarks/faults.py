@@ -221,8 +221,9 @@ class Faults:
         await asyncio.to_thread(bao.start_sealed)
         if not await asyncio.to_thread(bao.sealed):
             raise BenchError("OpenBao came back unsealed: a restart must not unseal it")
+        running = {p.name for p in self.lane.processes if p.alive()}
         stages = {name: port for name, port in self.metrics_ports.items()
-                  if name.startswith("signer")}
+                  if name.startswith("signer") and name in running}
         paused: dict[str, bool] = {}
 
         async def all_paused() -> bool:
@@ -376,10 +377,10 @@ async def run_stream(bench: Bench, plan: StreamPlan, schedule: list[tuple[int, s
             await http
             produced = await kafka
         finally:
-            for task in (http, kafka):
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            http.cancel()
+            with contextlib.suppress(BaseException):
+                await http
+            await stop_load(kafka)
         acknowledged = len(clients.acknowledged) + int(produced["acked"])
         table = await invariants(lane, acknowledged, rekor_before=rekor_before)
         seconds = time.monotonic() - t0
@@ -400,7 +401,7 @@ async def _stored_at_least(lane: Lane, n: int, *loads: asyncio.Task[Any]) -> boo
 
 async def stop_load(load: asyncio.Task[Any]) -> None:
     """Stop a load generator started by :meth:`Lane.produce` before it is done."""
-    if (pid := getattr(load, "pid", None)) is not None:
+    if not load.done() and (pid := getattr(load, "pid", None)) is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(BaseException):

@@ -221,6 +221,8 @@ class Lane:
     dir: Path
     processes: list[StageProcess] = field(default_factory=list)
     _stopped: dict[str, float | None] = field(default_factory=dict)
+    #: processes ever started per role: a replacement never reuses a name (or its log)
+    _spawned: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     async def create(cls, bench: Bench, *, partitions: int, **changes: Any) -> Lane:
@@ -266,7 +268,8 @@ class Lane:
 
     async def spawn(self, role: str, **changes: Any) -> StageProcess:
         s = self.settings.model_copy(update=changes)
-        name = f"{role}-{sum(1 for p in self.processes if p.role == role) + 1}"
+        self._spawned[role] = self._spawned.get(role, 0) + 1
+        name = f"{role}-{self._spawned[role]}"
         log = self.dir / f"{name}.log"
         with log.open("ab") as out:
             proc = await asyncio.create_subprocess_exec(
