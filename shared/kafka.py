@@ -3,7 +3,8 @@
 The only module that imports aiokafka. Every aiokafka error (and the OS/timeout errors under
 it) becomes :class:`KafkaUnavailable`: the caller pauses, backs off and tries again, and
 since nothing is committed before the work is durable, a retry never loses a message. The
-one exception: a record the broker refuses as too large raises :class:`InvalidMessage`.
+exceptions: a record the broker refuses as too large raises :class:`InvalidMessage`, and a
+consumer session timeout the brokers refuse raises :class:`ConfigError`.
 
 * :class:`Producer`: ``acks=all``, idempotent, short linger; :meth:`Producer.send` returns
   only once the broker acknowledged the record. :meth:`Producer.send_many` packs many records
@@ -30,11 +31,16 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka.errors import (
+    InvalidSessionTimeoutError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+)
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
-from shared.errors import InvalidMessage, KafkaUnavailable
+from shared.errors import ConfigError, InvalidMessage, KafkaUnavailable
 from shared.settings import Settings
 
 __all__ = [
@@ -342,9 +348,10 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class Consumer:
     """A started group consumer; build with :func:`make_consumer`, :meth:`close` at shutdown."""
 
-    def __init__(self, consumer: Any, *, timeout_s: float) -> None:
+    def __init__(self, consumer: Any, *, timeout_s: float, session_timeout_ms: int = 0) -> None:
         self._consumer = consumer
         self._timeout_s = timeout_s
+        self._session_timeout_ms = session_timeout_ms
         self._closed = False
 
     async def getmany(
@@ -353,6 +360,13 @@ class Consumer:
         """Fetch what is available (waiting up to ``timeout_ms``), by partition, in order."""
         try:
             batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except InvalidSessionTimeoutError:
+            # retrying cannot help: the brokers' group.min/max.session.timeout.ms forbid it
+            raise ConfigError(
+                f"the Kafka brokers refuse the consumer session timeout of "
+                f"{self._session_timeout_ms} ms (LEDGER_CONSUMER_SESSION_TIMEOUT_MS): set the "
+                "brokers' group.min.session.timeout.ms to at most that, or raise the setting"
+            ) from None
         except TRANSLATED_ERRORS as exc:
             raise unavailable(exc, "fetch") from None
         return {
@@ -490,7 +504,8 @@ async def make_consumer(
     except TRANSLATED_ERRORS as exc:
         await _quiet_stop(consumer)
         raise unavailable(exc, f"start a consumer for group {group_id}") from None
-    return Consumer(consumer, timeout_s=request_timeout_ms / 1000 + 5)
+    return Consumer(consumer, timeout_s=request_timeout_ms / 1000 + 5,
+                    session_timeout_ms=session_ms)
 
 
 # --- dead letters --------------------------------------------------------------------------
