@@ -61,7 +61,8 @@ chaos: install
 # Time from a kill -9 of a signer/anchorer to its partitions being worked by the survivors,
 # and from a restart to the new process working; consumer settings before/after, same run.
 recovery: install
-	$(BIN)/python -m benchmarks.recovery --repeat 2 --churn --write
+	$(BIN)/python -m benchmarks.recovery --repeat 2 --write
+	$(BIN)/python -m benchmarks.recovery --churn --write
 
 stack-down:
 	$(BIN)/ledger stack down
