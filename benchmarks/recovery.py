@@ -60,7 +60,7 @@ __all__ = ["CONFIGS", "main", "measure"]
 
 REPO = Path(__file__).resolve().parent.parent
 #: more than two signers and two anchorers anchor in the churn measurement's 60 s
-CHURN_BACKLOG = 200_000
+CHURN_BACKLOG = 320_000
 CONFIGS: dict[str, dict[str, Any]] = {
     "before": {"consumer_session_timeout_ms": 10_000, "consumer_heartbeat_interval_ms": 3333},
     "tuned": {"consumer_session_timeout_ms": 3000, "consumer_heartbeat_interval_ms": 500},
@@ -148,12 +148,12 @@ async def churn(bench: Bench, name: str, config: dict[str, Any], *, seconds: flo
     config = dict(config)
     static = bool(config.pop("static", False))
     async with bench.lane(partitions=4, **FAULT_LANE, **config) as lane:
+        await (await lane.produce(CHURN_BACKLOG, rate=0))  # the whole backlog first
         faults = Faults(bench.stack, lane)
         for role, n in (("signer", 1), ("signer", 2), ("anchorer", 1), ("anchorer", 2)):
             await faults.spawn(role, **({"consumer_instance_id": f"{role}-{n}"} if static
                                         else {}))
         await lane.wait_groups()
-        await (await lane.produce(CHURN_BACKLOG, rate=0))  # a backlog, all acked
 
         async def anchored() -> tuple[float, int]:
             lane.assert_alive()
