@@ -5,13 +5,17 @@ BIN   := $(VENV)/bin
 # Everything this project lints and type-checks.
 SRC   := ledger shared services deploy tests benchmarks
 
-.PHONY: help install run test bench lint typecheck test-unit test-integration stack-down clean-stack constraints
+.PHONY: help install run test bench chaos recovery lint typecheck test-unit test-integration stack-down clean-stack constraints
 
 help:
 	@echo "make install           system packages, .venv, and the local stack's programs (idempotent)"
 	@echo "make run               install, then 'ledger dev' (stack + pipeline, Ctrl-C stops)"
 	@echo "make test              install, ruff, mypy, unit tests, then integration tests"
 	@echo "make bench             install, then the benchmarks (~20 min; rewrites docs/benchmarks.md)"
+	@echo "make chaos             install, then a seeded fault schedule over 50,000 appends (~10 min;"
+	@echo "                       records the run in docs/reliability.md)"
+	@echo "make recovery          install, then measure recovery from a killed stage (~10 min;"
+	@echo "                       records the figures in docs/reliability.md)"
 	@echo "make stack-down        stop a stack left running in .stack"
 	@echo "make constraints       re-pin constraints.txt after a dependency change"
 
@@ -45,6 +49,20 @@ test: install
 BENCH_BASELINE_REF ?= fecd862
 bench: install
 	$(BIN)/python -m benchmarks --profile full --baseline-ref $(BENCH_BASELINE_REF)
+
+# Faults on a local stack of its own: every dependency restarted (Kafka kill -9, PostgreSQL,
+# OpenBao coming back sealed, Rekor + Trillian) and every stage killed with -9, in a seeded
+# random order, over 50,000 appends; then the invariant table. Exit 1 if an invariant fails.
+CHAOS_SEED ?= 9
+chaos: install
+	$(BIN)/python -m benchmarks.chaos --seed $(CHAOS_SEED) --http 20000 --kafka 30000 --write
+	# --- API fuzzing (10,000 cases against the served OpenAPI document) goes here ---
+
+# Time from a kill -9 of a signer/anchorer to its partitions being worked by the survivors,
+# and from a restart to the new process working; consumer settings before/after, same run.
+recovery: install
+	$(BIN)/python -m benchmarks.recovery --repeat 2 --write
+	$(BIN)/python -m benchmarks.recovery --churn --write
 
 stack-down:
 	$(BIN)/ledger stack down

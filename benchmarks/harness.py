@@ -221,6 +221,8 @@ class Lane:
     dir: Path
     processes: list[StageProcess] = field(default_factory=list)
     _stopped: dict[str, float | None] = field(default_factory=dict)
+    #: processes ever started per role: a replacement never reuses a name (or its log)
+    _spawned: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     async def create(cls, bench: Bench, *, partitions: int, **changes: Any) -> Lane:
@@ -266,7 +268,8 @@ class Lane:
 
     async def spawn(self, role: str, **changes: Any) -> StageProcess:
         s = self.settings.model_copy(update=changes)
-        name = f"{role}-{sum(1 for p in self.processes if p.role == role) + 1}"
+        self._spawned[role] = self._spawned.get(role, 0) + 1
+        name = f"{role}-{self._spawned[role]}"
         log = self.dir / f"{name}.log"
         with log.open("ab") as out:
             proc = await asyncio.create_subprocess_exec(
@@ -288,8 +291,9 @@ class Lane:
         await self.wait_groups()
 
     async def start_ingest(self, **changes: Any) -> str:
-        """Start ingest on a free port; return its base URL once it answers."""
-        port = free_port()
+        """Start ingest (on ``http_port``, default a free port); return its base URL once it
+        answers."""
+        port = int(changes.pop("http_port", 0)) or free_port()
         proc = await self.spawn("ingest", http_port=port, **changes)
         base = f"http://127.0.0.1:{port}"
 
@@ -444,8 +448,25 @@ class Lane:
 
     async def check_exactly_once(self, expected: int, *, rekor_before: int) -> dict[str, int]:
         """Assert the delivery guarantees for ``expected`` requests; return the counts."""
+        counts = await self.delivery_counts(expected, rekor_before=rekor_before)
+        if counts["problems"]:
+            raise BenchError("exactly-once check failed: " + "; ".join(counts["problems"]))
+        return {"rows": counts["rows"], "batches": counts["batches"],
+                "events": counts["events"], "rekor_growth": counts["rekor_growth"]}
+
+    async def delivery_counts(self, expected: int, *, rekor_before: int,
+                              replays_allowed: bool = False) -> dict[str, Any]:
+        """The delivery guarantees for ``expected`` requests, counted: rows, anchored rows,
+        duplicates, batches, events, Rekor growth, dead letters, and ``problems`` (a list of
+        what does not hold; empty when everything does).
+
+        ``ledger.anchored`` is at-least-once: after a crash an event may be published again,
+        byte-identical (consumers de-duplicate by entry id). ``replays_allowed`` accepts such
+        replays (counted in ``event_replays``); events that differ never pass."""
         rows = await self.db.fetchrow(
             "SELECT count(*) AS n, count(DISTINCT request_id) AS ids,"
+            " count(*) FILTER (WHERE batch_id IS NOT NULL AND anchored_at IS NOT NULL)"
+            "   AS anchored,"
             " count(*) FILTER (WHERE batch_id IS NULL OR anchored_at IS NULL) AS open,"
             " count(DISTINCT (batch_id, leaf_index)) AS leaves FROM ledger.entries"
         )
@@ -465,20 +486,27 @@ class Lane:
         if batches["pending"]:
             problems.append(f"{batches['pending']} batches not anchored")
         events = await self.read_anchored()
-        entry_ids = {json.loads(v)["entry"]["entry_id"] for v in events}
-        if len(events) != expected or len(entry_ids) != expected:
-            problems.append(f"{len(events)} ledger.anchored events for {len(entry_ids)} entries, "
+        by_entry: dict[str, set[bytes]] = {}
+        for value in events:
+            by_entry.setdefault(json.loads(value)["entry"]["entry_id"], set()).add(value)
+        replays = len(events) - len(by_entry)
+        if len(by_entry) != expected or (replays and not replays_allowed):
+            problems.append(f"{len(events)} ledger.anchored events for {len(by_entry)} entries, "
                             f"expected one per entry ({expected})")
+        if (differing := sum(1 for values in by_entry.values() if len(values) > 1)):
+            problems.append(f"{differing} entries have ledger.anchored events that differ")
         grown = await self.bench.rekor_tree_size() - rekor_before
         if grown != batches["n"]:
             problems.append(f"Rekor grew by {grown} entries for {batches['n']} batches")
+        dead_letters = 0
         for dlq in (f"{self.settings.topic_append}.dlq", f"{self.settings.topic_signed}.dlq"):
             if (dead := await self.end_offsets(dlq)):
                 problems.append(f"{dead} messages dead-lettered in {dlq}")
-        if problems:
-            raise BenchError("exactly-once check failed: " + "; ".join(problems))
-        return {"rows": int(rows["n"]), "batches": int(batches["n"]), "events": len(events),
-                "rekor_growth": grown}
+                dead_letters += dead
+        return {"rows": int(rows["n"]), "anchored": int(rows["anchored"]),
+                "duplicates": int(rows["n"]) - int(rows["ids"]),
+                "batches": int(batches["n"]), "events": len(by_entry), "event_replays": replays,
+                "rekor_growth": grown, "dead_letters": dead_letters, "problems": problems}
 
     # --- HTTP load -----------------------------------------------------------------------------
 

@@ -3,9 +3,11 @@
 ``python -m benchmarks.loadgen --bootstrap HOST:PORT --topic T --prefix P --count N
 [--rate R] [--start I]`` sends append requests ``P-<I>`` … ``P-<I+N-1>`` to ``T``: an open
 model, i.e. request *i* is due at ``start + i / R`` whatever the pipeline does (``--rate 0``:
-as fast as the producer goes). Each request's ``submitted_at`` is the moment it was handed
-to the producer. It prints one JSON line at the end: how many were acknowledged, when the
-first and last were sent, how far behind schedule the sender fell, and its own CPU time.
+as fast as the producer goes). A send the broker does not acknowledge (it is down or
+restarting) is sent again, with the same request id, until it is. Each request's
+``submitted_at`` is the moment it was handed to the producer. It prints one JSON line at the
+end: how many were acknowledged, when the first and last were sent, how far behind schedule
+the sender fell, how many sends were retried, and its own CPU time.
 
 It shares no code with the pipeline (it writes the ``ledger.append`` v1 JSON itself), so a
 contract break shows up as dead letters, not as a silently matching bug.
@@ -23,11 +25,13 @@ import time
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 __all__ = ["append_request", "main"]
 
 SUBJECTS = 64
 _TICK_S = 0.005
+_GIVE_UP_S = 300.0
 
 
 def append_request(prefix: str, i: int, now: datetime) -> tuple[bytes, bytes]:
@@ -54,6 +58,7 @@ async def produce(
     await producer.start()
     try:
         pending: list[asyncio.Future[object]] = []
+        retries = [0]
         t0 = time.monotonic()
         first_sent = time.time()
         max_behind = 0.0
@@ -66,7 +71,8 @@ async def produce(
             now = datetime.now(UTC)
             while i < due:
                 key, value = append_request(prefix, start + i, now)
-                pending.append(await producer.send(topic, value, key=key))
+                pending.append(asyncio.ensure_future(
+                    _deliver(producer, topic, key, value, retries)))
                 i += 1
                 if rate <= 0 and i % 2000 == 0:
                     break  # let acks be processed
@@ -84,9 +90,29 @@ async def produce(
             "last_sent": time.time(),
             "seconds": time.monotonic() - t0,
             "max_behind_s": max_behind,
+            "retries": float(retries[0]),
         }
     finally:
         await producer.stop()
+
+
+async def _deliver(producer: AIOKafkaProducer, topic: str, key: bytes, value: bytes,
+                   retries: list[int]) -> object:
+    """Send until the broker acknowledges (a broker that is down or restarting is retried,
+    with the same request id: the pipeline stores a request once however often it arrives),
+    for at most ``_GIVE_UP_S``."""
+    deadline = time.monotonic() + _GIVE_UP_S
+    attempt = 0
+    while True:
+        try:
+            future = await producer.send(topic, value, key=key)
+            return await future
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            attempt += 1
+            retries[0] += 1
+            await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,7 +96,10 @@ def _translate(exc: BaseException) -> LedgerError:
     return DatabaseUnavailable(f"database client failure: {type(exc).__name__}")
 
 
-_TRANSLATED: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+#: InternalClientError: a pooled connection the server closed under it (a PostgreSQL restart)
+#: can be left "another operation is in progress"; retrying on a fresh connection works.
+_TRANSLATED: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                      OSError, TimeoutError)
 
 
 class Tx:

@@ -3,7 +3,8 @@
 The only module that imports aiokafka. Every aiokafka error (and the OS/timeout errors under
 it) becomes :class:`KafkaUnavailable`: the caller pauses, backs off and tries again, and
 since nothing is committed before the work is durable, a retry never loses a message. The
-one exception: a record the broker refuses as too large raises :class:`InvalidMessage`.
+exceptions: a record the broker refuses as too large raises :class:`InvalidMessage`, and a
+consumer session timeout the brokers refuse raises :class:`ConfigError`.
 
 * :class:`Producer`: ``acks=all``, idempotent, short linger; :meth:`Producer.send` returns
   only once the broker acknowledged the record. :meth:`Producer.send_many` packs many records
@@ -30,11 +31,16 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka.errors import (
+    InvalidSessionTimeoutError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+)
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
-from shared.errors import InvalidMessage, KafkaUnavailable
+from shared.errors import ConfigError, InvalidMessage, KafkaUnavailable
 from shared.settings import Settings
 
 __all__ = [
@@ -342,9 +348,10 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class Consumer:
     """A started group consumer; build with :func:`make_consumer`, :meth:`close` at shutdown."""
 
-    def __init__(self, consumer: Any, *, timeout_s: float) -> None:
+    def __init__(self, consumer: Any, *, timeout_s: float, session_timeout_ms: int = 0) -> None:
         self._consumer = consumer
         self._timeout_s = timeout_s
+        self._session_timeout_ms = session_timeout_ms
         self._closed = False
 
     async def getmany(
@@ -353,6 +360,13 @@ class Consumer:
         """Fetch what is available (waiting up to ``timeout_ms``), by partition, in order."""
         try:
             batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except InvalidSessionTimeoutError:
+            # retrying cannot help: the brokers' group.min/max.session.timeout.ms forbid it
+            raise ConfigError(
+                f"the Kafka brokers refuse the consumer session timeout of "
+                f"{self._session_timeout_ms} ms (LEDGER_CONSUMER_SESSION_TIMEOUT_MS): set the "
+                "brokers' group.min.session.timeout.ms to at most that, or raise the setting"
+            ) from None
         except TRANSLATED_ERRORS as exc:
             raise unavailable(exc, "fetch") from None
         return {
@@ -444,7 +458,7 @@ async def make_consumer(
     client_id: str,
     on_assigned: RebalanceHook | None = None,
     on_revoked: RebalanceHook | None = None,
-    session_timeout_ms: int = 10_000,
+    session_timeout_ms: int | None = None,
     max_poll_interval_ms: int = 300_000,
     request_timeout_ms: int = 30_000,
     start_timeout_s: float = 30.0,
@@ -457,7 +471,14 @@ async def make_consumer(
     only committed transactional data is read. ``on_revoked`` runs before partitions are
     taken away (the last chance to commit finished work); ``on_assigned`` after new ones
     arrive.
+
+    Group membership follows ``settings`` (``consumer_session_timeout_ms``,
+    ``consumer_heartbeat_interval_ms``, ``consumer_instance_id``): how fast a dead member's
+    partitions move to the others is the session timeout plus one heartbeat of the others
+    (docs/reliability.md).
     """
+    session_ms = session_timeout_ms or settings.consumer_session_timeout_ms
+    heartbeat_ms = min(settings.consumer_heartbeat_interval_ms, max(50, session_ms // 3))
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         client_id=client_id,
@@ -465,8 +486,12 @@ async def make_consumer(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
-        session_timeout_ms=session_timeout_ms,
-        heartbeat_interval_ms=max(100, session_timeout_ms // 3),
+        session_timeout_ms=session_ms,
+        heartbeat_interval_ms=heartbeat_ms,
+        # a rejoin waits at most this long for the others: a member that does not rejoin
+        # within one session is as good as dead
+        rebalance_timeout_ms=session_ms,
+        group_instance_id=settings.consumer_instance_id or None,
         max_poll_interval_ms=max_poll_interval_ms,
         request_timeout_ms=request_timeout_ms,
         fetch_max_wait_ms=fetch_max_wait_ms,
@@ -479,7 +504,8 @@ async def make_consumer(
     except TRANSLATED_ERRORS as exc:
         await _quiet_stop(consumer)
         raise unavailable(exc, f"start a consumer for group {group_id}") from None
-    return Consumer(consumer, timeout_s=request_timeout_ms / 1000 + 5)
+    return Consumer(consumer, timeout_s=request_timeout_ms / 1000 + 5,
+                    session_timeout_ms=session_ms)
 
 
 # --- dead letters --------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.errors import ConfigError
 
@@ -92,6 +92,16 @@ class Settings(BaseModel):
     # --- both consumer stages -------------------------------------------------------------
     #: consumed batches a stage works on at once (committed in order; 1: one at a time)
     pipeline_depth: int = Field(default=2, ge=1, le=16)
+    #: how long the group coordinator waits for a silent member before it hands the
+    #: member's partitions to the others (the broker's ``group.min.session.timeout.ms`` must
+    #: allow it; Kafka's own default minimum is 6000). docs/reliability.md has the figures.
+    consumer_session_timeout_ms: int = Field(default=3000, ge=500, le=300_000)
+    #: how often a member tells the coordinator it lives and learns of a rebalance
+    consumer_heartbeat_interval_ms: int = Field(default=500, ge=50, le=60_000)
+    #: static group membership (``group.instance.id``): a process-stable name, unique in
+    #: its group (e.g. the pod name). Empty: dynamic membership, the default (see
+    #: docs/reliability.md for why).
+    consumer_instance_id: str = Field(default="", max_length=200, pattern=r"^[A-Za-z0-9._-]*$")
 
     # --- operations -----------------------------------------------------------------------
     metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no separate metrics server
@@ -101,6 +111,15 @@ class Settings(BaseModel):
     health_cache_s: float = Field(default=1.0, ge=0, le=60)
     #: the most one dependency probe of ``/health`` may take
     health_timeout_s: float = Field(default=2.0, gt=0, le=30)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> Settings:
+        if self.consumer_heartbeat_interval_ms * 3 > self.consumer_session_timeout_ms:
+            raise ValueError(
+                "LEDGER_CONSUMER_HEARTBEAT_INTERVAL_MS must be at most a third of "
+                "LEDGER_CONSUMER_SESSION_TIMEOUT_MS"
+            )
+        return self
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -119,7 +138,10 @@ class Settings(BaseModel):
         except ValidationError as exc:
             problems = []
             for err in exc.errors():
-                field_name = str(err["loc"][0]) if err["loc"] else "?"
+                if not err["loc"]:  # a rule across fields: its input is every value
+                    problems.append(str(err["msg"]).removeprefix("Value error, "))
+                    continue
+                field_name = str(err["loc"][0])
                 env_name = ENV_NAMES.get(field_name, field_name)
                 problems.append(f"{env_name}: {err['msg']} (got {err.get('input')!r})")
             raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -11,7 +11,10 @@ OpenBao (Vault Transit) and Rekor. Each is a :class:`LocalService`:
 * ``endpoints()`` returns the environment variables a client needs
   (e.g. ``{"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:39092"}``);
 * ``processes()`` exposes the :class:`ManagedProcess` objects so tests can ``kill -9`` or
-  ``SIGSTOP`` them.
+  ``SIGSTOP`` them;
+* ``kill()`` crashes the service (``kill -9`` of every process group) and ``restart()``
+  stops it cleanly; either way a later ``start()`` brings it back on the same ports and the
+  same data (OpenBao comes back sealed with ``OpenBao.start_sealed``).
 
 Ports are chosen with :func:`free_port` on the first start and persisted in
 ``<stack_dir>/<name>/state.json`` (:meth:`LocalService.load_state` / :meth:`save_state` /
@@ -121,6 +124,13 @@ class LocalService(abc.ABC):
     def processes(self) -> list[ManagedProcess]:
         """The supervised processes (for tests that kill -9 / SIGSTOP them)."""
         return []
+
+    def kill(self) -> None:
+        """``kill -9`` every process of the service (a crash: no shutdown, data as it was on
+        disk), then forget them; :meth:`start` brings the service back."""
+        for proc in self.processes():
+            proc.kill()
+        self.stop()
 
     def restart(self, progress: Progress = lambda _msg: None) -> None:
         """Stop, then start again on the same ports and data."""

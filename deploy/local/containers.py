@@ -102,6 +102,8 @@ class ContainerService(LocalService):
 
         c = KafkaContainer(IMAGES["kafka"]).with_kraft()
         c.with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
+        # the stages' 3 s consumer session is below Kafka's default minimum (6 s)
+        c.with_env("KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS", "500")
         _loopback_ports(c)
         self._container = c.start()
         bootstrap = c.get_bootstrap_server()

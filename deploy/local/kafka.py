@@ -220,6 +220,10 @@ class Kafka(LocalService):
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # the stages' consumer session timeout (LEDGER_CONSUMER_SESSION_TIMEOUT_MS,
+            # default 3 s) is below Kafka's default minimum of 6 s: a dead stage's partitions
+            # move within seconds (docs/reliability.md)
+            "group.min.session.timeout.ms": "500",
             # sized for a small development machine (defaults: 3 network, 8 I/O, 10 background
             # threads); on 2 cores the extra threads only add context switches
             "num.network.threads": "2",

@@ -8,6 +8,8 @@ database), this service keeps its data in integrated (raft) storage under
 * first start: ``sys/init`` with one key share; the unseal key and the root token go to
   ``<stack_dir>/openbao/init.json`` (mode 600, never into the environment);
 * every start: ``sys/unseal``, wait for ``sys/health`` to answer 200 (active, unsealed);
+  except :meth:`OpenBao.start_sealed`, which leaves it sealed as a real server restarts,
+  until :meth:`OpenBao.unseal` (tests of a Vault restart, the chaos run);
 * then, idempotently: the ``transit`` mount, the keys ``ledger-ed25519`` (ed25519) and
   ``ledger-anchor`` (ecdsa-p256), an ACL policy ``ledger-pipeline`` that allows only
   sign/verify/read on those two keys, and an orphan token with that policy. That token,
@@ -234,6 +236,41 @@ class OpenBao(LocalService):
     def start(self, progress: Progress) -> None:
         if self._proc is not None and self._proc.running():
             return
+        started = time.monotonic()
+        proc = self._launch(progress)
+        try:
+            self._init_and_unseal(progress)
+            wait_until(
+                lambda: self._health() == 200, timeout=60, what="openbao: active", proc=proc
+            )
+            self._configure(progress)
+        except BaseException:
+            self.stop()
+            raise
+        progress(f"openbao: ready in {time.monotonic() - started:.1f}s")
+
+    def start_sealed(self, progress: Progress = lambda _m: None) -> None:
+        """Start an initialised OpenBao and leave it sealed, as a real server comes back after
+        a restart: nothing can be signed until :meth:`unseal`."""
+        if not self._read_init():
+            raise StackError("OpenBao: start_sealed needs a server initialised by start()")
+        self._launch(progress)
+
+    def sealed(self) -> bool:
+        """Whether the running server is sealed (``sys/seal-status``)."""
+        _, status = self._call("GET", "sys/seal-status")
+        return bool(status.get("sealed"))
+
+    def unseal(self, progress: Progress = lambda _m: None) -> None:
+        """Unseal with the stored key share and wait until the server is active."""
+        proc = self._proc
+        if proc is None:
+            raise StackError("OpenBao: not started")
+        self._init_and_unseal(progress)
+        wait_until(lambda: self._health() == 200, timeout=60, what="openbao: active", proc=proc)
+
+    def _launch(self, progress: Progress) -> ManagedProcess:
+        """Write the configuration, start ``bao server`` and wait for its HTTP API."""
         binary = find_bao_binary()
         port = self.port("port")
         cluster_port = self.port("cluster_port")
@@ -254,22 +291,16 @@ class OpenBao(LocalService):
             stack_dir=self.stack_dir,
         )
         progress(f"openbao: starting on {self._addr}")
-        started = time.monotonic()
         proc.start()
         self._proc = proc
         try:
             wait_until(
                 lambda: self._health() > 0, timeout=60, what="openbao: HTTP API", proc=proc
             )
-            self._init_and_unseal(progress)
-            wait_until(
-                lambda: self._health() == 200, timeout=60, what="openbao: active", proc=proc
-            )
-            self._configure(progress)
         except BaseException:
             self.stop()
             raise
-        progress(f"openbao: ready in {time.monotonic() - started:.1f}s")
+        return proc
 
     def stop(self) -> None:
         if self._proc is not None:

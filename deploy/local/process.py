@@ -156,6 +156,14 @@ class ManagedProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._popen.pid, sig)
 
+    def kill(self, timeout: float = 30.0) -> None:
+        """``kill -9`` the whole group and wait for the leader to be gone (a crash, for tests
+        and the chaos run); :meth:`stop` afterwards tidies up."""
+        if self._popen is None:
+            return
+        self.signal(signal.SIGKILL)
+        self._popen.wait(timeout)
+
     def stop(self) -> None:
         """SIGTERM the group, SIGKILL after ``stop_timeout``. Safe to call twice."""
         if self._popen is None:

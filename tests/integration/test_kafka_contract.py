@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.errors import KafkaUnavailable
+from shared.errors import ConfigError, KafkaUnavailable
 from shared.kafka import (
     DLQ_HEADERS,
     Consumer,
@@ -293,3 +293,23 @@ async def test_unreachable_broker_is_kafka_unavailable(kafka_settings: Settings)
     assert info.value.retryable
     with pytest.raises(KafkaUnavailable):
         await ensure_topics(settings.kafka_bootstrap_servers, ["x"], 1, timeout_s=3)
+
+
+async def test_a_session_timeout_the_brokers_refuse_is_a_configuration_error(
+    kafka_settings: Settings, topic: str
+) -> None:
+    """Below the brokers' group.min.session.timeout.ms (the local stack: 500 ms; Kafka's own
+    default: 6 s) the group cannot be joined: retrying would stall the stage forever, so the
+    consumer fails with the setting's name and the broker setting to change."""
+    consumer = await make_consumer(kafka_settings, group_id=f"g-{uuid.uuid4().hex[:8]}",
+                                   topics=[topic], client_id="short-session",
+                                   session_timeout_ms=400)
+    try:
+        with pytest.raises(ConfigError) as err:
+            for _ in range(40):
+                await consumer.getmany(timeout_ms=250)
+        message = str(err.value)
+        assert "LEDGER_CONSUMER_SESSION_TIMEOUT_MS" in message
+        assert "group.min.session.timeout.ms" in message and "400 ms" in message
+    finally:
+        await consumer.close()
