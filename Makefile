@@ -12,8 +12,8 @@ help:
 	@echo "make run               install, then 'ledger dev' (stack + pipeline, Ctrl-C stops)"
 	@echo "make test              install, ruff, mypy, unit tests, then integration tests"
 	@echo "make bench             install, then the benchmarks (~20 min; rewrites docs/benchmarks.md)"
-	@echo "make chaos             install, then a seeded fault schedule over 50,000 appends (~10 min;"
-	@echo "                       records the run in docs/reliability.md)"
+	@echo "make chaos             install, then a seeded fault schedule over 50,000 appends and 10,000"
+	@echo "                       API fuzz cases (~30 min; records the run in docs/reliability.md)"
 	@echo "make recovery          install, then measure recovery from a killed stage (~10 min;"
 	@echo "                       records the figures in docs/reliability.md)"
 	@echo "make stack-down        stop a stack left running in .stack"
@@ -56,7 +56,7 @@ bench: install
 CHAOS_SEED ?= 9
 chaos: install
 	$(BIN)/python -m benchmarks.chaos --seed $(CHAOS_SEED) --http 20000 --kafka 30000 --write
-	# --- API fuzzing (10,000 cases against the served OpenAPI document) goes here ---
+	LEDGER_FUZZ_CASES=10000 $(BIN)/python -m pytest -m integration tests/integration/test_api_fuzz.py
 
 # Time from a kill -9 of a signer/anchorer to its partitions being worked by the survivors,
 # and from a restart to the new process working; consumer settings before/after, same run.

@@ -170,6 +170,19 @@ async def scrape(port: int) -> dict[str, float]:
     return out
 
 
+async def vault_health(port: int) -> str:
+    """The ``vault`` check's state in a stage's ops ``/health`` (empty when it does not answer)."""
+    try:
+        async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{port}/health", timeout=aiohttp.ClientTimeout(total=3)
+        ) as resp:
+            body = await resp.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return ""
+    vault = body.get("checks", {}).get("vault", {}) if isinstance(body, dict) else {}
+    return str(vault.get("state", "")) if isinstance(vault, dict) else ""
+
+
 # --- faults ---------------------------------------------------------------------------------
 
 
@@ -226,17 +239,21 @@ class Faults:
                   if name.startswith("signer") and name in running}
         paused: dict[str, bool] = {}
 
+        said: dict[str, str] = {}
+
         async def all_paused() -> bool:
             for name, port in stages.items():
                 m = await scrape(port)
                 role = name.rsplit("-", 1)[0]
                 paused[name] = (m.get(f'ledger_stage_paused{{stage="{role}"}}') == 1.0
                                 or m.get('ledger_dependency_up{dependency="vault"}') == 0.0)
-            return all(paused.values())
+                said[name] = await vault_health(port)
+            return all(paused.values()) and all(s == "sealed" for s in said.values())
 
-        await wait_for(all_paused, within=60, what="the signers to pause on a sealed OpenBao")
+        await wait_for(all_paused, within=60,
+                       what="the signers to pause on a sealed OpenBao and their /health to say so")
         await asyncio.to_thread(bao.unseal)
-        return {"paused_while_sealed": sorted(paused)}
+        return {"paused_while_sealed": sorted(paused), "health_vault_state": said}
 
     async def stage_kill(self, role: str, *, metrics: bool = False) -> dict[str, Any]:
         """``kill -9`` one running process of ``role`` and start a replacement."""

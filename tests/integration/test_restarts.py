@@ -9,8 +9,8 @@ a fifth of the stream is stored, one dependency fails:
 * Kafka: ``kill -9`` of the broker, started again on the same data directory and port;
 * PostgreSQL: restarted (fast shutdown: every open connection is cut);
 * OpenBao: restarted, which brings it back *sealed*; the signer must pause (its metric
-  ``ledger_stage_paused`` is 1, or ``ledger_dependency_up{dependency="vault"}`` is 0) and
-  go on after the stored key share unseals it;
+  ``ledger_stage_paused`` is 1, or ``ledger_dependency_up{dependency="vault"}`` is 0), its ``/health`` must
+  say ``vault``: ``sealed``, and it must go on after the stored key share unseals it;
 * Rekor: rekor-server and both Trillian programs restarted.
 
 Afterwards (:func:`benchmarks.faults.invariants`): every acknowledged request has exactly one
@@ -60,3 +60,4 @@ async def test_a_dependency_restart_loses_and_duplicates_nothing(
     assert tried["fault"] == fault
     if fault == "openbao_restart":
         assert tried["paused_while_sealed"] == ["signer-1"]
+        assert tried["health_vault_state"] == {"signer-1": "sealed"}
