@@ -42,8 +42,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient
-
 from benchmarks.faults import (
     FAULT_LANE,
     Faults,
@@ -54,6 +52,7 @@ from benchmarks.faults import (
 )
 from benchmarks.harness import Bench, BenchError, Lane, StageProcess, wait_for
 from benchmarks.reliability_doc import replace_section
+from shared.kafka_admin import committed_offsets
 from shared.settings import Settings
 
 __all__ = ["CONFIGS", "main", "measure"]
@@ -69,19 +68,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-async def _committed(settings: Settings, group: str) -> dict[int, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
-
-
 async def _all_moved(settings: Settings, group: str, since: dict[int, int],
                      partitions: int) -> bool:
-    now = await _committed(settings, group)
+    now = await committed_offsets(settings.kafka_bootstrap_servers, group)
     return len(now) == partitions and all(now[p] > since.get(p, -1) for p in now)
 
 
@@ -91,13 +80,13 @@ async def _one_role(lane: Lane, faults: Faults, role: str, *, static: bool) -> d
     t_kill = time.monotonic()
     await kill_9(lane, victim)
     # read once it is gone: a commit it sent just before the kill must not count as a move
-    at_kill = await _committed(lane.settings, group)
+    at_kill = await committed_offsets(lane.settings.kafka_bootstrap_servers, group)
     moved = await wait_for(lambda: _all_moved(lane.settings, group, at_kill, 4),
                            within=120, what=f"{role} partitions taken over", every=0.05)
     takeover = moved - t_kill
     # static membership: the replacement takes the name of the process it replaces
     changes = {"consumer_instance_id": victim.name} if static else {}
-    at_start = await _committed(lane.settings, group)
+    at_start = await committed_offsets(lane.settings.kafka_bootstrap_servers, group)
     t_start = time.monotonic()
     replacement: StageProcess = await faults.spawn(role, **changes)
     port = faults.metrics_ports[replacement.name]

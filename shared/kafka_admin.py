@@ -1,4 +1,5 @@
-"""Kafka administration: the one topic creator (:func:`ensure_topics`).
+"""Kafka administration: the one topic creator (:func:`ensure_topics`), and a consumer
+group's committed offsets (:func:`committed_offsets`).
 
 The local stack, the tests and the benchmarks create topics with it; the services never
 create topics (a deployment does, with Kafka's own tools: ``docker-compose.yml`` runs
@@ -18,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from shared.errors import ConfigError, KafkaUnavailable
 from shared.kafka import TRANSLATED_ERRORS, unavailable
 
-__all__ = ["ensure_topics"]
+__all__ = ["committed_offsets", "ensure_topics"]
 
 log = logging.getLogger("ledger.kafka")
 
@@ -119,3 +120,17 @@ async def _grow_topics(
 _TOPIC_ALREADY_EXISTS: Final = 36
 # INVALID_TOPIC_EXCEPTION, INVALID_PARTITIONS, INVALID_REPLICATION_FACTOR, INVALID_CONFIG
 _TOPIC_CONFIG_ERRORS: Final = frozenset({17, 37, 38, 40})
+
+
+async def committed_offsets(bootstrap_servers: str, group: str) -> dict[int, int]:
+    """A consumer group's committed offset per partition of every topic it consumes (the
+    next offset it will read); partitions with no commit are left out."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        await admin.start()
+        offsets = await admin.list_consumer_group_offsets(group)
+    except TRANSLATED_ERRORS as exc:
+        raise unavailable(exc, "read committed offsets") from None
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}

@@ -30,7 +30,6 @@ import math
 import os
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -57,10 +56,10 @@ from schemathesis.specs.openapi.checks import (
 
 from services.ingest import create_token
 from shared.db import Database, migrate
-from shared.kafka_admin import ensure_topics
 from shared.settings import Settings
 from tests.integration.conftest import fresh_database
 from tests.integration.test_ingest import ingest_running, signer_running
+from tests.support.lanes import new_prefix, private_lane
 
 pytestmark = pytest.mark.integration
 
@@ -232,24 +231,19 @@ class Fuzzer:
 @pytest.fixture
 async def fuzz_settings(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator[Settings]:
     """A lane of topics and a fresh database, so that generated entries meet no others."""
-    prefix = f"f{uuid.uuid4().hex[:10]}"
     async with fresh_database(stack, settings) as fresh:
-        s = fresh.model_copy(update={
-            "topic_append": f"{prefix}.append",
-            "topic_signed": f"{prefix}.signed",
-            "signer_group": f"{prefix}-signer",
-            "http_port": 0,
-            "tokens_file": str(tmp_path / "tokens.jsonl"),
-            "shutdown_grace_s": 10.0,
-            "signer_batch_ms": 5,
-        })
+        s = await private_lane(
+            fresh, new_prefix("z"), PARTITIONS,
+            http_port=0,
+            tokens_file=str(tmp_path / "tokens.jsonl"),
+            shutdown_grace_s=10.0,
+            signer_batch_ms=5,
+        )
         database = await Database.connect(s)
         try:
             await migrate(database)
         finally:
             await database.close()
-        await ensure_topics(s.kafka_bootstrap_servers,
-                            [s.topic_append, s.topic_signed, s.topic_append + ".dlq"], PARTITIONS)
         yield s
 
 

@@ -17,7 +17,6 @@ import os
 import socket
 import time
 import urllib.parse
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,13 +33,13 @@ from services.ingest import create_token, run_ingest
 from services.signer import run_signer
 from shared.db import Database, migrate
 from shared.kafka import make_producer
-from shared.kafka_admin import ensure_topics
 from shared.lifecycle import Lifecycle
 from shared.messages import AppendRequest
 from shared.settings import Settings
 from shared.signatures import parse_vault_signature
 from shared.statement import entry_id_for, statement_bytes
 from shared.telemetry import Metrics
+from tests.support.lanes import new_prefix, private_lane
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -100,19 +99,14 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
 
 @pytest.fixture
 async def lane_settings(settings: Settings, tmp_path: Path) -> Settings:
-    prefix = f"i{uuid.uuid4().hex[:10]}"
-    s = settings.model_copy(update={
-        "topic_append": f"{prefix}.append",
-        "topic_signed": f"{prefix}.signed",
-        "signer_group": f"{prefix}-signer",
-        "http_port": 0,
-        "tokens_file": str(tmp_path / "tokens.jsonl"),
-        "append_wait_ms": 15_000,
-        "shutdown_grace_s": 10.0,
-        "signer_batch_ms": 5,
-    })
-    await ensure_topics(s.kafka_bootstrap_servers, [s.topic_append, s.topic_signed, s.topic_append + ".dlq"], PARTITIONS)
-    return s
+    return await private_lane(
+        settings, new_prefix("i"), PARTITIONS,
+        http_port=0,
+        tokens_file=str(tmp_path / "tokens.jsonl"),
+        append_wait_ms=15_000,
+        shutdown_grace_s=10.0,
+        signer_batch_ms=5,
+    )
 
 
 @contextlib.asynccontextmanager

@@ -25,7 +25,6 @@ import json
 import os
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,6 @@ from benchmarks.procs import tree_pids
 from deploy.local.process import free_port
 from services.signer import run_signer
 from shared.db import Database, migrate
-from shared.kafka_admin import ensure_topics
 from shared.lifecycle import Lifecycle
 from shared.settings import Settings
 from shared.telemetry import Metrics
@@ -49,6 +47,7 @@ from tests.integration.test_ingest import (
     scan_topic,
     signer_running,
 )
+from tests.support.lanes import new_prefix, private_lane
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -60,23 +59,16 @@ MARGIN_S = 5.0
 
 @pytest.fixture
 async def lane(settings: Settings, tmp_path: Path) -> Settings:
-    prefix = f"f{uuid.uuid4().hex[:10]}"
-    s = settings.model_copy(update={
-        "topic_append": f"{prefix}.append",
-        "topic_signed": f"{prefix}.signed",
-        "signer_group": f"{prefix}-signer",
-        "http_port": 0,
-        "tokens_file": str(tmp_path / "tokens.jsonl"),
-        "append_wait_ms": 2000,
-        "publish_timeout_ms": PUBLISH_TIMEOUT_MS,
-        "health_timeout_s": 1.0,
-        "health_cache_s": 0.2,
-        "shutdown_grace_s": 10.0,
-        "signer_batch_ms": 5,
-    })
-    await ensure_topics(
-        s.kafka_bootstrap_servers, [s.topic_append, s.topic_signed, s.topic_append + ".dlq"],
-        PARTITIONS,
+    s = await private_lane(
+        settings, new_prefix("f"), PARTITIONS,
+        http_port=0,
+        tokens_file=str(tmp_path / "tokens.jsonl"),
+        append_wait_ms=2000,
+        publish_timeout_ms=PUBLISH_TIMEOUT_MS,
+        health_timeout_s=1.0,
+        health_cache_s=0.2,
+        shutdown_grace_s=10.0,
+        signer_batch_ms=5,
     )
     return s
 

@@ -27,7 +27,6 @@ from aiokafka import AIOKafkaProducer
 
 from services.anchorer import run_anchorer
 from shared.db import Database, migrate
-from shared.kafka_admin import ensure_topics
 from shared.lifecycle import Lifecycle
 from shared.settings import Settings
 from shared.telemetry import Metrics
@@ -40,6 +39,7 @@ from tests.integration.test_signer import (
     signer_running,
     verify_row,
 )
+from tests.support.lanes import new_prefix, private_lane
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -157,16 +157,7 @@ class Sent:
 
 
 async def lane_for(settings: Settings, prefix: str) -> Lane:
-    s = settings.model_copy(update={
-        "topic_append": f"{prefix}.append",
-        "topic_signed": f"{prefix}.signed",
-        "signer_group": f"{prefix}-signer",
-        "anchorer_group": f"{prefix}-anchorer",
-        "shutdown_grace_s": 15.0,
-    })
-    await ensure_topics(s.kafka_bootstrap_servers,
-                        [s.topic_append, s.topic_signed, s.topic_append + ".dlq",
-                         s.topic_signed + ".dlq"], PARTITIONS)
+    s = await private_lane(settings, prefix, PARTITIONS, shutdown_grace_s=15.0)
     return Lane(settings=s, prefix=prefix)
 
 
@@ -221,7 +212,7 @@ def test_the_corpus_names_each_problem_once():
 async def test_every_poison_message_is_dead_lettered_with_its_reason(
     settings, corpus_db, corpus_producer
 ):
-    lane = await lane_for(settings, f"c{uuid.uuid4().hex[:10]}")
+    lane = await lane_for(settings, new_prefix("c"))
     sent, valid_ids = await produce_corpus(corpus_producer, lane)
     async with signer_running(lane.settings) as metrics:
         async def all_valid_stored() -> bool:
@@ -293,7 +284,7 @@ async def anchorer_running(settings: Settings) -> AsyncIterator[Metrics]:
 async def test_the_anchorer_dead_letters_signed_events_it_cannot_read(
     settings, corpus_db, corpus_producer
 ):
-    lane = await lane_for(settings, f"a{uuid.uuid4().hex[:10]}")
+    lane = await lane_for(settings, new_prefix("a"))
     signed_dlq = lane.signed + ".dlq"
     sent: list[Sent] = []
     for poison in SIGNED_POISON:

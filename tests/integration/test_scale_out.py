@@ -51,7 +51,7 @@ from aiokafka.errors import KafkaError
 
 from shared.db import Database, migrate
 from shared.kafka import Producer, make_producer
-from shared.kafka_admin import ensure_topics
+from shared.kafka_admin import committed_offsets, ensure_topics
 from shared.messages import AnchoredEntry, AppendRequest
 from shared.settings import Settings
 from shared.statement import entry_id_for
@@ -63,7 +63,6 @@ from tests.integration.test_anchorer import (
     sigstore_keyring,
     verify_event,
 )
-from tests.integration.test_signer import committed_offsets
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -344,7 +343,7 @@ def headers_of(record: Any) -> dict[str, bytes]:
 
 async def caught_up(lane: Lane, group: str, topic: str) -> bool:
     ends = await end_offsets(lane, topic)
-    committed = await committed_offsets(lane.settings, group)
+    committed = await committed_offsets(lane.settings.kafka_bootstrap_servers, group)
     return all(committed.get(p, 0) >= end for p, end in ends.items())
 
 
@@ -437,7 +436,7 @@ async def test_two_of_each_stage_with_a_kill_9_each_sign_and_anchor_everything_o
         orphaned = claimed_batches(victim_a) & {r["id"] for r in await lane.db.fetch(
             "SELECT id FROM ledger.batches WHERE state = 'pending'")}
         # nothing committed past unsigned work
-        committed = await committed_offsets(s, s.signer_group)
+        committed = await committed_offsets(s.kafka_bootstrap_servers, s.signer_group)
         stored = {r["request_id"] for r in await lane.db.fetch(
             "SELECT request_id FROM ledger.entries")}
         for (p, off), rid in produced.valid.items():

@@ -27,19 +27,19 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from services.signer import run_signer
 from shared.db import Database, migrate
-from shared.kafka_admin import ensure_topics
+from shared.kafka_admin import committed_offsets
 from shared.lifecycle import Lifecycle
 from shared.messages import AppendRequest, SignedEntry
 from shared.settings import Settings
 from shared.statement import content_sha256, entry_id_for, statement_bytes
 from shared.telemetry import Metrics
 from shared.vault import TransitSigner
+from tests.support.lanes import new_prefix, private_lane
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -108,16 +108,8 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
 
 @pytest.fixture
 async def lane(settings: Settings) -> Lane:
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    s = settings.model_copy(
-        update={
-            "topic_append": f"{prefix}.append",
-            "topic_signed": f"{prefix}.signed",
-            "signer_group": f"{prefix}-signer",
-            "shutdown_grace_s": 15.0,
-        }
-    )
-    await ensure_topics(s.kafka_bootstrap_servers, [s.topic_append, s.topic_signed, s.topic_append + ".dlq"], PARTITIONS)
+    prefix = new_prefix("t")
+    s = await private_lane(settings, prefix, PARTITIONS, shutdown_grace_s=15.0)
     return Lane(settings=s, prefix=prefix)
 
 
@@ -176,16 +168,6 @@ async def read_topic(settings: Settings, topic: str, *, until: Callable[[list[An
 
 def headers_of(record: Any) -> dict[str, bytes]:
     return {k: bytes(v) for k, v in (record.headers or ())}
-
-
-async def committed_offsets(settings: Settings, group: str) -> dict[int, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 
 def verify_row(row: dict[str, Any]) -> None:
@@ -338,7 +320,7 @@ async def test_poison_messages_are_dead_lettered_and_good_ones_behind_them_signe
 
 
 async def offset_committed(lane: Lane, partition: int, offset: int) -> bool:
-    return (await committed_offsets(lane.settings, lane.settings.signer_group)).get(partition, -1) >= offset
+    return (await committed_offsets(lane.settings.kafka_bootstrap_servers, lane.settings.signer_group)).get(partition, -1) >= offset
 
 
 # --- crash and outages ---------------------------------------------------------------------------
@@ -361,7 +343,7 @@ async def produce_stream(producer: AIOKafkaProducer, lane: Lane, n: int, *, star
 
 async def assert_no_commit_past_unsigned_work(lane: Lane, db: Database, where: dict[tuple[int, int], str]) -> dict[int, int]:
     """Every record below the group's committed offset has its row. Returns the offsets."""
-    committed = await committed_offsets(lane.settings, lane.settings.signer_group)
+    committed = await committed_offsets(lane.settings.kafka_bootstrap_servers, lane.settings.signer_group)
     stored = {r["request_id"] for r in await db.fetch(
         "SELECT request_id FROM ledger.entries WHERE request_id LIKE $1", lane.prefix + "-%")}
     for (partition, offset), rid in where.items():
@@ -420,7 +402,7 @@ async def all_committed(lane: Lane, where: dict[tuple[int, int], str]) -> bool:
     ends: dict[int, int] = {}
     for partition, offset in where:
         ends[partition] = max(ends.get(partition, 0), offset + 1)
-    committed = await committed_offsets(lane.settings, lane.settings.signer_group)
+    committed = await committed_offsets(lane.settings.kafka_bootstrap_servers, lane.settings.signer_group)
     return all(committed.get(p, -1) >= end for p, end in ends.items())
 
 
@@ -478,7 +460,7 @@ async def test_database_outage_commits_nothing_past_unsigned_work_and_recovers(l
             where |= await produce_stream(producer, lane, total - 500, start=500)
             await wait_for(lambda: paused(metrics), within=90, what="the signer to pause on the database")
             # the database is down: check the commits against what was stored before it went
-            committed = await committed_offsets(lane.settings, lane.settings.signer_group)
+            committed = await committed_offsets(lane.settings.kafka_bootstrap_servers, lane.settings.signer_group)
         finally:
             await asyncio.to_thread(postgres.start, lambda _m: None)
         stored = {r["request_id"] for r in await db.fetch(
