@@ -74,6 +74,15 @@ class Settings(BaseModel):
     lookup_timeout_ms: int = Field(default=1000, gt=0, le=60_000)
     #: requests handled at once (health, metrics excluded); past it: 503 + Retry-After
     max_in_flight: int = Field(default=4096, gt=0)
+    #: requests a second per token (token bucket; 0: no limit unless the token sets one)
+    rate_limit_per_s: float = Field(default=0.0, ge=0)
+    #: requests a token may send at once (0: one second's worth of rate_limit_per_s)
+    rate_limit_burst: int = Field(default=0, ge=0)
+    #: PEM certificate (chain) and key: ingest serves HTTPS (TLS 1.2+); both or neither
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: one JSON line per request (method, route, status, duration, token name, remote)
+    access_log: bool = True
 
     # --- signer ---------------------------------------------------------------------------
     signer_group: str = "ledger-signer"
