@@ -25,17 +25,18 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
 from shared.errors import ConfigError
 
-__all__ = ["SCOPES", "Principal", "TokenStore", "create_token", "hash_token"]
+__all__ = ["SCOPES", "Principal", "TokenStore", "create_token", "hash_token", "parse_expiry"]
 
 SCOPES: Final = frozenset({"append", "read"})
 _TOKEN_PREFIX: Final = "ldg_"  # noqa: S105 - a prefix, not a secret
@@ -83,7 +84,7 @@ def create_token(
     if expires_at is not None:
         if expires_at.tzinfo is None:
             raise ConfigError("a token's expiry needs a time zone (e.g. 2027-01-01T00:00:00Z)")
-        doc["expires_at"] = expires_at.isoformat()
+        doc["expires_at"] = expires_at.isoformat(timespec="seconds")
     if rate_per_s is not None:
         doc["rate_per_s"] = rate_per_s
     if burst is not None:
@@ -98,6 +99,28 @@ def create_token(
     with os.fdopen(fd, "a", encoding="utf-8") as out:
         out.write(line + "\n")
     return token
+
+
+_DURATION = re.compile(r"^(\d+)([dhm])$")
+_UNITS: Final = {"d": "days", "h": "hours", "m": "minutes"}
+
+
+def parse_expiry(text: str, *, now: datetime | None = None) -> datetime:
+    """``90d``, ``12h``, ``30m`` from ``now``, or an RFC 3339 time with an offset."""
+    match = _DURATION.match(text.strip())
+    if match:
+        start = now or datetime.now(UTC)
+        return start + timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise ConfigError(
+            f"token expiry {text!r}: expected a duration (90d, 12h, 30m) or an RFC 3339 "
+            "time with an offset (2027-01-01T00:00:00Z)"
+        )
+    return when
 
 
 def _expiry_of(doc: dict[str, object], where: str) -> float | None:

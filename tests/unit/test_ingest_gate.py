@@ -9,9 +9,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import jsonschema_rs
 import pytest
 
-from services.ingest.auth import TokenStore, create_token
+from ledger import cli
+from services.ingest import OPENAPI_PATH
+from services.ingest.auth import TokenStore, create_token, parse_expiry
+from services.ingest.gate import ROUTE_SCOPES
 from services.ingest.ratelimit import Limit, RateLimiter, retry_after_s
 from shared.errors import ConfigError
 from shared.telemetry import JsonFormatter
@@ -231,3 +235,55 @@ async def test_the_access_log_can_be_turned_off(tmp_path: Path, captured: io.Str
     async with Harness(tmp_path, access_log=False) as h:
         assert (await h.post(GOOD, headers=ASYNC)).status == 202
     assert '"ledger.ingest.access"' not in captured.getvalue()
+
+
+def test_expiry_is_a_duration_or_an_rfc_3339_time() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert parse_expiry("90d", now=now) == now + timedelta(days=90)
+    assert parse_expiry("12h", now=now) == now + timedelta(hours=12)
+    assert parse_expiry("30m", now=now) == now + timedelta(minutes=30)
+    assert parse_expiry("2027-01-01T00:00:00Z") == datetime(2027, 1, 1, tzinfo=UTC)
+    for bad in ("tomorrow", "2027-01-01T00:00:00", "5w", ""):
+        with pytest.raises(ConfigError, match="expected a duration"):
+            parse_expiry(bad)
+
+
+def test_the_openapi_document_gives_every_guarded_operation_a_429() -> None:
+    doc = json.loads(OPENAPI_PATH.read_text())
+    guarded = [(path, method, op) for path, item in doc["paths"].items()
+               for method, op in item.items() if op.get("security")]
+    assert len(guarded) == len(ROUTE_SCOPES)
+    for path, method, op in guarded:
+        answer = op["responses"].get("429")
+        assert answer is not None, f"{method} {path} documents no 429"
+        assert "Retry-After" in answer["headers"]
+        assert "token_expired" in op["responses"]["401"]["description"]
+
+
+async def test_a_429_body_matches_the_documented_error_schema(tmp_path: Path) -> None:
+    doc = json.loads(OPENAPI_PATH.read_text())
+    schema = jsonschema_rs.Draft202012Validator(
+        {"$ref": "#/components/schemas/Error", "components": doc["components"]})
+    async with Harness(tmp_path, rate_limit_per_s=1, rate_limit_burst=1) as h:
+        await h.post(GOOD, headers=ASYNC)
+        r = await h.post(GOOD, headers=ASYNC)
+        assert r.status == 429
+        schema.validate(await r.json())
+
+
+def test_ledger_token_create_writes_expiry_and_limits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "tokens.jsonl"
+    assert cli.main(["--stack-dir", str(tmp_path), "token", "create", "--name", "job",
+                     "--scopes", "append", "--file", str(path), "--expires", "30d",
+                     "--rate-per-s", "5", "--burst", "10"]) == 0
+    token = capsys.readouterr().out.strip()
+    principal = TokenStore(path).authenticate(token)
+    assert principal is not None and (principal.rate_per_s, principal.burst) == (5.0, 10)
+    assert principal.expires_at is not None
+    assert 29 * 86400 < principal.expires_at - datetime.now(UTC).timestamp() <= 30 * 86400
+    assert cli.main(["--stack-dir", str(tmp_path), "token", "create", "--name", "x",
+                     "--file", str(path), "--expires", "soon"]) == 1
+    assert "expected a duration" in capsys.readouterr().err
+    assert len(path.read_text().splitlines()) == 1
