@@ -16,7 +16,8 @@ presented token and compares it with *every* stored hash using :func:`hmac.compa
 so the time taken does not depend on which stored hash (if any) matches.
 
 The file is re-read when its modification time changes (checked at most once a second), so
-adding or revoking a token needs no restart.
+adding, revoking or expiring a token needs no restart; a version that does not parse is
+reported once (``tokens file not reloaded``) and the previous tokens stay in force.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -37,6 +39,8 @@ from typing import Final
 from shared.errors import ConfigError
 
 __all__ = ["SCOPES", "Principal", "TokenStore", "create_token", "hash_token", "parse_expiry"]
+
+log = logging.getLogger("ledger.ingest")
 
 SCOPES: Final = frozenset({"append", "read"})
 _TOKEN_PREFIX: Final = "ldg_"  # noqa: S105 - a prefix, not a secret
@@ -202,6 +206,7 @@ class TokenStore:
         self._checked_at = clock()
         #: bumped on every reload, so that per-name state can be pruned
         self.generation = 0
+        self._bad_mtime = -1  # a broken version already reported
 
     def _stat(self) -> int:
         try:
@@ -216,15 +221,23 @@ class TokenStore:
         if now - self._checked_at < self._recheck_s:
             return
         self._checked_at = now
+        mtime = -2  # the file is gone
         try:
             mtime = self._stat()
-            if mtime != self._mtime:
-                self._entries = _load(self._path)
-                self._mtime = mtime
-                self.generation += 1
-        except ConfigError:
+            if mtime in (self._mtime, self._bad_mtime):
+                return
+            self._entries = _load(self._path)
+            self._mtime = mtime
+            self.generation += 1
+            log.info("tokens file reloaded", extra={"tokens": len(self._entries)})
+        except ConfigError as exc:
             # keep serving with the last good set; a broken edit must not lock everyone out
-            return
+            if mtime != self._bad_mtime:
+                self._bad_mtime = mtime
+                log.error(  # noqa: TRY400 - the message names the line; a traceback adds nothing
+                    "tokens file not reloaded; keeping the previous tokens",
+                    extra={"error": str(exc)},
+                )
 
     def __len__(self) -> int:
         return len(self._entries)

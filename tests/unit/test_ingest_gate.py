@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -287,3 +288,29 @@ def test_ledger_token_create_writes_expiry_and_limits(
                      "--file", str(path), "--expires", "soon"]) == 1
     assert "expected a duration" in capsys.readouterr().err
     assert len(path.read_text().splitlines()) == 1
+
+
+def test_a_broken_edit_is_reported_once_and_the_last_good_tokens_stay(
+    tmp_path: Path, captured: io.StringIO
+) -> None:
+    now = [0.0]
+    path = tmp_path / "t.jsonl"
+    token = create_token(path, "kept", ["read"])
+    store = TokenStore(path, clock=lambda: now[0], recheck_s=1.0)
+    path.write_text('{"name": "x", "sha256": "ab", "scopes": ["read"]}\n')
+    os.utime(path, ns=(1, 10**18))
+    for step in range(1, 4):
+        now[0] = 2.0 * step
+        assert store.authenticate(token) is not None
+    errors = [json.loads(x) for x in captured.getvalue().splitlines()
+              if "tokens file not reloaded" in x]
+    assert len(errors) == 1 and "line 1" in errors[0]["error"]
+    path.unlink()
+    now[0] = 20.0
+    assert store.authenticate(token) is not None
+    create_token(path, "new", ["read"])
+    os.utime(path, ns=(2, 2 * 10**18))
+    now[0] = 30.0
+    assert store.authenticate(token) is None and store.generation == 1
+    text = captured.getvalue()
+    assert text.count("tokens file not reloaded") == 2 and "tokens file reloaded" in text
