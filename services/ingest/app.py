@@ -90,7 +90,7 @@ from shared.statement import content_sha256, entry_id_for
 from shared.telemetry import Metrics, log_context
 from shared.tracing import continue_trace, trace_id_of
 
-from .access import REQUEST_ID_KEY, TOKEN_NAME_KEY, AccessLog
+from .access import REQUEST_ID_KEY, AccessLog
 from .auth import TokenStore
 from .gate import Gate
 from .health import IngestHealth
@@ -236,7 +236,6 @@ class _Api:
                 return principal
             if principal is None:
                 return await handler(request)
-            request[TOKEN_NAME_KEY] = principal.name
             with log_context(token_name=principal.name):
                 return await handler(request)
         except RequestRejected as exc:

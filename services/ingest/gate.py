@@ -28,6 +28,7 @@ from aiohttp import web
 from shared.settings import Settings
 from shared.telemetry import Metrics
 
+from .access import TOKEN_NAME_KEY
 from .auth import Principal, TokenStore
 from .ratelimit import Limit, RateLimiter, retry_after_s
 from .responses import error
@@ -118,6 +119,7 @@ class Gate:
                 field_name="Authorization",
                 headers={"WWW-Authenticate": f'{_REALM}, error="invalid_token"'},
             )
+        request[TOKEN_NAME_KEY] = principal.name  # for the access log, refused or not
         if principal.expired(self._wall_clock()):
             return self._expired(principal)
         return principal

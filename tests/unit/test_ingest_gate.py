@@ -109,7 +109,7 @@ def test_create_token_refuses_a_naive_expiry_and_bad_limits(tmp_path: Path) -> N
 
 
 async def test_over_the_rate_limit_is_429_with_retry_after_and_nothing_read(
-    tmp_path: Path,
+    tmp_path: Path, captured: io.StringIO
 ) -> None:
     async with Harness(tmp_path, rate_limit_per_s=0.5, rate_limit_burst=2) as h:
         assert [(await h.post(GOOD, headers=ASYNC)).status for _ in range(2)] == [202, 202]
@@ -123,6 +123,9 @@ async def test_over_the_rate_limit_is_429_with_retry_after_and_nothing_read(
         assert "0.5 requests/s (burst 2)" in doc["message"] and "'writer'" in doc["message"]
         assert len(h.publisher.sent) == 2
         assert h.metric("ledger_http_rate_limited_total", token_name="writer") == 1
+        (line,) = [json.loads(x) for x in captured.getvalue().splitlines()
+                   if '"ledger.ingest.access"' in x and '"status":429' in x]
+        assert line["token_name"] == "writer"  # a refused request still names its token
         # another token has its own bucket
         assert h.client is not None
         r = await h.client.get("/entries", headers=h.auth(h.read_token))
@@ -216,18 +219,22 @@ async def test_the_access_log_has_one_line_per_request_with_names_never_secrets(
                                headers=h.auth(h.read_token))
         assert r.status in (400, 404)
         await h.client.get("/livez")
+        r = await h.post(GOOD, headers={**ASYNC, **h.auth("ldg_unknown")})
+        assert r.status == 401
     # (the test server also runs aiohttp's own access log; the service turns that one off)
     text = "\n".join(x for x in captured.getvalue().splitlines()
                      if '"ledger.ingest.access"' in x)
     access = [json.loads(x) for x in text.splitlines()]
     assert [(a["method"], a["route"]) for a in access] == [
-        ("POST", "/append"), ("GET", "/entries/by-request/{request_id}"), ("GET", "/livez")]
-    append, read, live = access
+        ("POST", "/append"), ("GET", "/entries/by-request/{request_id}"), ("GET", "/livez"),
+        ("POST", "/append")]
+    append, read, live, unknown = access
+    assert unknown["status"] == 401 and unknown["token_name"] is None
     assert append["status"] == 202 and append["request_id"] == "acc-1"
     assert append["token_name"] == "writer" and read["token_name"] == "reader"
     assert live["token_name"] is None and live["request_id"] is None
     assert append["remote"] == "127.0.0.1" and append["duration_ms"] >= 0
-    for secret in (h.append_token, h.read_token, "SECRETQ", "secret-looking-id",
+    for secret in (h.append_token, h.read_token, "ldg_unknown", "SECRETQ", "secret-looking-id",
                    str(GOOD["payload"])):
         assert secret not in text
 
