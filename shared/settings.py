@@ -9,14 +9,16 @@ settings object is then passed down explicitly.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError
 
-__all__ = ["ENV_NAMES", "PROCESSES", "Settings", "needed_by", "required_env"]
+__all__ = ["ENV_NAMES", "MASK", "PROCESSES", "Settings", "mask_secrets", "needed_by",
+           "required_env"]
 
 #: the processes that read these settings (``ledger <process>``)
 PROCESSES = ("ingest", "signer", "anchorer", "migrate")
@@ -130,8 +132,27 @@ class Settings(BaseModel):
             for err in exc.errors():
                 field_name = str(err["loc"][0]) if err["loc"] else "?"
                 env_name = ENV_NAMES.get(field_name, field_name)
-                problems.append(f"{env_name}: {err['msg']} (got {err.get('input')!r})")
+                got = MASK if field_name == "vault_token" else mask_secrets(repr(err.get("input")))
+                problems.append(f"{env_name}: {err['msg']} (got {got})")
             raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        """``repr``/``str`` (and so any log of the settings) mask passwords in DSNs and URLs;
+        ``vault_token`` is left out altogether (``repr=False``)."""
+        for name, value in super().__repr_args__():
+            yield name, mask_secrets(value) if isinstance(value, str) else value
+
+
+#: ``user:password@`` in a URL, and ``password=...`` in a libpq key/value DSN or a query
+_URL_PASSWORD: Final = re.compile(r"(?<=://)([^/@:\s]*):[^/@\s]*@")
+_KV_PASSWORD: Final = re.compile(r"(?i)(\bpassword=)('(?:[^'\\]|\\.)*'|[^\s&]*)")
+MASK: Final = "**********"
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every password of a URL or DSN in it replaced by ``**********``."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m[1]}:{MASK}@", text)
+    return _KV_PASSWORD.sub(lambda m: m[1] + MASK, text)
 
 
 #: field name → environment variable

@@ -4,7 +4,8 @@ The process gets a certificate made here, a tokens file with a live and an expir
 and ``LEDGER_RATE_LIMIT_PER_S``/``_BURST`` from its environment; a client that verifies the
 certificate appends (``Prefer: respond-async``: Kafka only), runs into the limit, and the
 records that reached Kafka are counted. The process's own log is checked for the access
-lines and for the absence of every token.
+lines and, at DEBUG, for the absence of every token, the Vault token and the database
+password.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import ssl
 import sys
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -80,7 +82,8 @@ async def test_https_rate_limit_and_expiry_on_the_real_stack(
     expired = create_token(lane.tokens_file, "old-job", ["append"],
                            expires_at=datetime.now(UTC) - timedelta(minutes=1))
     s = lane.model_copy(update={"tls_cert_file": str(cert), "tls_key_file": str(key),
-                                "rate_limit_per_s": 1.0, "rate_limit_burst": 3})
+                                "rate_limit_per_s": 1.0, "rate_limit_burst": 3,
+                                "log_level": "DEBUG"})
     log_path = tmp_path / "ingest.log"
     proc = await _spawn(s, log_path)
     try:
@@ -136,6 +139,10 @@ async def test_https_rate_limit_and_expiry_on_the_real_stack(
     assert f"{prefix}/s3" not in subjects and f"{prefix}/s4" not in subjects  # refused
     text = log_path.read_text()
     assert writer not in text and expired not in text
+    # nor any other secret of its settings, even at DEBUG
+    password = urllib.parse.urlsplit(s.database_dsn).password
+    assert password and password not in text
+    assert s.vault_token and s.vault_token not in text
     access = [x for x in _lines(log_path) if x["logger"] == "ledger.ingest.access"]
     assert {(x["route"], x["status"], x["token_name"]) for x in access} >= {
         ("/append", 202, "writer"), ("/append", 429, "writer"), ("/append", 401, "old-job")}
