@@ -18,7 +18,8 @@ Routes (documented in ``openapi.json`` next to this file, served at ``GET /opena
 
 How ``POST /append`` answers
 ----------------------------
-1. Auth, content type (415), size (413: ``Content-Length`` first, then a capped read), JSON
+1. Auth (401, 403) and the token's rate limit (429), from the headers (:mod:`.gate`);
+   content type (415), size (413: ``Content-Length`` first, then a capped read), JSON
    (400), fields (400/413). Any rejection publishes nothing.
 2. The payload is hashed and dropped (:mod:`.validation`). The request id is the client's
    (``request_id`` or ``Idempotency-Key``; both → must match) or a fresh UUIDv4; the entry id
