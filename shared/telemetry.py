@@ -113,6 +113,11 @@ class Metrics:
             "by token name (empty when no known token was presented)",
             ["reason", "token_name"], registry=r,
         )
+        self.token_expiry = Gauge(
+            "ledger_token_expiry_timestamp_seconds",
+            "when each ingest token with an expires_at expires (POSIX seconds)",
+            ["token_name"], registry=r,
+        )
         self.rate_limited = Counter(
             "ledger_http_rate_limited", "requests answered 429 by token name",
             ["token_name"], registry=r,

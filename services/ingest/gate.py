@@ -73,6 +73,14 @@ class Gate:
         self._limiter = RateLimiter(clock=clock)
         self._generation = 0
         self._expired_logged: dict[str, float] = {}
+        self._export_expiries()
+
+    def _export_expiries(self) -> None:
+        """``ledger_token_expiry_timestamp_seconds`` per token that expires (alert on it)."""
+        self._metrics.token_expiry.clear()
+        for principal in self._tokens.principals() if self._tokens is not None else []:
+            if principal.expires_at is not None:
+                self._metrics.token_expiry.labels(principal.name).set(principal.expires_at)
 
     def check(self, request: web.Request) -> Principal | web.Response | None:
         """The caller (None for open routes), or the 401/403/429 to answer."""
@@ -112,6 +120,7 @@ class Gate:
         if self._tokens.generation != self._generation:  # the file was reloaded
             self._generation = self._tokens.generation
             self._limiter.keep_only(self._tokens.names())
+            self._export_expiries()
         if principal is None:
             self._metrics.auth_refused.labels("invalid", "").inc()
             return error(

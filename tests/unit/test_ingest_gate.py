@@ -198,6 +198,10 @@ async def test_an_expired_token_is_401_saying_so_logged_and_counted_by_name(
         assert h.metric("ledger_http_auth_refused_total", reason="expired",
                         token_name="old-job") == 2
         assert h.metric("ledger_http_auth_refused_total", reason="invalid", token_name="") == 1
+        # the reloaded file's expiries are exported, so an alert can come before the 401s
+        assert h.metric("ledger_token_expiry_timestamp_seconds",
+                        token_name="old-job") == int(past.timestamp())
+        assert h.metric("ledger_token_expiry_timestamp_seconds", token_name="writer") == 0
     lines = [json.loads(x) for x in captured.getvalue().splitlines()]
     expired = [x for x in lines if x["msg"] == "expired token presented"]
     assert len(expired) == 1  # at most one line per token name a minute
