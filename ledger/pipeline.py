@@ -85,12 +85,14 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    from services.ingest import create_token  # noqa: PLC0415
+    from services.ingest.auth import create_token, parse_expiry  # noqa: PLC0415
 
     path = args.file or _settings().tokens_file
     if not path:
         raise ConfigError("no tokens file: pass --file or set LEDGER_TOKENS_FILE")
-    token = create_token(path, args.name, args.scopes.split(","))
+    expires_at = None if args.expires is None else parse_expiry(args.expires)
+    token = create_token(path, args.name, args.scopes.split(","), expires_at=expires_at,
+                         rate_per_s=args.rate_per_s, burst=args.burst)
     print(token)
     print(f"(stored only as a hash in {path}; this is the only time the token is shown)",
           file=sys.stderr)
@@ -117,6 +119,12 @@ def register(register_command: Callable[..., None]) -> None:
         c.add_argument("--name", required=True, help="who or what the token is for")
         c.add_argument("--scopes", default="append,read", help="comma-separated: append,read")
         c.add_argument("--file", default=None, help="tokens file (default $LEDGER_TOKENS_FILE)")
+        c.add_argument("--expires", default=None, metavar="WHEN",
+                       help="expiry: a duration (90d, 12h, 30m) or an RFC 3339 time")
+        c.add_argument("--rate-per-s", type=float, default=None,
+                       help="this token's rate limit (default $LEDGER_RATE_LIMIT_PER_S; 0: none)")
+        c.add_argument("--burst", type=int, default=None,
+                       help="requests this token may send at once (default: 1 s of its rate)")
         c.set_defaults(func=cmd_token_create)
 
     register_command("token", "manage ingest bearer tokens", configure_token, cmd_token_create)

@@ -9,14 +9,16 @@ settings object is then passed down explicitly.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.errors import ConfigError
 
-__all__ = ["ENV_NAMES", "PROCESSES", "Settings", "needed_by", "required_env"]
+__all__ = ["ENV_NAMES", "MASK", "PROCESSES", "Settings", "mask_secrets", "needed_by",
+           "required_env"]
 
 #: the processes that read these settings (``ledger <process>``)
 PROCESSES = ("ingest", "signer", "anchorer", "migrate")
@@ -74,6 +76,15 @@ class Settings(BaseModel):
     lookup_timeout_ms: int = Field(default=1000, gt=0, le=60_000)
     #: requests handled at once (health, metrics excluded); past it: 503 + Retry-After
     max_in_flight: int = Field(default=4096, gt=0)
+    #: requests a second per token (token bucket; 0: no limit unless the token sets one)
+    rate_limit_per_s: float = Field(default=0.0, ge=0)
+    #: requests a token may send at once (0: one second's worth of rate_limit_per_s)
+    rate_limit_burst: int = Field(default=0, ge=0)
+    #: PEM certificate (chain) and key: ingest serves HTTPS (TLS 1.2+); both or neither
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: one JSON line per request (method, route, status, duration, token name, remote)
+    access_log: bool = True
 
     # --- signer ---------------------------------------------------------------------------
     signer_group: str = "ledger-signer"
@@ -143,8 +154,27 @@ class Settings(BaseModel):
                     continue
                 field_name = str(err["loc"][0])
                 env_name = ENV_NAMES.get(field_name, field_name)
-                problems.append(f"{env_name}: {err['msg']} (got {err.get('input')!r})")
+                got = MASK if field_name == "vault_token" else mask_secrets(repr(err.get("input")))
+                problems.append(f"{env_name}: {err['msg']} (got {got})")
             raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        """``repr``/``str`` (and so any log of the settings) mask passwords in DSNs and URLs;
+        ``vault_token`` is left out altogether (``repr=False``)."""
+        for name, value in super().__repr_args__():
+            yield name, mask_secrets(value) if isinstance(value, str) else value
+
+
+#: ``user:password@`` in a URL, and ``password=...`` in a libpq key/value DSN or a query
+_URL_PASSWORD: Final = re.compile(r"(?<=://)([^/@:\s]*):[^/@\s]*@")
+_KV_PASSWORD: Final = re.compile(r"(?i)(\bpassword=)('(?:[^'\\]|\\.)*'|[^\s&]*)")
+MASK: Final = "**********"
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every password of a URL or DSN in it replaced by ``**********``."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m[1]}:{MASK}@", text)
+    return _KV_PASSWORD.sub(lambda m: m[1] + MASK, text)
 
 
 #: field name → environment variable

@@ -107,6 +107,21 @@ class Metrics:
             "ledger_append_wait", "outcome of waiting for the signer (stored|timeout|async)",
             ["outcome"], registry=r,
         )
+        self.auth_refused = Counter(
+            "ledger_http_auth_refused",
+            "requests refused by authentication (reason = missing|invalid|expired|scope) "
+            "by token name (empty when no known token was presented)",
+            ["reason", "token_name"], registry=r,
+        )
+        self.token_expiry = Gauge(
+            "ledger_token_expiry_timestamp_seconds",
+            "when each ingest token with an expires_at expires (POSIX seconds)",
+            ["token_name"], registry=r,
+        )
+        self.rate_limited = Counter(
+            "ledger_http_rate_limited", "requests answered 429 by token name",
+            ["token_name"], registry=r,
+        )
         # signer
         self.entries_signed = Counter(
             "ledger_entries_signed", "entries stored by the signer (new|existing)",

@@ -6,7 +6,11 @@ with a status URL), and serves reads, health, metrics and the OpenAPI document.
 
 * :mod:`.app` — routes, middlewares (metrics, errors, bearer auth), the append flow;
 * :mod:`.validation` — body checks, payload hashing (no I/O);
-* :mod:`.auth` — hashed bearer tokens with scopes, :func:`create_token`;
+* :mod:`.auth` — hashed bearer tokens with scopes, expiry and limits, :func:`create_token`;
+* :mod:`.gate` — auth, expiry, scope and per-token rate limit (:mod:`.ratelimit`), before
+  any body is read;
+* :mod:`.access` — the JSON access log (token name, never the token);
+* :mod:`.tls` — the HTTPS listener's context (``LEDGER_TLS_CERT_FILE``/``_KEY_FILE``);
 * :mod:`.waiter` — the per-process ``ledger.signed`` tail that wakes waiting requests;
 * :mod:`.store` — read queries and the entry's JSON shape;
 * :mod:`.health` — ``/health``, ``/livez``, ``/readyz`` and the Rekor probe;

@@ -18,7 +18,8 @@ Routes (documented in ``openapi.json`` next to this file, served at ``GET /opena
 
 How ``POST /append`` answers
 ----------------------------
-1. Auth, content type (415), size (413: ``Content-Length`` first, then a capped read), JSON
+1. Auth (401, 403) and the token's rate limit (429), from the headers (:mod:`.gate`);
+   content type (415), size (413: ``Content-Length`` first, then a capped read), JSON
    (400), fields (400/413). Any rejection publishes nothing.
 2. The payload is hashed and dropped (:mod:`.validation`). The request id is the client's
    (``request_id`` or ``Idempotency-Key``; both → must match) or a fresh UUIDv4; the entry id
@@ -90,7 +91,9 @@ from shared.statement import content_sha256, entry_id_for
 from shared.telemetry import Metrics, log_context
 from shared.tracing import continue_trace, trace_id_of
 
-from .auth import Principal, TokenStore
+from .access import REQUEST_ID_KEY, AccessLog
+from .auth import TokenStore
+from .gate import Gate
 from .health import IngestHealth
 from .reads import EntryReads
 from .responses import (
@@ -130,17 +133,6 @@ _UNCOUNTED: Final = frozenset({"health", "livez", "readyz", "metrics", "openapi"
 _READ_CHUNK: Final = 64 * 1024
 _JSON_HEADER: Final = ("content-type", b"application/json")
 _JSON_TYPE_RE: Final = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
-
-#: route name → scope a token needs (routes not listed are open)
-_ROUTE_SCOPES: Final = {
-    "append": "append",
-    "append_batch": "append",
-    "list_entries": "read",
-    "get_entry": "read",
-    "get_entry_proof": "read",
-    "get_entry_by_request": "read",
-}
-
 
 class Publisher(Protocol):
     """Sends records and returns once the broker acknowledged them (``acks=all``).
@@ -193,6 +185,8 @@ class _Api:
         self.batch_body_limit = settings.max_batch_body_bytes
         self.wait_s = settings.append_wait_ms / 1000
         self.in_flight = 0
+        self.gate = Gate(settings, deps.tokens, deps.metrics)
+        self.access_log = AccessLog(settings.access_log)
         self.health = IngestHealth(
             settings, deps.metrics, deps.health_checks, stopping=deps.stopping,
             in_flight=lambda: self.in_flight,
@@ -204,8 +198,9 @@ class _Api:
     async def middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        """Metrics for every request, the ``max_in_flight`` bound (503 past it, before the
-        body is read), bearer auth where the route needs it, JSON errors.
+        """Metrics and the access log for every request, the ``max_in_flight`` bound (503 past
+        it, before the body is read), :class:`.gate.Gate` (auth, expiry, scope, rate limit:
+        also before the body is read) where the route needs it, JSON errors.
 
         One middleware, not three: each layer is a coroutine per request.
         """
@@ -228,14 +223,16 @@ class _Api:
             return response
         finally:
             route = _route_label(request)
+            seconds = time.monotonic() - started
             self.metrics.http_requests.labels(route, request.method, str(status)).inc()
-            self.metrics.http_latency.labels(route).observe(time.monotonic() - started)
+            self.metrics.http_latency.labels(route).observe(seconds)
+            self.access_log.record(request, route, status, seconds)
 
     async def _guarded(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         try:
-            principal = self._authenticate(request)
+            principal = self.gate.check(request)
             if isinstance(principal, web.Response):
                 return principal
             if principal is None:
@@ -271,39 +268,6 @@ class _Api:
         except Exception:
             log.exception("unhandled error", extra={"path": request.path})
             return error(500, "internal_error", "internal error")
-
-    def _authenticate(self, request: web.Request) -> Principal | web.Response | None:
-        """The caller (None for open routes or auth off), or the 401/403 to answer."""
-        scope = _ROUTE_SCOPES.get(request.match_info.route.name or "")
-        if scope is None or self.deps.tokens is None:
-            return None
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            return error(
-                401, "unauthorized", "a bearer token is required (Authorization: Bearer <token>)",
-                field_name="Authorization",
-                headers={"WWW-Authenticate": 'Bearer realm="ledger"'},
-            )
-        principal: Principal | None = self.deps.tokens.authenticate(token)
-        if principal is None:
-            return error(
-                401, "unauthorized", "the bearer token is not valid",
-                field_name="Authorization",
-                headers={"WWW-Authenticate": 'Bearer realm="ledger", error="invalid_token"'},
-            )
-        if scope not in principal.scopes:
-            return error(
-                403, "forbidden", f"the token lacks the {scope!r} scope",
-                field_name="Authorization",
-                headers={
-                    "WWW-Authenticate": (
-                        f'Bearer realm="ledger", error="insufficient_scope", scope="{scope}"'
-                    )
-                },
-            )
-        return principal
 
     # --- POST /append ---------------------------------------------------------------------
 
@@ -359,7 +323,7 @@ class _Api:
         valid = parse_append(raw, **self._limits())
         del raw  # the payload is gone from here on: only its hash remains
         client_id = resolve_request_id(valid.request_id, request.headers.get("Idempotency-Key"))
-        request_id = client_id or str(uuid.uuid4())
+        request_id = request[REQUEST_ID_KEY] = client_id or str(uuid.uuid4())
         entry_id = entry_id_for(request_id)
         respond_async, wait_s = self._wait_s(request)
         content = content_sha256(

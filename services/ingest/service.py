@@ -40,6 +40,7 @@ from .auth import TokenStore
 from .health import REKOR_UP_STATUSES, http_ping
 from .publisher import KafkaPublisher
 from .store import PgEntryStore
+from .tls import server_tls_context
 from .waiter import KafkaSignedWaiter
 
 __all__ = ["IngestProcess", "run_ingest"]
@@ -50,8 +51,8 @@ log = logging.getLogger("ledger.ingest")
 class IngestProcess:
     """Ingest's dependencies, registered once, and its work: serving the HTTP API.
 
-    Fails closed at construction (:class:`ConfigError`) when auth is on without tokens:
-    before anything is opened.
+    Fails closed at construction (:class:`ConfigError`) when auth is on without tokens, or
+    the TLS certificate and key are incomplete or unreadable: before anything is opened.
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class IngestProcess:
         on_listening: Callable[[str], None] | None = None,
     ) -> None:
         check_auth_config(settings)
+        self.tls = server_tls_context(settings)
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.on_listening = on_listening
@@ -140,9 +142,11 @@ class IngestProcess:
                 await runner.cleanup()
 
         lc.on_close("http", close_http)
-        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
-        url = _bound_url(runner, settings)
-        log.info("ingest listening", extra={"url": url, "auth": not settings.auth_disabled})
+        await web.TCPSite(runner, settings.http_host, settings.http_port,
+                          ssl_context=self.tls).start()
+        url = _bound_url(runner, settings, https=self.tls is not None)
+        log.info("ingest listening", extra={"url": url, "auth": not settings.auth_disabled,
+                                            "tls": self.tls is not None})
         if self.on_listening is not None:
             self.on_listening(url)
         await lc.stopping.wait()
@@ -171,8 +175,9 @@ async def _probe_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession()
 
 
-def _bound_url(runner: web.AppRunner, settings: Settings) -> str:
+def _bound_url(runner: web.AppRunner, settings: Settings, *, https: bool = False) -> str:
+    scheme = "https" if https else "http"
     for address in runner.addresses:
         if isinstance(address, tuple) and len(address) >= 2:
-            return f"http://{address[0]}:{address[1]}"
-    return f"http://{settings.http_host}:{settings.http_port}"
+            return f"{scheme}://{address[0]}:{address[1]}"
+    return f"{scheme}://{settings.http_host}:{settings.http_port}"
