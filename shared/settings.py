@@ -9,14 +9,15 @@ settings object is then passed down explicitly.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.errors import ConfigError
 
-__all__ = ["ENV_NAMES", "PROCESSES", "Settings", "needed_by", "required_env"]
+__all__ = ["ENV_NAMES", "PROCESSES", "Settings", "dsn_tls_problem", "needed_by", "required_env"]
 
 #: the processes that read these settings (``ledger <process>``)
 PROCESSES = ("ingest", "signer", "anchorer", "migrate")
@@ -48,6 +49,9 @@ class Settings(BaseModel):
                                   json_schema_extra=_needed("ingest", "anchorer"))
     rekor_public_key: str = ""  # a PEM file path or the PEM itself; empty: pin on first use
     rekor_timeout_s: float = Field(default=20.0, gt=0)
+    #: refuse to start with a database DSN that does not verify the server's certificate
+    #: (``sslmode=verify-full`` or ``verify-ca``); the local stack and the compose file set it
+    require_tls: bool = False
 
     # --- topics ---------------------------------------------------------------------------
     topic_append: str = "ledger.append"
@@ -102,6 +106,14 @@ class Settings(BaseModel):
     #: the most one dependency probe of ``/health`` may take
     health_timeout_s: float = Field(default=2.0, gt=0, le=30)
 
+    @model_validator(mode="after")
+    def _links_are_verified(self) -> Settings:
+        if self.require_tls:
+            problem = dsn_tls_problem(self.database_dsn)
+            if problem:
+                raise ValueError(problem)
+        return self
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from environment variables (see :data:`ENV_NAMES`).
@@ -119,7 +131,10 @@ class Settings(BaseModel):
         except ValidationError as exc:
             problems = []
             for err in exc.errors():
-                field_name = str(err["loc"][0]) if err["loc"] else "?"
+                if not err["loc"]:  # a check across fields: its message says it all
+                    problems.append(str(err["msg"]).removeprefix("Value error, "))
+                    continue
+                field_name = str(err["loc"][0])
                 env_name = ENV_NAMES.get(field_name, field_name)
                 problems.append(f"{env_name}: {err['msg']} (got {err.get('input')!r})")
             raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
@@ -139,6 +154,33 @@ ENV_NAMES.update(
         "rekor_server_url": "REKOR_SERVER_URL",
     }
 )
+
+
+_VERIFYING_SSLMODES = ("verify-full", "verify-ca")
+
+
+def dsn_tls_problem(dsn: str) -> str | None:
+    """Why ``dsn`` would not verify the database server's certificate (None: it does).
+
+    The message names what to change; it never repeats the DSN (it holds a password).
+    """
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+    except ValueError:
+        return "CRDB_DSN: not a postgresql:// URL"
+    if parts.scheme not in {"postgresql", "postgres"}:
+        return "CRDB_DSN: not a postgresql:// URL"
+    query = urllib.parse.parse_qs(parts.query)
+    mode = (query.get("sslmode") or query.get("ssl") or [""])[-1]
+    if mode not in _VERIFYING_SSLMODES:
+        found = f"sslmode={mode}" if mode else "no sslmode"
+        return (
+            f"LEDGER_REQUIRE_TLS is on but CRDB_DSN has {found}: add "
+            "'sslmode=verify-full&sslrootcert=/path/to/ca.crt' to its query string (the CA "
+            "that issued the database server's certificate), or set LEDGER_REQUIRE_TLS=false "
+            "to allow an unverified or plaintext connection"
+        )
+    return None
 
 
 def required_env(process: str) -> list[frozenset[str]]:
