@@ -19,6 +19,7 @@ from deploy.local.tls import LocalCA
 from shared.db import Database
 from shared.errors import ConfigError
 from shared.settings import Settings
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -134,3 +135,23 @@ def test_the_stack_refuses_to_build_settings_from_a_plaintext_dsn(stack: Stack) 
     env["CRDB_DSN"] = _with_query(env["CRDB_DSN"], sslmode="require")
     with pytest.raises(ConfigError, match="LEDGER_REQUIRE_TLS is on"):
         Settings.from_env(environ=env)
+
+
+async def test_trillian_and_every_other_client_connect_over_tls(stack: Stack) -> None:
+    """Rekor's Trillian stores in the same server: its connections are TLS too (the server
+    would refuse anything else; this shows they are there and encrypted)."""
+    postgres = _local(stack)
+    assert stack.service("rekor") is not None, "this test needs the whole local stack"
+    sql = ("SELECT a.datname, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
+           "WHERE a.backend_type = 'client backend' AND a.client_addr IS NOT NULL")
+
+    def rows() -> list[tuple[str, str]]:
+        out = postgres.psql(sql)
+        return [(db, ssl) for db, _, ssl in (line.partition("|") for line in out.splitlines())]
+
+    async def trillian_connected() -> bool:
+        return any(db == "trillian" for db, _ in await asyncio.to_thread(rows))
+
+    await wait_for(trillian_connected, within=30, what="Trillian's connections")
+    seen = await asyncio.to_thread(rows)
+    assert seen and all(ssl == "t" for _, ssl in seen), seen
