@@ -171,7 +171,7 @@ def dsn_tls_problem(dsn: str) -> str | None:
     if parts.scheme not in {"postgresql", "postgres"}:
         return "CRDB_DSN: not a postgresql:// URL"
     query = urllib.parse.parse_qs(parts.query)
-    mode = (query.get("sslmode") or query.get("ssl") or [""])[-1]
+    mode = (query.get("sslmode") or [""])[-1]
     if mode not in _VERIFYING_SSLMODES:
         found = f"sslmode={mode}" if mode else "no sslmode"
         return (

@@ -15,7 +15,8 @@ _BASE = "postgresql://ledger:pw-s3cret@db.example:5432/ledger"
 
 
 @pytest.mark.parametrize("query", ["", "?sslmode=disable", "?sslmode=allow", "?sslmode=prefer",
-                                   "?sslmode=require", "?sslrootcert=/etc/ca.crt"])
+                                   "?sslmode=require", "?sslrootcert=/etc/ca.crt",
+                                   "?ssl=verify-full"])
 def test_a_dsn_that_does_not_verify_the_server_is_refused(query: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({"LEDGER_REQUIRE_TLS": "true", "CRDB_DSN": _BASE + query})
