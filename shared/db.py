@@ -6,7 +6,8 @@ The only module that imports asyncpg. asyncpg exceptions never leave it:
   → :class:`DatabaseUnavailable` (retryable);
 * SQLSTATE 40001 / 40P01 → :class:`SerializationFailure` (a :class:`DatabaseUnavailable`);
   :meth:`Database.transaction` retries it with bounded, jittered backoff;
-* bad credentials → :class:`ConfigError`;
+* bad credentials, a server that refuses plaintext, a certificate that fails verification
+  (wrong host name, unknown CA) or an unusable ``sslrootcert`` → :class:`ConfigError`;
 * any other error the server reports → :class:`QueryError` (not retryable) carrying the
   SQLSTATE, e.g. ``23505`` for a unique violation.
 
@@ -25,8 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
 import re
+import ssl
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,16 +88,40 @@ def _translate(exc: BaseException) -> LedgerError:
             return SerializationFailure(
                 f"serialization failure ({state}): {message}", sqlstate=state
             )
+        if state.startswith("28") and "no encryption" in message:
+            return ConfigError(
+                "the database server accepts only TLS connections: add "
+                "'sslmode=verify-full&sslrootcert=/path/to/ca.crt' to CRDB_DSN"
+            )
         if state.startswith("28"):
             return ConfigError(f"database refused the credentials in CRDB_DSN ({state})")
         if state.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
             return DatabaseUnavailable(f"database unavailable ({state}): {message}")
         return QueryError(f"database error ({state}): {message}", sqlstate=state)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ConfigError(
+            f"the database server's TLS certificate failed verification "
+            f"({exc.verify_message}): the host in CRDB_DSN must be a name or address the "
+            "certificate was issued for, and its sslrootcert the CA that issued it"
+        )
+    if isinstance(exc, asyncpg.ClientConfigurationError):
+        return ConfigError(f"CRDB_DSN: {exc}")
     if isinstance(exc, TimeoutError):
         return DatabaseUnavailable("database timed out")
     if isinstance(exc, OSError | asyncpg.InterfaceError):
         return DatabaseUnavailable(f"database unreachable: {type(exc).__name__}: {exc}")
     return DatabaseUnavailable(f"database client failure: {type(exc).__name__}")
+
+
+def _check_tls_files(dsn: str) -> None:
+    """A certificate file the DSN names but that cannot be read is a configuration error
+    (asyncpg would report a bare, retryable-looking ``FileNotFoundError``)."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(dsn).query)
+    for name in ("sslrootcert", "sslcert", "sslkey"):
+        for path in query.get(name, []):
+            if not os.access(path, os.R_OK) or not os.path.isfile(path):
+                raise ConfigError(f"CRDB_DSN: {name} file {path} does not exist or is not "
+                                  "readable")
 
 
 #: InternalClientError: a pooled connection the server closed under it (a PostgreSQL restart)
@@ -183,6 +211,7 @@ class Database:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> Database:
         """Open a pool on ``settings.database_dsn``; :class:`DatabaseUnavailable` if it can't."""
+        _check_tls_files(settings.database_dsn)
         try:
             pool = await asyncio.wait_for(
                 asyncpg.create_pool(

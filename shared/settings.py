@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -17,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shared.errors import ConfigError
 
-__all__ = ["ENV_NAMES", "MASK", "PROCESSES", "Settings", "mask_secrets", "needed_by",
-           "required_env"]
+__all__ = ["ENV_NAMES", "MASK", "PROCESSES", "Settings", "dsn_tls_problem", "mask_secrets",
+           "needed_by", "required_env"]
 
 #: the processes that read these settings (``ledger <process>``)
 PROCESSES = ("ingest", "signer", "anchorer", "migrate")
@@ -50,6 +51,9 @@ class Settings(BaseModel):
                                   json_schema_extra=_needed("ingest", "anchorer"))
     rekor_public_key: str = ""  # a PEM file path or the PEM itself; empty: pin on first use
     rekor_timeout_s: float = Field(default=20.0, gt=0)
+    #: refuse to start with a database DSN that does not verify the server's certificate
+    #: (``sslmode=verify-full`` or ``verify-ca``); the local stack and the compose file set it
+    require_tls: bool = False
 
     # --- topics ---------------------------------------------------------------------------
     topic_append: str = "ledger.append"
@@ -132,6 +136,14 @@ class Settings(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _links_are_verified(self) -> Settings:
+        if self.require_tls:
+            problem = dsn_tls_problem(self.database_dsn)
+            if problem:
+                raise ValueError(problem)
+        return self
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from environment variables (see :data:`ENV_NAMES`).
@@ -149,7 +161,7 @@ class Settings(BaseModel):
         except ValidationError as exc:
             problems = []
             for err in exc.errors():
-                if not err["loc"]:  # a rule across fields: its input is every value
+                if not err["loc"]:  # a rule across fields: its message says it all
                     problems.append(str(err["msg"]).removeprefix("Value error, "))
                     continue
                 field_name = str(err["loc"][0])
@@ -191,6 +203,33 @@ ENV_NAMES.update(
         "rekor_server_url": "REKOR_SERVER_URL",
     }
 )
+
+
+_VERIFYING_SSLMODES = ("verify-full", "verify-ca")
+
+
+def dsn_tls_problem(dsn: str) -> str | None:
+    """Why ``dsn`` would not verify the database server's certificate (None: it does).
+
+    The message names what to change; it never repeats the DSN (it holds a password).
+    """
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+    except ValueError:
+        return "CRDB_DSN: not a postgresql:// URL"
+    if parts.scheme not in {"postgresql", "postgres"}:
+        return "CRDB_DSN: not a postgresql:// URL"
+    query = urllib.parse.parse_qs(parts.query)
+    mode = (query.get("sslmode") or [""])[-1]
+    if mode not in _VERIFYING_SSLMODES:
+        found = f"sslmode={mode}" if mode else "no sslmode"
+        return (
+            f"LEDGER_REQUIRE_TLS is on but CRDB_DSN has {found}: add "
+            "'sslmode=verify-full&sslrootcert=/path/to/ca.crt' to its query string (the CA "
+            "that issued the database server's certificate), or set LEDGER_REQUIRE_TLS=false "
+            "to allow an unverified or plaintext connection"
+        )
+    return None
 
 
 def required_env(process: str) -> list[frozenset[str]]:

@@ -9,6 +9,11 @@ Security model (a developer stack on one machine):
 * TCP logins need a password (``scram-sha-256``); the ``ledger`` role gets a random
   password generated at the first start and stored in ``state.json`` (mode 600), and the
   DSN handed to clients carries it (``postgresql://ledger:<pw>@127.0.0.1:<port>/ledger``);
+* TCP connections must use TLS (``hostssl`` only; ``ssl_min_protocol_version=TLSv1.2``):
+  at the first start the stack's CA (``<stack_dir>/tls/``, :mod:`deploy.local.tls`) issues
+  a server certificate for ``127.0.0.1`` and ``localhost``, reused at later starts; the DSN
+  says ``sslmode=verify-full`` with ``sslrootcert`` naming the CA, and the stack exports
+  ``LEDGER_REQUIRE_TLS=true`` with it, so a stage given a plaintext DSN refuses to start;
 * the ``postgres`` superuser has no password: it can only log in over the unix socket
   (``trust``), which only the server's OS user and root can reach. The stack uses it for
   administration (roles, databases) through ``psql``.
@@ -31,10 +36,12 @@ import stat
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 from deploy.local.base import LocalService, Progress, run_coro
 from deploy.local.process import ManagedProcess, StackError, wait_until
+from deploy.local.tls import LocalCA, ServerCert, install_key
 
 __all__ = ["PG_BIN", "Postgres"]
 
@@ -46,6 +53,9 @@ SUPERUSER = "postgres"
 FALLBACK_OS_USER = "ledger-pg"
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes including ".s.PGSQL.<port>" and a NUL
+#: the names the server certificate is issued for (the DSN uses the first)
+HOST = "127.0.0.1"
+CERT_DNS = ("localhost",)
 
 
 class Postgres(LocalService):
@@ -158,8 +168,9 @@ class Postgres(LocalService):
             progress("initdb")
             self._initdb(user)
         self._write_hba()
+        tls = self._server_tls(user)
 
-        progress(f"starting PostgreSQL on 127.0.0.1:{port}")
+        progress(f"starting PostgreSQL on 127.0.0.1:{port} (TLS)")
         self._proc = ManagedProcess(
             name=self.name,
             argv=[
@@ -173,6 +184,10 @@ class Postgres(LocalService):
                 "-c", "logging_collector=off",
                 "-c", "log_line_prefix=%m [%p] %q%u@%d ",
                 "-c", "password_encryption=scram-sha-256",
+                "-c", "ssl=on",
+                "-c", f"ssl_cert_file={tls.cert}",
+                "-c", f"ssl_key_file={tls.key}",
+                "-c", "ssl_min_protocol_version=TLSv1.2",
             ],
             stack_dir=self.stack_dir,
             cwd=self.service_dir,
@@ -208,7 +223,8 @@ class Postgres(LocalService):
         port = state.get("ports", {}).get("port")
         if port is None:
             return {}
-        return {"CRDB_DSN": self._dsn(APP_ROLE, str(state.get("password", "")), APP_DB, port)}
+        return {"CRDB_DSN": self._dsn(APP_ROLE, str(state.get("password", "")), APP_DB, port),
+                "LEDGER_REQUIRE_TLS": "true"}
 
     def processes(self) -> list[ManagedProcess]:
         return [self._proc] if self._proc is not None else []
@@ -242,10 +258,27 @@ class Postgres(LocalService):
 
     # --- internals --------------------------------------------------------------------------
 
-    @staticmethod
-    def _dsn(role: str, password: str, db: str, port: int) -> str:
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate clients verify the server with (``sslrootcert``)."""
+        return LocalCA(self.stack_dir / "tls").cert_path
+
+    def _dsn(self, role: str, password: str, db: str, port: int) -> str:
         auth = f"{role}:{password}" if password else role
-        return f"postgresql://{auth}@127.0.0.1:{port}/{db}"
+        query = urllib.parse.urlencode(
+            {"sslmode": "verify-full", "sslrootcert": str(self.ca_file)},
+            quote_via=urllib.parse.quote, safe="/")
+        return f"postgresql://{auth}@{HOST}:{port}/{db}?{query}"
+
+    def _server_tls(self, user: str | None) -> ServerCert:
+        """The server's certificate (issued once by the stack's CA), copied into the data
+        directory where the server's OS user alone can read the key."""
+        issued = LocalCA(self.stack_dir / "tls").server_cert(
+            "postgres", dns=CERT_DNS, ips=(HOST,))
+        entry = pwd.getpwnam(user) if user is not None else None
+        return install_key(issued, self.data_dir / "tls",
+                           uid=entry.pw_uid if entry else None,
+                           gid=entry.pw_gid if entry else None)
 
     def _prepare_dirs(self, user: str | None) -> None:
         for path in (self.data_dir, self.socket_dir):
@@ -282,8 +315,9 @@ class Postgres(LocalService):
         hba = self.data_dir / "pg_hba.conf"
         text = (
             "# written by deploy/local/postgres.py at each start\n"
-            "local   all  all                 trust\n"
-            "host    all  all  127.0.0.1/32   scram-sha-256\n"
+            "local      all  all                 trust\n"
+            "hostssl    all  all  127.0.0.1/32   scram-sha-256\n"
+            "hostnossl  all  all  all            reject\n"
         )
         st = hba.stat()
         hba.write_text(text)

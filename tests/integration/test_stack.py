@@ -249,7 +249,9 @@ def test_cli_up_status_env_down(stack_run_dir: Path) -> None:
         assert "postgres" in status.stdout and "running" in status.stdout
         exported = subprocess.run([*cli, "stack", "env"], env=env, capture_output=True,
                                   text=True, check=True).stdout
-        assert exported.startswith("export CRDB_DSN=postgresql://ledger:")
+        assert exported.startswith("export CRDB_DSN='postgresql://ledger:")
+        assert "sslmode=verify-full&sslrootcert=" in exported
+        assert "export LEDGER_REQUIRE_TLS=true" in exported
         pg_pid = int((stack_dir / "pids" / "postgres.pid").read_text())
         down = subprocess.run([*cli, "stack", "down"], env=env, capture_output=True, text=True,
                               check=True, timeout=120)
