@@ -40,6 +40,7 @@ from shared.settings import Settings
 from shared.statement import content_sha256, entry_id_for, statement_bytes
 from shared.telemetry import Metrics
 from shared.vault import TransitSigner
+from shared.vault_token import VaultToken
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -78,6 +79,7 @@ class Lane:
             "CRDB_DSN": s.database_dsn,
             "VAULT_ADDR": s.vault_addr,
             "VAULT_TOKEN": s.vault_token,
+            "LEDGER_SIGNER_VAULT_TOKEN_FILE": s.signer_vault_token_file,
             "VAULT_TRANSIT_KEY": s.vault_transit_key,
             "LEDGER_TOPIC_APPEND": s.topic_append,
             "LEDGER_TOPIC_SIGNED": s.topic_signed,
@@ -501,7 +503,7 @@ async def test_database_outage_commits_nothing_past_unsigned_work_and_recovers(l
 @pytest.mark.timeout(300)
 async def test_throughput_against_the_raw_vault_batch_rate(lane, db, producer, settings):
     n = 3000
-    vault = TransitSigner(settings)
+    vault = TransitSigner(settings, token=VaultToken.for_stage(settings, "signer"))
     try:
         statements = [f"bench statement {i}".encode() for i in range(n)]
         t0 = time.monotonic()
