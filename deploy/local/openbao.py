@@ -43,6 +43,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import sys
 import time
 import urllib.error
@@ -187,8 +188,11 @@ class OpenBao(LocalService):
 
     name = "openbao"
 
-    def __init__(self, stack_dir: Path, cache_dir: Path) -> None:
+    def __init__(self, stack_dir: Path, cache_dir: Path, *, tls: bool = False) -> None:
         super().__init__(stack_dir, cache_dir)
+        #: listen with TLS (a CA and a certificate made at first start, in ``tls/``); the
+        #: clients then get ``VAULT_CACERT``
+        self.tls = tls
         self._proc: ManagedProcess | None = None
         self._addr = ""
         self._tokens: dict[str, str] = {}
@@ -202,6 +206,15 @@ class OpenBao(LocalService):
     def init_path(self) -> Path:
         """``init.json``: unseal key(s), root token and pipeline token (mode 600)."""
         return self.service_dir / "init.json"
+
+    @property
+    def ca_path(self) -> Path:
+        """``tls/ca.pem``: the CA that signed the listener's certificate (with ``tls``)."""
+        return self.service_dir / "tls" / "ca.pem"
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def tokens_dir(self) -> Path:
@@ -270,8 +283,9 @@ class OpenBao(LocalService):
         req.add_header("Content-Type", "application/json")
         if token:
             req.add_header("X-Vault-Token", token)
+        context = ssl.create_default_context(cafile=str(self.ca_path)) if self.tls else None
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
@@ -304,14 +318,20 @@ class OpenBao(LocalService):
         binary = find_bao_binary()
         port = self.port("port")
         cluster_port = self.port("cluster_port")
-        self._addr = f"http://127.0.0.1:{port}"
+        self._addr = f"{self._scheme}://127.0.0.1:{port}"
+        listener_tls = "  tls_disable = true\n"
+        if self.tls:
+            from deploy.local.openbao_tls import ensure_tls  # noqa: PLC0415
+
+            cert, key = ensure_tls(self.ca_path.parent)
+            listener_tls = f'  tls_cert_file = "{cert}"\n  tls_key_file = "{key}"\n'
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
         self.config_path.write_text(
             f'storage "raft" {{\n  path = "{self.data_dir}"\n  node_id = "ledger-1"\n}}\n'
             f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n'
-            f'  cluster_address = "127.0.0.1:{cluster_port}"\n  tls_disable = true\n}}\n'
-            f'api_addr = "http://127.0.0.1:{port}"\n'
+            f'  cluster_address = "127.0.0.1:{cluster_port}"\n{listener_tls}}}\n'
+            f'api_addr = "{self._addr}"\n'
             f'cluster_addr = "https://127.0.0.1:{cluster_port}"\n'
             "disable_mlock = true\nui = false\n"
         )
@@ -348,9 +368,11 @@ class OpenBao(LocalService):
             port = self.load_state().get("ports", {}).get("port")
             if port is None:
                 return {}  # never started in this stack
-            self._addr = f"http://127.0.0.1:{port}"
+            self._addr = f"{self._scheme}://127.0.0.1:{port}"
         tokens = self._tokens or self._read_init().get("stage_tokens") or {}
+        tls = {"VAULT_CACERT": str(self.ca_path)} if self.tls else {}
         return {
+            **tls,
             "VAULT_ADDR": self._addr,
             "VAULT_TOKEN": str(tokens.get("reader", "")),
             "LEDGER_SIGNER_VAULT_TOKEN_FILE": str(self.token_file("signer")),
