@@ -188,11 +188,11 @@ class OpenBao(LocalService):
 
     name = "openbao"
 
-    def __init__(self, stack_dir: Path, cache_dir: Path, *, tls: bool = False) -> None:
+    def __init__(self, stack_dir: Path, cache_dir: Path, *, tls: bool | None = None) -> None:
         super().__init__(stack_dir, cache_dir)
         #: listen with TLS (a CA and a certificate made at first start, in ``tls/``); the
-        #: clients then get ``VAULT_CACERT``
-        self.tls = tls
+        #: clients then get ``VAULT_CACERT``. Default: ``LEDGER_OPENBAO_TLS=1``.
+        self.tls = tls if tls is not None else os.environ.get("LEDGER_OPENBAO_TLS") == "1"
         self._proc: ManagedProcess | None = None
         self._addr = ""
         self._tokens: dict[str, str] = {}
