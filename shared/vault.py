@@ -25,6 +25,10 @@ What this module guarantees:
   (unknown key, permission denied, bad input) becomes :class:`VaultError` naming the key and
   Vault's own message.
 
+The token (:mod:`shared.vault_token`) is renewed at half its TTL by a background task, and a
+403 is told apart with ``lookup-self``: revoked or expired (:class:`VaultTokenRejected`, logged
+once, the token file re-read) or a valid token without the right (:class:`VaultForbidden`).
+
 It must never log or put into an error message the token or the data being signed.
 """
 
