@@ -38,6 +38,7 @@ from benchmarks.procs import CpuMeter, peak_rss_mb
 from deploy.local.postgres import Postgres
 from services.ingest import create_token
 from shared.kafka_admin import ensure_topics
+from shared.vault_token import VaultToken
 
 __all__ = ["FULL", "NAMES", "SMOKE", "Profile", "run_all", "run_one"]
 
@@ -384,7 +385,9 @@ async def http_baseline(bench: Bench, profile: Profile, *, kind: str) -> dict[st
         env = {
             "CRDB_DSN": await asyncio.to_thread(postgres.create_database,
                                                 f"runbook_{int(time.time())}"),
-            "VAULT_ADDR": bench.settings.vault_addr, "VAULT_TOKEN": bench.settings.vault_token,
+            "VAULT_ADDR": bench.settings.vault_addr,
+            # the runbook's design signs entries: the signer's token
+            "VAULT_TOKEN": VaultToken.for_stage(bench.settings, "signer").value,
             "REKOR_SERVER_URL": bench.settings.rekor_server_url,
         }
     rates = profile.runbook_rates if kind == "runbook" else profile.trivial_rates
@@ -424,7 +427,8 @@ async def _run_baseline(bench: Bench, argv: list[str], env: dict[str, str],
 
 async def raw_baselines(bench: Bench, profile: Profile) -> dict[str, Any]:
     s = bench.settings
-    vault_env = {"VAULT_ADDR": s.vault_addr, "VAULT_TOKEN": s.vault_token}
+    vault_env = {"VAULT_ADDR": s.vault_addr,
+                 "VAULT_TOKEN": VaultToken.for_stage(s, "signer").value}
     out: dict[str, Any] = {}
     for concurrency in (1, 4):
         bench.progress(f"baseline: Vault batch_input 200, {concurrency} in flight")

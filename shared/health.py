@@ -27,6 +27,7 @@ from typing import Any, Final, Generic, Literal, TypeVar
 import aiohttp
 
 from shared.settings import Settings
+from shared.vault_errors import tls_context
 
 __all__ = [
     "OK",
@@ -195,23 +196,28 @@ class VaultProbe:
        expired or revoked) from ``key not readable`` (a valid token without the right).
     """
 
-    def __init__(self, settings: Settings, key: str, *, timeout_s: float) -> None:
+    def __init__(self, settings: Settings, key: str, *, timeout_s: float,
+                 token: Callable[[], str] | None = None) -> None:
         self._base = settings.vault_addr.rstrip("/")
-        self._token = settings.vault_token
+        #: the current token (a stage's may be re-read from its file meanwhile)
+        self._token_of = token or (lambda: settings.vault_token)
+        self._ssl = tls_context(settings)
         self._key_path = f"/v1/{settings.vault_transit_mount.strip('/')}/keys/{key}"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
-    async def open(cls, settings: Settings, key: str, *, timeout_s: float) -> VaultProbe:
-        probe = cls(settings, key, timeout_s=timeout_s)
-        probe._session = aiohttp.ClientSession(timeout=probe._timeout)
+    async def open(cls, settings: Settings, key: str, *, timeout_s: float,
+                   token: Callable[[], str] | None = None) -> VaultProbe:
+        probe = cls(settings, key, timeout_s=timeout_s, token=token)
+        probe._session = aiohttp.ClientSession(
+            timeout=probe._timeout, connector=aiohttp.TCPConnector(ssl=probe._ssl))
         return probe
 
     async def _get(self, path: str, *, token: bool) -> tuple[int, Any]:
         if self._session is None:
             raise RuntimeError("VaultProbe is not open")
-        headers = {"X-Vault-Token": self._token} if token else {}
+        headers = {"X-Vault-Token": self._token_of()} if token else {}
         async with self._session.get(
             self._base + path, headers=headers, allow_redirects=False
         ) as response:
@@ -230,7 +236,7 @@ class VaultProbe:
                 return Check(False, "uninitialised")
             if status not in VAULT_UP_STATUSES:
                 return Check(False, f"http {status}")
-            if not self._token:
+            if not self._token_of():
                 return Check(False, "no token")
             status, _ = await self._get(self._key_path, token=True)
             if status == 200:

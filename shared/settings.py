@@ -43,7 +43,18 @@ class Settings(BaseModel):
                               json_schema_extra=_needed(*PROCESSES))
     #: ingest too: its /health reads the signing key's metadata (a read-only token will do)
     vault_addr: str = Field(default="http://127.0.0.1:8200", json_schema_extra=_needed(*_STAGES))
-    vault_token: str = Field(default="", repr=False, json_schema_extra=_needed(*_STAGES))
+    vault_token: str = Field(default="", repr=False,
+                             json_schema_extra=_needed(*_STAGES, one_of="vault_token"))
+    #: a file holding the token instead (wins over ``VAULT_TOKEN``); re-read whenever Vault
+    #: rejects the token, so rotating it means rewriting the file
+    vault_token_file: str = Field(default="",
+                                  json_schema_extra=_needed(*_STAGES, one_of="vault_token"))
+    #: per-stage token files, so that one environment can give each stage its own token
+    #: (the local stack's ``endpoints.env``); each wins over the two above for its stage
+    signer_vault_token_file: str = ""
+    anchorer_vault_token_file: str = ""
+    #: the PEM CA bundle that signed Vault's TLS certificate (empty: the system's)
+    vault_cacert: str = ""
     vault_transit_mount: str = "transit"
     vault_transit_key: str = "ledger-ed25519"
     vault_anchor_key: str = "ledger-anchor"
@@ -199,6 +210,8 @@ ENV_NAMES.update(
         "database_dsn": "CRDB_DSN",
         "vault_addr": "VAULT_ADDR",
         "vault_token": "VAULT_TOKEN",
+        "vault_token_file": "VAULT_TOKEN_FILE",
+        "vault_cacert": "VAULT_CACERT",
         "vault_transit_key": "VAULT_TRANSIT_KEY",
         "rekor_server_url": "REKOR_SERVER_URL",
     }

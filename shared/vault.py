@@ -25,6 +25,10 @@ What this module guarantees:
   (unknown key, permission denied, bad input) becomes :class:`VaultError` naming the key and
   Vault's own message.
 
+The token (:mod:`shared.vault_token`) is renewed at half its TTL by a background task, and a
+403 is told apart with ``lookup-self``: revoked or expired (:class:`VaultTokenRejected`, logged
+once, the token file re-read) or a valid token without the right (:class:`VaultForbidden`).
+
 It must never log or put into an error message the token or the data being signed.
 """
 
@@ -33,7 +37,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +61,15 @@ from shared import fastjson
 from shared.errors import VaultError, VaultUnavailable, VerificationError
 from shared.settings import Settings
 from shared.signatures import parse_vault_signature
+from shared.vault_errors import (
+    REJECTED_HINT,
+    VaultForbidden,
+    VaultTokenRejected,
+    http_error,
+    tls_context,
+    translate,
+)
+from shared.vault_token import VaultToken, keep_renewed
 
 __all__ = [
     "BATCH_MAX",
@@ -72,6 +87,7 @@ BATCH_MAX: Final = 200
 SUPPORTED_KEY_TYPES: Final = frozenset({"ed25519", "ecdsa-p256"})
 
 _T = TypeVar("_T")
+log = logging.getLogger("ledger.vault")
 _SHA256_LEN: Final = 32
 _ED25519_SIG_LEN: Final = 64
 
@@ -173,63 +189,7 @@ class PublicKey:
             ) from None
 
 
-# --- error translation ---------------------------------------------------------------------
-
-_UNAVAILABLE_HVAC: Final = (
-    hvac.exceptions.InternalServerError,
-    hvac.exceptions.BadGateway,
-    hvac.exceptions.VaultDown,
-    hvac.exceptions.VaultNotInitialized,
-    hvac.exceptions.RateLimitExceeded,
-    hvac.exceptions.UnexpectedError,
-)
-
-
-def _translate(exc: BaseException, *, key: str, action: str) -> VaultError | VaultUnavailable:
-    """Map an hvac/requests exception to the project's errors (never includes the token)."""
-    if isinstance(exc, requests.exceptions.Timeout | TimeoutError):
-        return VaultUnavailable(f"Vault timed out while trying to {action} (key {key!r})")
-    if isinstance(exc, requests.exceptions.RequestException | OSError):
-        return VaultUnavailable(
-            f"Vault unreachable while trying to {action} (key {key!r}): {type(exc).__name__}"
-        )
-    if isinstance(exc, hvac.exceptions.VaultError):
-        detail = ", ".join(str(e) for e in exc.errors) if exc.errors else ""
-        if isinstance(exc, _UNAVAILABLE_HVAC):
-            what = "sealed or down" if isinstance(exc, hvac.exceptions.VaultDown) else "failing"
-            return VaultUnavailable(
-                f"Vault is {what} ({type(exc).__name__}) while trying to {action} "
-                f"(key {key!r}){': ' + detail if detail else ''}"
-            )
-        if isinstance(exc, hvac.exceptions.InvalidPath) and not detail:
-            detail = "not found (is the key created and the transit engine mounted?)"
-        return VaultError(
-            f"Vault refused to {action} with transit key {key!r}: {detail or type(exc).__name__}"
-        )
-    return VaultError(f"unexpected Vault client failure while trying to {action} (key {key!r})")
-
-
-def _http_error(
-    status: int, body: bytes, *, key: str, action: str
-) -> VaultError | VaultUnavailable:
-    """Map a non-200 Vault answer to the project's errors, keeping Vault's own message."""
-    detail = ""
-    try:
-        errors = fastjson.loads(body).get("errors") or []
-        detail = ", ".join(str(e) for e in errors)
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        pass
-    if status == 429 or status >= 500:
-        what = "sealed or down" if status == 503 else "failing"
-        return VaultUnavailable(
-            f"Vault is {what} (HTTP {status}) while trying to {action} (key {key!r})"
-            f"{': ' + detail if detail else ''}"
-        )
-    if status == 404 and not detail:
-        detail = "not found (is the key created and the transit engine mounted?)"
-    return VaultError(
-        f"Vault refused to {action} with transit key {key!r}: {detail or f'HTTP {status}'}"
-    )
+# --- HTTP ----------------------------------------------------------------------------------
 
 
 class SignTransport(Protocol):
@@ -246,11 +206,13 @@ class HttpTransit:
     answer is mapped by status (429 and 5xx retryable, other refusals :class:`VaultError`).
     """
 
-    def __init__(self, settings: Settings, *, timeout_s: float, max_connections: int = 16
-                 ) -> None:
-        self._base = f"{settings.vault_addr.rstrip('/')}/v1/{settings.vault_transit_mount}"
-        self._headers = {"X-Vault-Token": settings.vault_token,
-                         "Content-Type": "application/json"}
+    def __init__(self, settings: Settings, *, timeout_s: float, max_connections: int = 16,
+                 token: VaultToken | None = None) -> None:
+        self._root = f"{settings.vault_addr.rstrip('/')}/v1"
+        self._base = f"{self._root}/{settings.vault_transit_mount}"
+        self._token = token or VaultToken(settings.vault_token)
+        self._ssl = tls_context(settings)
+        self._headers = {"Content-Type": "application/json"}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -259,28 +221,44 @@ class HttpTransit:
         return f"HttpTransit({self._base!r})"
 
     async def sign(self, key: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        return await self._post(f"{self._base}/sign/{key}", body, key=key, action="sign")
+
+    async def token_self(self, op: str) -> Mapping[str, Any]:
+        """``auth/token/lookup-self`` (its ``data``) or ``renew-self`` (its ``auth``)."""
+        method = "POST" if op == "renew-self" else "GET"
+        return await self._post(f"{self._root}/auth/token/{op}", {}, key="-", action=op,
+                                method=method)
+
+    async def _post(self, url: str, body: Mapping[str, Any], *, key: str, action: str,
+                    method: str = "POST") -> Mapping[str, Any]:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl),
                 headers=self._headers, timeout=self._timeout,
             )
         try:
-            async with self._session.post(
-                f"{self._base}/sign/{key}", data=fastjson.dumps(body)
+            async with self._session.request(
+                method, url, data=fastjson.dumps(body) if method == "POST" else None,
+                headers={"X-Vault-Token": self._token.value},
             ) as resp:
                 status, raw = resp.status, await resp.read()
         except TimeoutError:
-            raise VaultUnavailable(f"Vault timed out while trying to sign (key {key!r})") from None
+            raise VaultUnavailable(
+                f"Vault timed out while trying to {action} (key {key!r})") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise VaultUnavailable(
-                f"Vault unreachable while trying to sign (key {key!r}): {type(exc).__name__}"
+                f"Vault unreachable while trying to {action} (key {key!r}): "
+                f"{type(exc).__name__}"
             ) from None
         if status != 200:
-            raise _http_error(status, raw, key=key, action="sign")
+            raise http_error(status, raw, key=key, action=action)
+        field = "auth" if action == "renew-self" else "data"
         try:
-            data: Mapping[str, Any] = fastjson.loads(raw)["data"]
+            data = fastjson.loads(raw)[field]
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            raise VaultError(f"Vault answered without data (key {key!r})") from None
+            data = None
+        if not isinstance(data, Mapping):
+            raise VaultError(f"Vault answered without {field} (key {key!r})")
         return data
 
     async def close(self) -> None:
@@ -311,16 +289,27 @@ class TransitSigner:
         max_workers: int = 4,
         client_factory: Callable[[], hvac.Client] | None = None,
         transport: SignTransport | None = None,
+        token: VaultToken | None = None,
+        renew: bool | None = None,
     ) -> None:
         self._addr = settings.vault_addr
-        self._token = settings.vault_token
+        self._token = token or VaultToken(settings.vault_token)
+        self._verify: str | bool = settings.vault_cacert or True
+        # renew the token at half its TTL (by default when talking to a real Vault)
+        self._renew = renew if renew is not None else client_factory is None
+        self._renewal: asyncio.Task[None] | None = None
+        self._rejected = False
         self._mount = settings.vault_transit_mount
         self._default_key = settings.vault_transit_key
         self._timeout_s = timeout_s
         self._client_factory = client_factory or self._new_client
         self._local = threading.local()
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vault")
-        self._transport = transport or HttpTransit(settings, timeout_s=timeout_s)
+        #: the real HTTP client (also renews the token), unless a transport is injected
+        self._http: HttpTransit | None = None
+        if transport is None:
+            self._http = HttpTransit(settings, timeout_s=timeout_s, token=self._token)
+        self._transport: SignTransport = transport or self._http  # type: ignore[assignment]
         self._keys: dict[str, tuple[str, dict[int, PublicKey]]] = {}
         self._key_locks: dict[str, asyncio.Lock] = {}
 
@@ -330,14 +319,17 @@ class TransitSigner:
     # --- plumbing ---------------------------------------------------------------------------
 
     def _new_client(self) -> hvac.Client:
-        return hvac.Client(url=self._addr, token=self._token, timeout=self._timeout_s)
+        return hvac.Client(url=self._addr, token=self._token.value, timeout=self._timeout_s,
+                           verify=self._verify)
 
     def _client(self) -> hvac.Client:
         # requests sessions are not documented as thread-safe: one client per pool thread.
         client: hvac.Client | None = getattr(self._local, "client", None)
         if client is None:
             client = self._client_factory()
-            self._local.client = client
+            self._local.client, self._local.token = client, self._token.value
+        if self._local.token != self._token.value:  # re-read from its file meanwhile
+            client.token = self._local.token = self._token.value
         return client
 
     async def _call(self, fn: Callable[[hvac.Client], _T], *, key: str, action: str) -> _T:
@@ -350,6 +342,8 @@ class TransitSigner:
             return await asyncio.wait_for(
                 loop.run_in_executor(self._executor, run), timeout=self._timeout_s * 3
             )
+        except VaultForbidden as exc:
+            raise await self._forbidden(exc) from None
         except (VaultError, VaultUnavailable, VerificationError):
             raise
         except (
@@ -358,9 +352,51 @@ class TransitSigner:
             OSError,
             TimeoutError,
         ) as exc:
-            raise _translate(exc, key=key, action=action) from None
+            error = translate(exc, key=key, action=action)
+            if isinstance(error, VaultForbidden):
+                error = await self._forbidden(error)
+            raise error from None
         except RuntimeError as exc:  # executor shut down
             raise VaultUnavailable(f"Vault adapter is closed ({exc})") from None
+
+    async def _forbidden(self, exc: VaultForbidden) -> VaultError:
+        """Tell a rejected token (revoked, expired) from a policy refusal; log the first."""
+        if self._token.reload():
+            return VaultForbidden(f"{exc}; a new token was read from its file, retrying")
+
+        def lookup() -> int:
+            try:
+                self._client().auth.token.lookup_self()
+            except hvac.exceptions.Forbidden:
+                return 403
+            except (hvac.exceptions.VaultError, requests.exceptions.RequestException, OSError):
+                return 0
+            return 200
+
+        with contextlib.suppress(RuntimeError, TimeoutError):
+            status = await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(self._executor, lookup),
+                timeout=self._timeout_s * 2,
+            )
+            if status == 403:
+                if not self._rejected:
+                    log.error(REJECTED_HINT, extra={"file": self._token.file or None})
+                self._rejected = True
+                return VaultTokenRejected(REJECTED_HINT)
+            if status == 200:
+                return VaultForbidden(f"{exc} (the token is valid: its policy lacks this path)")
+        return exc
+
+    def _accepted(self) -> None:
+        if self._rejected:
+            self._rejected = False
+            log.info("vault token accepted again; signing resumes")
+
+    def _start_renewal(self) -> None:
+        if self._renew and self._renewal is None and self._http is not None:
+            self._renewal = asyncio.get_running_loop().create_task(
+                keep_renewed(self._token, self._http.token_self)
+            )
 
     async def _run_local(self, fn: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -393,6 +429,7 @@ class TransitSigner:
     async def _key_info(
         self, key: str, *, need_version: int | None = None
     ) -> tuple[str, dict[int, PublicKey]]:
+        self._start_renewal()
         lock = self._key_locks.setdefault(key, asyncio.Lock())
         async with lock:
             cached = self._keys.get(key)
@@ -485,6 +522,9 @@ class TransitSigner:
             answer = await asyncio.wait_for(self._transport.sign(key, body), self._timeout_s * 2)
         except TimeoutError:
             raise VaultUnavailable(f"Vault timed out while trying to sign (key {key!r})") from None
+        except VaultForbidden as exc:
+            raise await self._forbidden(exc) from None
+        self._accepted()
         try:
             items = answer["batch_results"]
         except (KeyError, TypeError):
@@ -534,5 +574,9 @@ class TransitSigner:
 
     async def close(self) -> None:
         """Close the HTTP session and stop the thread pool; safe to call twice."""
+        if self._renewal is not None:
+            self._renewal.cancel()
+            await asyncio.wait({self._renewal}, timeout=self._timeout_s)  # bounded
+            self._renewal = None
         await self._transport.close()
         self._executor.shutdown(wait=False, cancel_futures=True)

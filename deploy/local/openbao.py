@@ -11,9 +11,27 @@ database), this service keeps its data in integrated (raft) storage under
   except :meth:`OpenBao.start_sealed`, which leaves it sealed as a real server restarts,
   until :meth:`OpenBao.unseal` (tests of a Vault restart, the chaos run);
 * then, idempotently: the ``transit`` mount, the keys ``ledger-ed25519`` (ed25519) and
-  ``ledger-anchor`` (ecdsa-p256), an ACL policy ``ledger-pipeline`` that allows only
-  sign/verify/read on those two keys, and an orphan token with that policy. That token,
-  not the root token, is what :meth:`OpenBao.endpoints` hands to the pipeline.
+  ``ledger-anchor`` (ecdsa-p256), and one ACL policy and one token per stage (least
+  privilege, see :data:`STAGE_POLICIES`):
+
+  ============  ===================  ==================================================
+  stage         policy               may
+  ============  ===================  ==================================================
+  signer        ``ledger-signer``    sign with ``ledger-ed25519``, read its public keys
+  anchorer      ``ledger-anchorer``  sign with ``ledger-anchor``, read its public keys
+  reader        ``ledger-reader``    read both keys' public keys (ingest's health, tools)
+  ============  ===================  ==================================================
+
+  Each token is a periodic orphan token (period :data:`STAGE_TOKEN_PERIOD_S`): it lives as
+  long as it is renewed within a period, which the stages do at half its TTL. The tokens
+  are kept in ``init.json`` and in ``tokens/<stage>.token`` (mode 600); a token that is
+  missing, revoked, expired or close to expiry is re-issued at a start and its file
+  rewritten (a running stage re-reads its file when Vault rejects its token). The shared
+  ``ledger-pipeline`` policy of earlier versions is deleted and its token revoked.
+
+:meth:`OpenBao.endpoints` hands out ``VAULT_TOKEN`` = the reader token, and
+``LEDGER_SIGNER_VAULT_TOKEN_FILE`` / ``LEDGER_ANCHORER_VAULT_TOKEN_FILE``, which the signer
+and the anchorer use instead; the root token never leaves ``init.json``.
 
 Everything after the process start goes through the HTTP API (``urllib``), so the
 readiness check is a real request.
@@ -27,6 +45,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import sys
 import time
 import urllib.error
@@ -40,14 +59,16 @@ from deploy.local.process import ManagedProcess, StackError, wait_until
 __all__ = [
     "ANCHOR_KEY",
     "ANCHOR_KEY_TYPE",
+    "LEGACY_POLICY",
     "OPENBAO_ENV_NAMES",
-    "PIPELINE_POLICY",
     "SIGNING_KEY",
     "SIGNING_KEY_TYPE",
+    "STAGE_POLICIES",
+    "STAGE_TOKEN_PERIOD_S",
     "OpenBao",
     "find_bao_binary",
     "listener_port_is_free",
-    "pipeline_policy_hcl",
+    "policy_hcl",
     "stable_port",
 ]
 
@@ -56,15 +77,33 @@ SIGNING_KEY_TYPE = "ed25519"
 ANCHOR_KEY = "ledger-anchor"
 ANCHOR_KEY_TYPE = "ecdsa-p256"
 TRANSIT_MOUNT = "transit"
-PIPELINE_POLICY = "ledger-pipeline"
-#: The pipeline token's lifetime; it is re-issued at a start when less than a month is left.
-PIPELINE_TOKEN_TTL_H = 8760
-_RENEW_BELOW_S = 30 * 24 * 3600
+#: The shared policy of earlier versions (both keys): deleted at start.
+LEGACY_POLICY = "ledger-pipeline"
+#: stage → its ACL policy (what each may do: :func:`policy_hcl`)
+STAGE_POLICIES: dict[str, str] = {
+    "signer": "ledger-signer",
+    "anchorer": "ledger-anchorer",
+    "reader": "ledger-reader",
+}
+_POLICY_SIGNS: dict[str, tuple[str, ...]] = {
+    "ledger-signer": (SIGNING_KEY,),
+    "ledger-anchorer": (ANCHOR_KEY,),
+    "ledger-reader": (),
+}
+_POLICY_READS: dict[str, tuple[str, ...]] = {
+    "ledger-signer": (SIGNING_KEY,),
+    "ledger-anchorer": (ANCHOR_KEY,),
+    "ledger-reader": (SIGNING_KEY, ANCHOR_KEY),
+}
+#: A stage token's period: it expires unless renewed within it (the stages renew at half).
+STAGE_TOKEN_PERIOD_S = 24 * 3600
 
 #: The environment variables :meth:`OpenBao.endpoints` provides.
 OPENBAO_ENV_NAMES: tuple[str, ...] = (
     "VAULT_ADDR",
     "VAULT_TOKEN",
+    "LEDGER_SIGNER_VAULT_TOKEN_FILE",
+    "LEDGER_ANCHORER_VAULT_TOKEN_FILE",
     "VAULT_TRANSIT_KEY",
     "LEDGER_VAULT_ANCHOR_KEY",
 )
@@ -121,16 +160,29 @@ def stable_port(service: LocalService, key: str) -> int:
     return LocalService.port(service, key)
 
 
-def pipeline_policy_hcl() -> str:
+def policy_hcl(policy: str) -> str:
+    """The ACL of one stage policy: sign with its key(s) and read their public keys, nothing
+    else (token self-management — lookup-self, renew-self — comes with ``default``)."""
     rules = []
-    for key in (SIGNING_KEY, ANCHOR_KEY):
-        for op in ("sign", "verify"):
-            for suffix in ("", "/*"):  # sign/<key> and sign/<key>/<hash_algorithm>
-                rules.append(
-                    f'path "{TRANSIT_MOUNT}/{op}/{key}{suffix}" {{ capabilities = ["update"] }}'
-                )
+    for key in _POLICY_SIGNS[policy]:
+        for suffix in ("", "/*"):  # sign/<key> and sign/<key>/<hash_algorithm>
+            rules.append(
+                f'path "{TRANSIT_MOUNT}/sign/{key}{suffix}" {{ capabilities = ["update"] }}'
+            )
+    for key in _POLICY_READS[policy]:
         rules.append(f'path "{TRANSIT_MOUNT}/keys/{key}" {{ capabilities = ["read"] }}')
     return "\n".join(rules) + "\n"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``path`` (mode 600) by a rename, so a reader never sees half a token."""
+    tmp = path.with_suffix(".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.replace(path)
 
 
 class OpenBao(LocalService):
@@ -138,11 +190,14 @@ class OpenBao(LocalService):
 
     name = "openbao"
 
-    def __init__(self, stack_dir: Path, cache_dir: Path) -> None:
+    def __init__(self, stack_dir: Path, cache_dir: Path, *, tls: bool | None = None) -> None:
         super().__init__(stack_dir, cache_dir)
+        #: listen with TLS (a CA and a certificate made at first start, in ``tls/``); the
+        #: clients then get ``VAULT_CACERT``. Default: ``LEDGER_OPENBAO_TLS=1``.
+        self.tls = tls if tls is not None else os.environ.get("LEDGER_OPENBAO_TLS") == "1"
         self._proc: ManagedProcess | None = None
         self._addr = ""
-        self._pipeline_token = ""
+        self._tokens: dict[str, str] = {}
 
     def port(self, key: str = "port") -> int:
         return stable_port(self, key)
@@ -153,6 +208,31 @@ class OpenBao(LocalService):
     def init_path(self) -> Path:
         """``init.json``: unseal key(s), root token and pipeline token (mode 600)."""
         return self.service_dir / "init.json"
+
+    @property
+    def ca_path(self) -> Path:
+        """``tls/ca.pem``: the CA that signed the listener's certificate (with ``tls``)."""
+        return self.service_dir / "tls" / "ca.pem"
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def tokens_dir(self) -> Path:
+        return self.service_dir / "tokens"
+
+    def token_file(self, stage: str) -> Path:
+        """``tokens/<stage>.token``: the stage's Vault token (mode 600)."""
+        return self.tokens_dir / f"{stage}.token"
+
+    def stage_token(self, stage: str) -> str:
+        """The current token of ``stage`` (``signer``, ``anchorer`` or ``reader``)."""
+        tokens = self._tokens or self._read_init().get("stage_tokens") or {}
+        token = tokens.get(stage) if isinstance(tokens, dict) else None
+        if not isinstance(token, str) or not token:
+            raise StackError(f"OpenBao: no {stage} token in {self.init_path}")
+        return token
 
     @property
     def config_path(self) -> Path:
@@ -205,8 +285,9 @@ class OpenBao(LocalService):
         req.add_header("Content-Type", "application/json")
         if token:
             req.add_header("X-Vault-Token", token)
+        context = ssl.create_default_context(cafile=str(self.ca_path)) if self.tls else None
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
@@ -274,14 +355,20 @@ class OpenBao(LocalService):
         binary = find_bao_binary()
         port = self.port("port")
         cluster_port = self.port("cluster_port")
-        self._addr = f"http://127.0.0.1:{port}"
+        self._addr = f"{self._scheme}://127.0.0.1:{port}"
+        listener_tls = "  tls_disable = true\n"
+        if self.tls:
+            from deploy.local.openbao_tls import ensure_tls  # noqa: PLC0415
+
+            cert, key = ensure_tls(self.ca_path.parent)
+            listener_tls = f'  tls_cert_file = "{cert}"\n  tls_key_file = "{key}"\n'
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
         self.config_path.write_text(
             f'storage "raft" {{\n  path = "{self.data_dir}"\n  node_id = "ledger-1"\n}}\n'
             f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n'
-            f'  cluster_address = "127.0.0.1:{cluster_port}"\n  tls_disable = true\n}}\n'
-            f'api_addr = "http://127.0.0.1:{port}"\n'
+            f'  cluster_address = "127.0.0.1:{cluster_port}"\n{listener_tls}}}\n'
+            f'api_addr = "{self._addr}"\n'
             f'cluster_addr = "https://127.0.0.1:{cluster_port}"\n'
             "disable_mlock = true\nui = false\n"
         )
@@ -312,11 +399,15 @@ class OpenBao(LocalService):
             port = self.load_state().get("ports", {}).get("port")
             if port is None:
                 return {}  # never started in this stack
-            self._addr = f"http://127.0.0.1:{port}"
-        token = self._pipeline_token or str(self._read_init().get("pipeline_token", ""))
+            self._addr = f"{self._scheme}://127.0.0.1:{port}"
+        tokens = self._tokens or self._read_init().get("stage_tokens") or {}
+        tls = {"VAULT_CACERT": str(self.ca_path)} if self.tls else {}
         return {
+            **tls,
             "VAULT_ADDR": self._addr,
-            "VAULT_TOKEN": token,
+            "VAULT_TOKEN": str(tokens.get("reader", "")),
+            "LEDGER_SIGNER_VAULT_TOKEN_FILE": str(self.token_file("signer")),
+            "LEDGER_ANCHORER_VAULT_TOKEN_FILE": str(self.token_file("anchorer")),
             "VAULT_TRANSIT_KEY": SIGNING_KEY,
             "LEDGER_VAULT_ANCHOR_KEY": ANCHOR_KEY,
         }
@@ -394,56 +485,57 @@ class OpenBao(LocalService):
                     f"OpenBao: transit key {key} exists with type "
                     f"{existing.get('data', {}).get('type')!r}, expected {key_type!r}"
                 )
-        self._call(
-            "PUT",
-            f"sys/policies/acl/{PIPELINE_POLICY}",
-            {"policy": pipeline_policy_hcl()},
-            token=root,
-        )
-        self._pipeline_token = self._ensure_pipeline_token(root, progress)
-
-    def _ensure_pipeline_token(self, root: str, progress: Progress) -> str:
-        init = self._read_init()
-        current = init.get("pipeline_token")
-        if isinstance(current, str) and current:
-            status, looked = self._call(
-                "POST", "auth/token/lookup", {"token": current}, token=root, ok=(200, 403)
+        for policy in STAGE_POLICIES.values():
+            self._call(
+                "PUT", f"sys/policies/acl/{policy}", {"policy": policy_hcl(policy)}, token=root
             )
-            data = looked.get("data", {})
-            if (
-                status == 200
-                and PIPELINE_POLICY in (data.get("policies") or [])
-                and (data.get("ttl") == 0 or int(data.get("ttl", 0)) > _RENEW_BELOW_S)
-            ):
-                return current
-        progress(f"openbao: issuing a token with policy {PIPELINE_POLICY}")
-        self._call(
-            "POST",
-            "sys/auth/token/tune",
-            {"max_lease_ttl": f"{PIPELINE_TOKEN_TTL_H}h"},
-            token=root,
-        )
-        _, created = self._call(
-            "POST",
-            "auth/token/create-orphan",
-            {
-                "policies": [PIPELINE_POLICY],
-                "ttl": f"{PIPELINE_TOKEN_TTL_H}h",
-                "display_name": "ledger-pipeline",
-                "renewable": True,
-            },
-            token=root,
-        )
-        token = str(created["auth"]["client_token"])
-        init["pipeline_token"] = token
+        self._tokens = self._ensure_stage_tokens(root, progress)
+
+    def _ensure_stage_tokens(self, root: str, progress: Progress) -> dict[str, str]:
+        """One periodic orphan token per stage policy, kept in ``init.json`` and in
+        ``tokens/<stage>.token``; re-issued when missing, revoked, expired or mis-scoped."""
+        init = self._read_init()
+        old = init.pop("pipeline_token", None)
+        if isinstance(old, str) and old:
+            progress(f"openbao: revoking the old shared {LEGACY_POLICY} token")
+            self._call("POST", "auth/token/revoke-orphan", {"token": old}, token=root,
+                       ok=(200, 204, 400, 403))
+        self._call("DELETE", f"sys/policies/acl/{LEGACY_POLICY}", token=root)
+        known = init.get("stage_tokens")
+        tokens: dict[str, str] = dict(known) if isinstance(known, dict) else {}
+        for stage, policy in STAGE_POLICIES.items():
+            current = tokens.get(stage, "")
+            if not (current and self._token_is_good(root, current, policy)):
+                progress(f"openbao: issuing the {stage} token (policy {policy})")
+                _, created = self._call(
+                    "POST", "auth/token/create-orphan",
+                    {"policies": [policy], "period": f"{STAGE_TOKEN_PERIOD_S}s",
+                     "display_name": policy, "renewable": True},
+                    token=root,
+                )
+                tokens[stage] = str(created["auth"]["client_token"])
+        init["stage_tokens"] = tokens
         self._write_init(init)
-        return token
+        self.tokens_dir.mkdir(mode=0o700, exist_ok=True)
+        for stage, token in tokens.items():
+            _write_private(self.token_file(stage), token + "\n")
+        return tokens
+
+    def _token_is_good(self, root: str, token: str, policy: str) -> bool:
+        status, looked = self._call(
+            "POST", "auth/token/lookup", {"token": token}, token=root, ok=(200, 400, 403)
+        )
+        data = looked.get("data", {})
+        return (
+            status == 200
+            and policy in (data.get("policies") or [])
+            and int(data.get("ttl", 0)) > STAGE_TOKEN_PERIOD_S // 4
+        )
 
     def public_key(self, key: str, version: int | None = None) -> bytes:
         """The PEM public key of a Transit key version (latest by default)."""
-        _, answer = self._call(
-            "GET", f"{TRANSIT_MOUNT}/keys/{key}", token=self._pipeline_token or self.root_token
-        )
+        token = self._tokens.get("reader") or self.root_token
+        _, answer = self._call("GET", f"{TRANSIT_MOUNT}/keys/{key}", token=token)
         data = answer["data"]
         keys: dict[str, Any] = data["keys"]
         chosen = str(version if version is not None else data["latest_version"])

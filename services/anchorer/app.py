@@ -48,6 +48,7 @@ from shared.stage import KafkaDeadLetters, Message, Rejection, Turn
 from shared.telemetry import Metrics, log_context
 from shared.tracing import TraceCarrier
 from shared.vault import TransitSigner
+from shared.vault_token import VaultToken
 
 from .anchoring import Anchorer
 from .batcher import AccumulatingConsumer
@@ -198,12 +199,16 @@ class AnchorerProcess:
             "database", lambda: Database.connect(settings), close=Database.close,
             ping=Database.health,
         )
+        # its own token (least privilege: this stage's key only), renewed and re-read
+        token = VaultToken.for_stage(settings, STAGE)
         self.vault = register(
-            "vault", at_once(lambda: TransitSigner(settings)), close=TransitSigner.close,
+            "vault", at_once(lambda: TransitSigner(settings, token=token)),
+            close=TransitSigner.close,
         )
         register(
             "vault", lambda: VaultProbe.open(settings, settings.vault_anchor_key,
-                                             timeout_s=settings.health_timeout_s),
+                                             timeout_s=settings.health_timeout_s,
+                                             token=lambda: token.value),
             close=VaultProbe.close, ping=VaultProbe.check, what="vault probe",
         )
         self.rekor = register(

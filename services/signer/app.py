@@ -32,6 +32,7 @@ from shared.settings import Settings
 from shared.stage import KafkaDeadLetters
 from shared.telemetry import Metrics
 from shared.vault import TransitSigner
+from shared.vault_token import VaultToken
 
 from .publisher import KafkaSignedPublisher
 from .stage import STAGE, SignerStage
@@ -54,12 +55,16 @@ class SignerProcess:
             "database", lambda: Database.connect(settings), close=Database.close,
             ping=Database.health,
         )
+        # its own token (least privilege: this stage's key only), renewed and re-read
+        token = VaultToken.for_stage(settings, STAGE)
         self.vault = self.service.register(
-            "vault", at_once(lambda: TransitSigner(settings)), close=TransitSigner.close,
+            "vault", at_once(lambda: TransitSigner(settings, token=token)),
+            close=TransitSigner.close,
         )
         self.service.register(
             "vault", lambda: VaultProbe.open(settings, settings.vault_transit_key,
-                                             timeout_s=settings.health_timeout_s),
+                                             timeout_s=settings.health_timeout_s,
+                                             token=lambda: token.value),
             close=VaultProbe.close, ping=VaultProbe.check, what="vault probe",
         )
         self.producer, self.consumer = register_stage_kafka(

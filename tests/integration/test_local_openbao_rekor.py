@@ -31,8 +31,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from deploy.local.base import default_cache_dir
 from deploy.local.openbao import (
     ANCHOR_KEY,
+    LEGACY_POLICY,
     OPENBAO_ENV_NAMES,
     SIGNING_KEY,
+    STAGE_POLICIES,
+    STAGE_TOKEN_PERIOD_S,
     OpenBao,
     find_bao_binary,
 )
@@ -120,11 +123,19 @@ def _bao(openbao: OpenBao, method: str, path: str, body: Any = None,
     return status, (json.loads(raw) if raw else {})
 
 
-def test_openbao_is_persistent_and_signs_with_the_pipeline_token(openbao: OpenBao) -> None:
+def test_openbao_is_persistent_and_each_stage_signs_only_with_its_own_key(
+    openbao: OpenBao,
+) -> None:
     env = openbao.endpoints()
     assert set(env) == set(OPENBAO_ENV_NAMES)
     assert env["VAULT_ADDR"].startswith("http://127.0.0.1:")
-    assert env["VAULT_TOKEN"] and env["VAULT_TOKEN"] != openbao.root_token
+    tokens = {stage: openbao.stage_token(stage) for stage in STAGE_POLICIES}
+    assert len(set(tokens.values()) | {openbao.root_token}) == len(STAGE_POLICIES) + 1
+    assert env["VAULT_TOKEN"] == tokens["reader"]  # the default: read-only
+    for stage in ("signer", "anchorer"):
+        path = Path(env[f"LEDGER_{stage.upper()}_VAULT_TOKEN_FILE"])
+        assert path.read_text().strip() == tokens[stage]
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(openbao.init_path).st_mode) == 0o600
     for proc in openbao.processes():
         assert non_loopback_listeners(proc.pid) == []
@@ -132,10 +143,11 @@ def test_openbao_is_persistent_and_signs_with_the_pipeline_token(openbao: OpenBa
     status, _, _ = _request("GET", f"{env['VAULT_ADDR']}/v1/sys/health")
     assert status == 200
 
-    # Ed25519 (pure) with the policy-limited token, checked locally
+    # Ed25519 (pure) with the signer's token, checked locally
     message = b"ledger statement"
-    status, answer = _bao(openbao, "POST", f"transit/sign/{SIGNING_KEY}",
-                          {"input": base64.b64encode(message).decode()})
+    entry_body = {"input": base64.b64encode(message).decode()}
+    status, answer = _bao(openbao, "POST", f"transit/sign/{SIGNING_KEY}", entry_body,
+                          tokens["signer"])
     assert status == 200, answer
     signature = answer["data"]["signature"]
     assert signature.startswith("vault:v1:")
@@ -143,33 +155,63 @@ def test_openbao_is_persistent_and_signs_with_the_pipeline_token(openbao: OpenBa
     assert isinstance(public, ed25519.Ed25519PublicKey)
     public.verify(base64.b64decode(signature.split(":", 2)[2]), message)
 
-    # ECDSA P-256, prehashed SHA-256, ASN.1: what the anchorer sends to Rekor
+    # ECDSA P-256, prehashed SHA-256, ASN.1 with the anchorer's: what goes to Rekor
     digest = hashlib.sha256(message).digest()
-    status, answer = _bao(openbao, "POST", f"transit/sign/{ANCHOR_KEY}", {
-        "input": base64.b64encode(digest).decode(), "prehashed": True,
-        "hash_algorithm": "sha2-256", "marshaling_algorithm": "asn1"})
+    anchor_body = {"input": base64.b64encode(digest).decode(), "prehashed": True,
+                   "hash_algorithm": "sha2-256", "marshaling_algorithm": "asn1"}
+    status, answer = _bao(openbao, "POST", f"transit/sign/{ANCHOR_KEY}", anchor_body,
+                          tokens["anchorer"])
     assert status == 200, answer
     anchor_public = serialization.load_pem_public_key(openbao.public_key(ANCHOR_KEY))
     assert isinstance(anchor_public, ec.EllipticCurvePublicKey)
     anchor_public.verify(base64.b64decode(answer["data"]["signature"].split(":", 2)[2]),
                          message, ec.ECDSA(hashes.SHA256()))
 
-    # the pipeline token can do nothing else
-    assert _bao(openbao, "GET", "sys/mounts")[0] == 403
-    assert _bao(openbao, "POST", "transit/keys/other", {"type": "ed25519"})[0] == 403
-    assert _bao(openbao, "POST", f"transit/keys/{SIGNING_KEY}/rotate")[0] == 403
-    assert _bao(openbao, "GET", f"transit/export/signing-key/{SIGNING_KEY}")[0] == 403
+    # least privilege: no stage signs with the other's key, the reader signs with none
+    assert _bao(openbao, "POST", f"transit/sign/{ANCHOR_KEY}", anchor_body,
+                tokens["signer"])[0] == 403
+    assert _bao(openbao, "POST", f"transit/sign/{SIGNING_KEY}", entry_body,
+                tokens["anchorer"])[0] == 403
+    assert _bao(openbao, "GET", f"transit/keys/{ANCHOR_KEY}", token=tokens["signer"])[0] == 403
+    for key in (SIGNING_KEY, ANCHOR_KEY):
+        assert _bao(openbao, "POST", f"transit/sign/{key}", entry_body,
+                    tokens["reader"])[0] == 403
+        assert _bao(openbao, "GET", f"transit/keys/{key}", token=tokens["reader"])[0] == 200
+    # ... and no token can do anything else
+    for token in tokens.values():
+        assert _bao(openbao, "GET", "sys/mounts", token=token)[0] == 403
+        assert _bao(openbao, "POST", "transit/keys/other", {"type": "ed25519"}, token)[0] == 403
+        assert _bao(openbao, "POST", f"transit/keys/{SIGNING_KEY}/rotate", {}, token)[0] == 403
+        assert _bao(openbao, "GET", f"transit/export/signing-key/{SIGNING_KEY}",
+                    token=token)[0] == 403
+        assert _bao(openbao, "POST", f"transit/verify/{SIGNING_KEY}", entry_body,
+                    token)[0] == 403
+        looked = _bao(openbao, "GET", "auth/token/lookup-self", token=token)[1]["data"]
+        assert looked["renewable"] and looked["period"] == STAGE_TOKEN_PERIOD_S
+    assert _bao(openbao, "GET", f"sys/policies/acl/{LEGACY_POLICY}",
+                token=openbao.root_token)[0] == 404
 
-    # keys, address and token survive a restart (raft storage, unseal from init.json)
+    # keys, address and tokens survive a restart (raft storage, unseal from init.json)
     before = {k: openbao.public_key(k) for k in (SIGNING_KEY, ANCHOR_KEY)}
     openbao.stop()
     openbao.stop()  # safe twice
     openbao.start(_progress)
     assert openbao.endpoints() == env
+    assert {stage: openbao.stage_token(stage) for stage in STAGE_POLICIES} == tokens
     assert {k: openbao.public_key(k) for k in (SIGNING_KEY, ANCHOR_KEY)} == before
     status, answer = _bao(openbao, "POST", f"transit/verify/{SIGNING_KEY}", {
-        "input": base64.b64encode(message).decode(), "signature": signature})
+        "input": base64.b64encode(message).decode(), "signature": signature},
+        openbao.root_token)
     assert status == 200 and answer["data"]["valid"] is True
+
+    # a revoked token is re-issued (and its file rewritten) at the next start
+    _bao(openbao, "POST", "auth/token/revoke", {"token": tokens["signer"]}, openbao.root_token)
+    openbao.stop()
+    openbao.start(_progress)
+    renewed = openbao.stage_token("signer")
+    assert renewed != tokens["signer"]
+    assert Path(env["LEDGER_SIGNER_VAULT_TOKEN_FILE"]).read_text().strip() == renewed
+    assert _bao(openbao, "POST", f"transit/sign/{SIGNING_KEY}", entry_body, renewed)[0] == 200
 
 
 # --- Rekor -----------------------------------------------------------------------------------
@@ -282,12 +324,12 @@ def test_hashedrekord_created_duplicate_and_bad_signature(rekor: Rekor) -> None:
 
 def test_compose_openbao_config_and_init_job_work(stack_dir: Path) -> None:
     """The compose file's OpenBao config (raft + static seal) and its init job's script, run
-    against the real ``bao``: initialises, creates the keys, the policy and the pipeline token;
+    against the real ``bao``: initialises, creates the keys, one policy and token per stage;
     is idempotent; and after a restart the server unseals itself and keeps the keys."""
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     job = compose["services"]["openbao-init"]
     script = job["command"][0].replace("$$", "$")
-    pipeline_token = "compose-test-pipeline-token"
+    tokens = {stage: f"compose-test-{stage}-token" for stage in STAGE_POLICIES}
 
     workdir = stack_dir / "compose-openbao"
     (workdir / "raft").mkdir(parents=True, exist_ok=True)
@@ -318,7 +360,7 @@ def test_compose_openbao_config_and_init_job_work(stack_dir: Path) -> None:
         "PATH": f"{workdir / 'bin'}:{os.environ['PATH']}",
         "BAO_ADDR": addr,
         "BAO_INIT_FILE": str(workdir / "init.json"),
-        "VAULT_TOKEN": pipeline_token,
+        **{f"{stage.upper()}_TOKEN": token for stage, token in tokens.items()},
     }
     env.pop("BAO_TOKEN", None)
     env.pop("VAULT_ADDR", None)
@@ -326,10 +368,11 @@ def test_compose_openbao_config_and_init_job_work(stack_dir: Path) -> None:
     def health() -> int:
         return _request("GET", f"{addr}/v1/sys/health")[0]
 
-    def sign() -> tuple[int, dict[str, Any]]:
+    def sign(stage: str = "signer", key: str = SIGNING_KEY) -> tuple[int, dict[str, Any]]:
         status, _, raw = _request(
-            "POST", f"{addr}/v1/transit/sign/{SIGNING_KEY}",
-            {"input": base64.b64encode(b"x").decode()}, {"X-Vault-Token": pipeline_token})
+            "POST", f"{addr}/v1/transit/sign/{key}",
+            {"input": base64.b64encode(b"x" * 32).decode()},
+            {"X-Vault-Token": tokens[stage]})
         return status, json.loads(raw)
 
     server.start()
@@ -342,9 +385,14 @@ def test_compose_openbao_config_and_init_job_work(stack_dir: Path) -> None:
         assert stat.S_IMODE(os.stat(workdir / "init.json").st_mode) == 0o600
         status, first = sign()
         assert status == 200, first
-        status, _, _ = _request("GET", f"{addr}/v1/sys/mounts", None,
-                                {"X-Vault-Token": pipeline_token})
-        assert status == 403
+        assert sign("anchorer", ANCHOR_KEY)[0] == 200
+        assert sign("signer", ANCHOR_KEY)[0] == 403
+        assert sign("anchorer", SIGNING_KEY)[0] == 403
+        assert sign("reader", SIGNING_KEY)[0] == 403
+        for token in tokens.values():
+            status, _, _ = _request("GET", f"{addr}/v1/sys/mounts", None,
+                                    {"X-Vault-Token": token})
+            assert status == 403
         server.stop()
         server.start()  # static seal: unsealed again without anyone's help
         wait_until(lambda: health() == 200, timeout=60, what="bao auto-unseal", proc=server)

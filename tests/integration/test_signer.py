@@ -25,11 +25,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import hvac
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from deploy.local.process import free_port
 from services.signer import run_signer
 from shared.db import Database, migrate
 from shared.kafka_admin import committed_offsets
@@ -39,6 +42,7 @@ from shared.settings import Settings
 from shared.statement import content_sha256, entry_id_for, statement_bytes
 from shared.telemetry import Metrics
 from shared.vault import TransitSigner
+from shared.vault_token import VaultToken
 from tests.support.lanes import new_prefix, private_lane
 from tests.support.waiting import wait_for
 
@@ -78,6 +82,7 @@ class Lane:
             "CRDB_DSN": s.database_dsn,
             "VAULT_ADDR": s.vault_addr,
             "VAULT_TOKEN": s.vault_token,
+            "LEDGER_SIGNER_VAULT_TOKEN_FILE": s.signer_vault_token_file,
             "VAULT_TRANSIT_KEY": s.vault_transit_key,
             "LEDGER_TOPIC_APPEND": s.topic_append,
             "LEDGER_TOPIC_SIGNED": s.topic_signed,
@@ -483,7 +488,7 @@ async def test_database_outage_commits_nothing_past_unsigned_work_and_recovers(l
 @pytest.mark.timeout(300)
 async def test_throughput_against_the_raw_vault_batch_rate(lane, db, producer, settings):
     n = 3000
-    vault = TransitSigner(settings)
+    vault = TransitSigner(settings, token=VaultToken.for_stage(settings, "signer"))
     try:
         statements = [f"bench statement {i}".encode() for i in range(n)]
         t0 = time.monotonic()
@@ -503,3 +508,53 @@ async def test_throughput_against_the_raw_vault_batch_rate(lane, db, producer, s
     print(f"\nsigner: {rate:.0f} entries/s end to end ({n} entries, backlog); "
           f"raw Vault batch_input (200/call, sequential): {raw_rate:.0f} signatures/s")
     assert rate > 0 and raw_rate > 0
+
+
+# --- a revoked Vault token ----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+async def test_a_revoked_vault_token_pauses_the_signer_until_its_file_holds_a_new_one(
+    lane, db, producer, stack, tmp_path
+):
+    openbao = stack.require("openbao")
+    admin = hvac.Client(url=lane.settings.vault_addr, token=openbao.root_token, timeout=10,
+                        verify=lane.settings.vault_cacert or True)
+
+    def new_token() -> str:
+        created = admin.auth.token.create_orphan(policies=["ledger-signer"], period="1h")
+        return str(created["auth"]["client_token"])
+
+    token_file = tmp_path / "signer.token"
+    token_file.write_text(new_token() + "\n")
+    port = free_port()
+    s = lane.settings.model_copy(update={"signer_vault_token_file": str(token_file),
+                                         "metrics_port": port, "health_cache_s": 0.0})
+
+    async def vault_state() -> tuple[int, str]:
+        async with http.get(f"http://127.0.0.1:{port}/health") as resp:
+            body = await resp.json()
+            return resp.status, str(body["checks"]["vault"]["state"])
+
+    async with signer_running(s) as metrics, aiohttp.ClientSession() as http:
+        where = await produce_stream(producer, lane, 40)
+        await wait_for(lambda: count_rows_is(db, lane.prefix, 40), within=120, what="first rows")
+        admin.auth.token.revoke(token_file.read_text().strip())
+        where |= await produce_stream(producer, lane, 40, start=40)
+        await wait_for(lambda: paused(metrics), within=90, what="a pause on the revoked token")
+
+        async def says_token_invalid() -> bool:
+            return await vault_state() == (503, "token invalid")
+
+        await wait_for(says_token_invalid, within=30, what="/health: vault token invalid")
+        assert await count_rows(db, lane.prefix) == 40  # nothing signed, nothing dropped
+        await assert_no_commit_past_unsigned_work(lane, db, where)
+
+        token_file.write_text(new_token() + "\n")  # the operator's rotation
+        await wait_for(lambda: count_rows_is(db, lane.prefix, 80), within=120,
+                       what="signing to resume with the new token")
+        await wait_for(lambda: not_paused(metrics), within=30, what="the signer to resume")
+        assert (await vault_state())[1] == "ok"
+        await wait_for(lambda: all_committed(lane, where), within=60, what="commits to the end")
+        assert (metrics.registry.get_sample_value(
+            "ledger_dependency_failures_total", {"stage": "signer", "dependency": "vault"}) or 0) >= 1

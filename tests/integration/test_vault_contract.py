@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from shared.errors import Policy, VaultError, VaultUnavailable
 from shared.settings import Settings
 from shared.vault import BATCH_MAX, Signature, TransitSigner
+from shared.vault_token import VaultToken
 
 pytestmark = pytest.mark.integration
 
@@ -100,8 +101,9 @@ async def admin_signer(vault_settings: Settings, admin_token: str) -> AsyncItera
 
 @pytest.fixture
 async def signer(vault_settings: Settings) -> AsyncIterator[TransitSigner]:
-    """A signer with the pipeline's own token (the stack gives it a narrow policy)."""
-    signer = TransitSigner(vault_settings)
+    """A signer with the signer stage's own token (the stack gives it a narrow policy)."""
+    signer = TransitSigner(vault_settings,
+                           token=VaultToken.for_stage(vault_settings, "signer"))
     yield signer
     await signer.close()
 
@@ -225,19 +227,24 @@ async def test_rotation_new_signatures_v2_old_still_verify_with_v1(
     keys[1].verify(b"before rotation", old.raw)  # the adapter's v1 key too
 
 
-async def test_pipeline_keys_sign_with_the_pipeline_token(
+async def test_stage_keys_sign_with_the_stage_tokens(
     signer: TransitSigner, vault_settings: Settings
 ) -> None:
     ed = await signer.sign(vault_settings.vault_transit_key, b"entry statement")
-    anchor = await signer.sign(vault_settings.vault_anchor_key, b"manifest")
     assert await signer.key_type(vault_settings.vault_transit_key) == "ed25519"
-    assert await signer.key_type(vault_settings.vault_anchor_key) == "ecdsa-p256"
     keys = await signer.public_keys(vault_settings.vault_transit_key)
     keys[ed.version].verify(b"entry statement", ed.raw)
-    (await signer.public_keys(vault_settings.vault_anchor_key))[anchor.version].verify(
-        b"manifest", anchor.raw
-    )
     assert await signer.health()
+    anchorer = TransitSigner(vault_settings,
+                             token=VaultToken.for_stage(vault_settings, "anchorer"))
+    try:
+        anchor = await anchorer.sign(vault_settings.vault_anchor_key, b"manifest")
+        assert await anchorer.key_type(vault_settings.vault_anchor_key) == "ecdsa-p256"
+        (await anchorer.public_keys(vault_settings.vault_anchor_key))[anchor.version].verify(
+            b"manifest", anchor.raw
+        )
+    finally:
+        await anchorer.close()
 
 
 async def test_unknown_key_is_a_vault_error_naming_the_key(admin_signer: TransitSigner) -> None:

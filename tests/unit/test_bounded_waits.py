@@ -99,9 +99,9 @@ BOUNDED_ELSEWHERE: dict[str, str] = {
         "VaultProbe's session: ClientTimeout(total=health_timeout_s)",
     "shared/health.py::_get::response.json":
         "VaultProbe's session: ClientTimeout(total=health_timeout_s)",
-    "shared/vault.py::sign::_session.post":
+    "shared/vault.py::_post::_session.request":
         "HttpTransit's session: ClientTimeout(total=timeout_s)",
-    "shared/vault.py::sign::resp.read":
+    "shared/vault.py::_post::resp.read":
         "HttpTransit's session: ClientTimeout(total=timeout_s)",
     # --- aiohttp sessions closed at shutdown: no request is made ------------------------
     "shared/health.py::close::_session.close": "closes local connections only",

@@ -26,7 +26,7 @@ def test_other_settings_use_the_ledger_prefix_and_are_typed() -> None:
     assert (s.http_port, s.auth_disabled, s.anchor_batch_max) == (9000, True, 1)
     assert all(name.startswith("LEDGER_") or name in {
         "KAFKA_BOOTSTRAP_SERVERS", "CRDB_DSN", "VAULT_ADDR", "VAULT_TOKEN", "VAULT_TRANSIT_KEY",
-        "REKOR_SERVER_URL"} for name in ENV_NAMES.values())
+        "REKOR_SERVER_URL", "VAULT_TOKEN_FILE", "VAULT_CACERT"} for name in ENV_NAMES.values())
 
 
 def test_empty_values_mean_the_default() -> None:

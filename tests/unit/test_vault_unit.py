@@ -22,13 +22,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from shared.errors import Policy, VaultError, VaultUnavailable, VerificationError
 from shared.settings import Settings
-from shared.vault import (
-    BATCH_MAX,
-    PublicKey,
-    TransitSigner,
-    _http_error,
-    _translate,
-)
+from shared.vault import BATCH_MAX, PublicKey, TransitSigner
+from shared.vault_errors import VaultForbidden
+from shared.vault_errors import http_error as _http_error
+from shared.vault_errors import translate as _translate
 
 pytestmark = pytest.mark.unit
 
@@ -114,7 +111,7 @@ def test_p384_key_is_refused() -> None:
         (hvac.exceptions.InternalServerError("boom"), VaultUnavailable),
         (hvac.exceptions.RateLimitExceeded("slow"), VaultUnavailable),
         (hvac.exceptions.InvalidRequest(errors=["signing key not found"]), VaultError),
-        (hvac.exceptions.Forbidden(errors=["permission denied"]), VaultError),
+        (hvac.exceptions.Forbidden(errors=["permission denied"]), VaultForbidden),
         (hvac.exceptions.InvalidPath(), VaultError),
     ],
 )
@@ -141,7 +138,7 @@ def test_translate_keeps_vaults_message() -> None:
         (503, b'{"errors":["Vault is sealed"]}', VaultUnavailable, "sealed or down"),
         (500, b"not json", VaultUnavailable, "HTTP 500"),
         (429, b'{"errors":[]}', VaultUnavailable, "HTTP 429"),
-        (403, b'{"errors":["1 error occurred:\\n\\t* permission denied\\n\\n"]}', VaultError,
+        (403, b'{"errors":["1 error occurred:\\n\\t* permission denied\\n\\n"]}', VaultForbidden,
          "permission denied"),
         (400, b'{"errors":["signing key not found"]}', VaultError, "signing key not found"),
         (404, b"{}", VaultError, "is the key created"),
