@@ -69,7 +69,9 @@ EXTERNAL_ENV: dict[str, tuple[str, ...]] = {
 }
 #: Further variables taken from the environment with an external service when present.
 _EXTERNAL_EXTRA: dict[str, tuple[str, ...]] = {
-    "openbao": ("VAULT_TRANSIT_KEY", "LEDGER_VAULT_ANCHOR_KEY"),
+    "postgres": ("LEDGER_REQUIRE_TLS",),
+    "openbao": ("VAULT_TRANSIT_KEY", "LEDGER_VAULT_ANCHOR_KEY", "VAULT_CACERT",
+                "LEDGER_SIGNER_VAULT_TOKEN_FILE", "LEDGER_ANCHORER_VAULT_TOKEN_FILE"),
     "rekor": ("REKOR_PUBLIC_KEY", "LEDGER_REKOR_PUBLIC_KEY"),
 }
 _MODULES: dict[str, tuple[str, str]] = {

@@ -59,6 +59,10 @@ def test_all_external_services_start_nothing(tmp_path: Path) -> None:
         "VAULT_ADDR": "http://vault.example:8200",
         "VAULT_TOKEN": "t",
         "VAULT_TRANSIT_KEY": "k",
+        "VAULT_CACERT": "/etc/ledger/vault-ca.pem",
+        "LEDGER_SIGNER_VAULT_TOKEN_FILE": "/run/secrets/signer.token",
+        "LEDGER_ANCHORER_VAULT_TOKEN_FILE": "/run/secrets/anchorer.token",
+        "LEDGER_REQUIRE_TLS": "true",
         "REKOR_SERVER_URL": "http://rekor.example",
     }
     stack = Stack(tmp_path, tmp_path / "cache", environ=env)
