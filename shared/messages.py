@@ -224,8 +224,20 @@ def decode_object(raw: bytes | None) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise InvalidMessage("not a JSON object", detail=type(obj).__name__)
     if obj.get("version") != 1:
-        raise InvalidMessage("unsupported version", detail=f"version={obj.get('version')!r}")
+        raise InvalidMessage("unsupported version", detail=_version_detail(obj.get("version")))
     return obj
+
+
+def _version_detail(version: Any) -> str:
+    """Names a bad ``version`` without echoing what a producer put there (it may be
+    anything, a payload or a token included): numbers and digit strings only."""
+    if version is None or isinstance(version, (bool, int, float)):
+        return f"version={version!r}"
+    if isinstance(version, str) and version.isdigit() and len(version) <= 4:
+        return f"version={version!r}"
+    size = (f" of {len(version)} characters" if isinstance(version, str)
+            else f" of {len(version)} items" if isinstance(version, (list, dict)) else "")
+    return f"version is a {type(version).__name__}{size}, not the number 1"
 
 
 def decode(model: type[M], raw: bytes | None) -> M:

@@ -75,6 +75,18 @@ def test_every_bad_message_is_an_invalid_message_with_a_reason(
     assert detail in info.value.detail
 
 
+def test_a_bad_version_is_named_without_echoing_what_the_producer_put_there() -> None:
+    secret = "a payload or a token, 40 characters long"
+    with pytest.raises(InvalidMessage) as info:
+        decode(AppendRequest, json.dumps({**GOOD, "version": secret}).encode())
+    assert info.value.reason == "unsupported version"
+    assert secret not in info.value.detail
+    assert info.value.detail == "version is a str of 40 characters, not the number 1"
+    with pytest.raises(InvalidMessage) as info:
+        decode(AppendRequest, json.dumps({**GOOD, "version": "1"}).encode())
+    assert info.value.detail == "version='1'"
+
+
 def test_the_schemas_in_the_repository_are_up_to_date(tmp_path: Path) -> None:
     written = write_schemas(tmp_path)
     assert {p.name for p in written} == {p.name for p in (REPO / "schemas").glob("*.json")}
