@@ -80,6 +80,14 @@ def secret_needles(kind: str, value: str) -> list[Needle]:
     return [Needle(kind, value.encode())]
 
 
+def stage_vault_token_needles(s: Settings) -> list[Needle]:
+    """The signer's and the anchorer's own Vault tokens (each reads its token file)."""
+    files = {"signer": s.signer_vault_token_file, "anchorer": s.anchorer_vault_token_file}
+    assert all(files.values()), "the local stack gives each stage a token file of its own"
+    return [needle for role, file in files.items()
+            for needle in secret_needles(f"Vault token ({role})", Path(file).read_text().strip())]
+
+
 def payload_needles(kind: str, payload: bytes) -> list[Needle]:
     b64 = base64.b64encode(payload)
     url = base64.urlsafe_b64encode(payload)
@@ -269,6 +277,7 @@ async def test_no_token_password_or_payload_leaks_anywhere(
             *secret_needles("bearer token (expired)", expired),
             *secret_needles("bearer token (wrong)", wrong),
             *secret_needles("Vault token", s.vault_token),
+            *stage_vault_token_needles(s),
             *secret_needles("database password", password),
             *payload_needles("payload (random bytes)", random_payload),
             *payload_needles("payload (text)", text_payload),
