@@ -43,7 +43,7 @@ from deploy.local.postgres import Postgres
 from deploy.local.stack import Stack
 from shared.db import Database, migrate
 from shared.kafka_admin import ensure_topics
-from shared.settings import ENV_NAMES, Settings
+from shared.settings import Settings
 from tests.support import waiting
 
 __all__ = [
@@ -101,8 +101,7 @@ def free_port() -> int:
 def settings_env(settings: Settings, code_dir: Path = REPO) -> dict[str, str]:
     """The environment a stage process reads ``settings`` from."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "REKOR_"))}
-    for name, value in settings.model_dump().items():
-        env[ENV_NAMES[name]] = str(value).lower() if isinstance(value, bool) else str(value)
+    env.update(settings.environment())
     env["PYTHONPATH"] = str(code_dir)
     return env
 

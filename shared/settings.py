@@ -181,6 +181,12 @@ class Settings(BaseModel):
                 problems.append(f"{env_name}: {err['msg']} (got {got})")
             raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
+    def environment(self) -> dict[str, str]:
+        """The environment variables that give a process exactly these settings (booleans
+        as ``true``/``false``); secrets included, so never log the result."""
+        return {ENV_NAMES[name]: str(value).lower() if isinstance(value, bool) else str(value)
+                for name, value in self.model_dump().items()}
+
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         """``repr``/``str`` (and so any log of the settings) mask passwords in DSNs and URLs;
         ``vault_token`` is left out altogether (``repr=False``)."""

@@ -52,7 +52,7 @@ from shared.merkle import leaf_hash, verify_inclusion
 from shared.messages import AnchoredEntry, AppendRequest
 from shared.rekor import RekorClient
 from shared.repository import Repository
-from shared.settings import ENV_NAMES, Settings
+from shared.settings import Settings
 from shared.signatures import verify_manifest_signature
 from shared.statement import leaf_bytes
 from shared.telemetry import Metrics
@@ -623,8 +623,7 @@ async def _wait_ids(world: World, request_ids: list[str]) -> set[uuid.UUID]:
 
 def _env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "REKOR_"))}
-    for name, value in settings.model_dump().items():
-        env[ENV_NAMES[name]] = str(value).lower() if isinstance(value, bool) else str(value)
+    env.update(settings.environment())
     env["PYTHONPATH"] = str(REPO)
     return env
 

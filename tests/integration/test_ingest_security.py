@@ -27,7 +27,7 @@ import pytest
 
 from services.ingest import create_token
 from shared.kafka_admin import ensure_topics
-from shared.settings import ENV_NAMES, Settings
+from shared.settings import Settings
 from tests.integration.test_ingest import PARTITIONS, b64, scan_topic
 from tests.support.waiting import wait_for
 from tests.unit.test_ingest_tls import write_certificate
@@ -39,8 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "REKOR_"))}
-    for name, value in settings.model_dump().items():
-        env[ENV_NAMES[name]] = str(value).lower() if isinstance(value, bool) else str(value)
+    env.update(settings.environment())
     env["PYTHONPATH"] = str(REPO)
     return env
 

@@ -54,3 +54,14 @@ def test_settings_are_frozen() -> None:
     s = Settings.from_env({})
     with pytest.raises(ValueError, match="frozen"):
         s.http_port = 1  # type: ignore[misc]
+
+
+def test_the_environment_of_settings_gives_a_process_the_same_settings() -> None:
+    s = Settings.from_env({
+        "CRDB_DSN": "postgresql://u:pw@db/ledger?sslmode=verify-full&sslrootcert=/ca.crt",
+        "VAULT_TOKEN": "s.secret", "LEDGER_AUTH_DISABLED": "true", "LEDGER_HTTP_PORT": "9000",
+        "LEDGER_REQUIRE_TLS": "true",
+    })
+    env = s.environment()
+    assert env["VAULT_TOKEN"] == "s.secret" and env["LEDGER_AUTH_DISABLED"] == "true"
+    assert Settings.from_env(env) == s
