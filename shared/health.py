@@ -200,7 +200,7 @@ class VaultProbe:
                  token: Callable[[], str] | None = None) -> None:
         self._base = settings.vault_addr.rstrip("/")
         #: the current token (a stage's may be re-read from its file meanwhile)
-        self._token_of = token or (lambda: settings.vault_token)
+        self._token_of = token or settings.vault_token.get_secret_value
         self._ssl = tls_context(settings)
         self._key_path = f"/v1/{settings.vault_transit_mount.strip('/')}/keys/{key}"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)

@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from shared.errors import ConfigError
 
@@ -43,7 +43,9 @@ class Settings(BaseModel):
                               json_schema_extra=_needed(*PROCESSES))
     #: ingest too: its /health reads the signing key's metadata (a read-only token will do)
     vault_addr: str = Field(default="http://127.0.0.1:8200", json_schema_extra=_needed(*_STAGES))
-    vault_token: str = Field(default="", repr=False,
+    #: a secret: ``str()``, ``repr()`` and ``model_dump_json()`` show ``**********``; only
+    #: :meth:`~pydantic.SecretStr.get_secret_value` (the Vault client) reads it
+    vault_token: SecretStr = Field(default=SecretStr(""), repr=False,
                              json_schema_extra=_needed(*_STAGES, one_of="vault_token"))
     #: a file holding the token instead (wins over ``VAULT_TOKEN``); re-read whenever Vault
     #: rejects the token, so rotating it means rewriting the file
@@ -184,14 +186,19 @@ class Settings(BaseModel):
     def environment(self) -> dict[str, str]:
         """The environment variables that give a process exactly these settings (booleans
         as ``true``/``false``); secrets included, so never log the result."""
-        return {ENV_NAMES[name]: str(value).lower() if isinstance(value, bool) else str(value)
-                for name, value in self.model_dump().items()}
+        return {ENV_NAMES[name]: _env_value(value) for name, value in self.model_dump().items()}
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         """``repr``/``str`` (and so any log of the settings) mask passwords in DSNs and URLs;
         ``vault_token`` is left out altogether (``repr=False``)."""
         for name, value in super().__repr_args__():
             yield name, mask_secrets(value) if isinstance(value, str) else value
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 #: ``user:password@`` in a URL, and ``password=...`` in a libpq key/value DSN or a query

@@ -210,7 +210,7 @@ class HttpTransit:
                  token: VaultToken | None = None) -> None:
         self._root = f"{settings.vault_addr.rstrip('/')}/v1"
         self._base = f"{self._root}/{settings.vault_transit_mount}"
-        self._token = token or VaultToken(settings.vault_token)
+        self._token = token or VaultToken(settings.vault_token.get_secret_value())
         self._ssl = tls_context(settings)
         self._headers = {"Content-Type": "application/json"}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -293,7 +293,7 @@ class TransitSigner:
         renew: bool | None = None,
     ) -> None:
         self._addr = settings.vault_addr
-        self._token = token or VaultToken(settings.vault_token)
+        self._token = token or VaultToken(settings.vault_token.get_secret_value())
         self._verify: str | bool = settings.vault_cacert or True
         # renew the token at half its TTL (by default when talking to a real Vault)
         self._renew = renew if renew is not None else client_factory is None

@@ -51,7 +51,7 @@ class VaultToken:
             file = str(getattr(settings, f"{stage}_vault_token_file"))
         file = file or settings.vault_token_file
         if not file:
-            return cls(settings.vault_token)
+            return cls(settings.vault_token.get_secret_value())
         token = _read(file)
         if not token:
             raise ConfigError(f"Vault token file {file} is empty or unreadable")

@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import SecretStr
 
 from benchmarks.procs import tree_pids
 from deploy.local.process import free_port
@@ -252,12 +253,12 @@ async def _signer_ops(lane: Settings) -> AsyncIterator[str]:
 
 @pytest.mark.timeout(300)
 async def test_vault_probe_authenticates_and_says_sealed(lane: Settings, stack: Any) -> None:
-    bad = lane.model_copy(update={"vault_token": "s.not-a-valid-token"})
+    bad = lane.model_copy(update={"vault_token": SecretStr("s.not-a-valid-token")})
     async with ingest_running(bad) as ing:
         assert await _vault_state(ing) == (200, "degraded", "token invalid")
     no_policy = await _vault_admin(stack, "POST", "auth/token/create",
                                    {"policies": ["default"], "ttl": "10m"})
-    weak = lane.model_copy(update={"vault_token": no_policy["auth"]["client_token"]})
+    weak = lane.model_copy(update={"vault_token": SecretStr(no_policy["auth"]["client_token"])})
     async with ingest_running(weak) as ing:
         assert (await _vault_state(ing))[2] == "key not readable"
     async with ingest_running(lane) as ing, _signer_ops(lane) as signer:

@@ -141,7 +141,8 @@ async def test_https_rate_limit_and_expiry_on_the_real_stack(
     # nor any other secret of its settings, even at DEBUG
     password = urllib.parse.urlsplit(s.database_dsn).password
     assert password and password not in text
-    assert s.vault_token and s.vault_token not in text
+    token = s.vault_token.get_secret_value()
+    assert token and token not in text
     access = [x for x in _lines(log_path) if x["logger"] == "ledger.ingest.access"]
     assert {(x["route"], x["status"], x["token_name"]) for x in access} >= {
         ("/append", 202, "writer"), ("/append", 429, "writer"), ("/append", 401, "old-job")}

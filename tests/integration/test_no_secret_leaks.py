@@ -276,7 +276,7 @@ async def test_no_token_password_or_payload_leaks_anywhere(
             *secret_needles("bearer token (writer)", writer),
             *secret_needles("bearer token (expired)", expired),
             *secret_needles("bearer token (wrong)", wrong),
-            *secret_needles("Vault token", s.vault_token),
+            *secret_needles("Vault token", s.vault_token.get_secret_value()),
             *stage_vault_token_needles(s),
             *secret_needles("database password", password),
             *payload_needles("payload (random bytes)", random_payload),

@@ -21,6 +21,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from pydantic import SecretStr
 
 from shared.errors import Policy, VaultError, VaultUnavailable
 from shared.settings import Settings
@@ -66,7 +67,7 @@ def admin_token(request: pytest.FixtureRequest, vault_settings: Settings) -> str
         root = getattr(service("openbao"), "root_token", "")
         if isinstance(root, str) and root:
             return root
-    return vault_settings.vault_token
+    return vault_settings.vault_token.get_secret_value()
 
 
 @pytest.fixture
@@ -94,7 +95,7 @@ def new_key(admin: hvac.Client, vault_settings: Settings):
 
 @pytest.fixture
 async def admin_signer(vault_settings: Settings, admin_token: str) -> AsyncIterator[TransitSigner]:
-    signer = TransitSigner(vault_settings.model_copy(update={"vault_token": admin_token}))
+    signer = TransitSigner(vault_settings.model_copy(update={"vault_token": SecretStr(admin_token)}))
     yield signer
     await signer.close()
 
@@ -260,7 +261,7 @@ async def test_permission_denied_is_a_vault_error(
 ) -> None:
     key = new_key("ed25519")
     weak = admin.auth.token.create(policies=["default"], ttl="5m")["auth"]["client_token"]
-    signer = TransitSigner(vault_settings.model_copy(update={"vault_token": weak}))
+    signer = TransitSigner(vault_settings.model_copy(update={"vault_token": SecretStr(weak)}))
     try:
         with pytest.raises(VaultError, match=key) as info:
             await signer.sign(key, b"data")
@@ -292,7 +293,8 @@ async def test_unreachable_vault_is_vault_unavailable(vault_settings: Settings) 
         with pytest.raises(VaultUnavailable) as info:
             await signer.sign("ledger-ed25519", b"data")
         assert info.value.retryable
-        assert settings.vault_token not in str(info.value) or not settings.vault_token
+        token = settings.vault_token.get_secret_value()
+        assert token not in str(info.value) or not token
         assert not await signer.health()
     finally:
         await signer.close()

@@ -69,7 +69,7 @@ async def test_stage_tokens_come_from_the_stack_environment(
     assert VaultToken.for_stage(settings, "anchorer").value == openbao.stage_token("anchorer")
     # ingest (no stage file) holds the read-only token
     assert VaultToken.for_stage(settings, "ingest").value == openbao.stage_token("reader")
-    assert settings.vault_token == openbao.stage_token("reader")
+    assert settings.vault_token.get_secret_value() == openbao.stage_token("reader")
 
 
 async def test_each_stage_token_signs_only_with_its_own_key(

@@ -14,7 +14,9 @@ def test_runbook_names_are_read() -> None:
         "CRDB_DSN": "postgresql://x@db/ledger", "REKOR_SERVER_URL": "http://rekor",
         "KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092",
     })
-    assert (s.vault_addr, s.vault_token, s.vault_transit_key) == ("http://vault:8200", "t", "k")
+    assert (s.vault_addr, s.vault_token.get_secret_value(), s.vault_transit_key) == (
+        "http://vault:8200", "t", "k")
+    assert str(s.vault_token) == "**********" and "'t'" not in repr(s)
     assert s.database_dsn == "postgresql://x@db/ledger"
     assert s.rekor_server_url == "http://rekor"
     assert s.kafka_bootstrap_servers == "k1:9092,k2:9092"

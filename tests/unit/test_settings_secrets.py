@@ -25,7 +25,7 @@ PASSWORD = "DB-PASSWORD-NEVER-SHOWN"
 ])
 def test_repr_str_and_a_log_of_the_settings_mask_every_secret(dsn: str) -> None:
     s = Settings(vault_token=TOKEN, database_dsn=dsn)
-    assert s.database_dsn == dsn and s.vault_token == TOKEN  # the values themselves stay
+    assert s.database_dsn == dsn and s.vault_token.get_secret_value() == TOKEN  # the values themselves stay
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
