@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.local.base import LocalService, Progress
+from deploy.local.files import write_file
 from deploy.local.process import ManagedProcess, StackError, wait_until
 
 __all__ = [
@@ -174,17 +175,6 @@ def policy_hcl(policy: str) -> str:
     return "\n".join(rules) + "\n"
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``path`` (mode 600) by a rename, so a reader never sees half a token."""
-    tmp = path.with_suffix(".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    tmp.replace(path)
-
-
 class OpenBao(LocalService):
     """OpenBao with persistent raft storage and Transit, on 127.0.0.1."""
 
@@ -254,16 +244,7 @@ class OpenBao(LocalService):
         return data
 
     def _write_init(self, data: dict[str, Any]) -> None:
-        tmp = self.init_path.with_suffix(".tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.init_path)
+        write_file(self.init_path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     # --- HTTP -------------------------------------------------------------------------------
 
@@ -518,7 +499,7 @@ class OpenBao(LocalService):
         self._write_init(init)
         self.tokens_dir.mkdir(mode=0o700, exist_ok=True)
         for stage, token in tokens.items():
-            _write_private(self.token_file(stage), token + "\n")
+            write_file(self.token_file(stage), token + "\n")
         return tokens
 
     def _token_is_good(self, root: str, token: str, policy: str) -> bool:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from deploy.local.files import write_file
 
 __all__ = ["ensure_tls"]
 
@@ -38,15 +39,6 @@ def _still_good(cert_path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return cert.not_valid_after_utc - dt.datetime.now(dt.UTC) > _RENEW_BEFORE
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    tmp.replace(path)
 
 
 def ensure_tls(tls_dir: Path) -> tuple[Path, Path]:
@@ -84,8 +76,8 @@ def ensure_tls(tls_dir: Path) -> tuple[Path, Path]:
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
-    _write(key_path, key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+    write_file(key_path, key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()), 0o600)
-    _write(cert_path, cert.public_bytes(pem), 0o644)
-    _write(tls_dir / "ca.pem", ca.public_bytes(pem), 0o644)
+    write_file(cert_path, cert.public_bytes(pem), 0o644)
+    write_file(tls_dir / "ca.pem", ca.public_bytes(pem), 0o644)
     return cert_path, key_path

@@ -23,10 +23,8 @@ start it checks in ``/proc`` that none of its processes listens on a non-loopbac
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
-import os
 import shlex
 import shutil
 import signal
@@ -42,6 +40,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives import serialization
 
 from deploy.local.base import LocalService, Progress, run_coro
+from deploy.local.files import write_file
 from deploy.local.gotools import binary_module_version, go_env, go_executable, go_install
 from deploy.local.openbao import stable_port
 from deploy.local.process import ManagedProcess, StackError, wait_until
@@ -441,13 +440,7 @@ class Rekor(LocalService):
     def _write_flag_file(self, dsn: str) -> Path:
         """Trillian's ``--config`` flag file holding the database URI (mode 600)."""
         path = self.service_dir / "trillian.flags"
-        tmp = path.with_suffix(".tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"--postgresql_uri={shlex.quote(dsn)}\n")
-        tmp.replace(path)
+        write_file(path, f"--postgresql_uri={shlex.quote(dsn)}\n")
         return path
 
     def _ensure_signer_key(self) -> None:

@@ -5,13 +5,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from deploy.local.files import write_file
 from deploy.local.process import StackError
 
 __all__ = ["LOG_PUBLIC_KEY_FILE", "SIGNER_KEY_FILE", "ensure_signer_key"]
@@ -37,15 +36,7 @@ def ensure_signer_key(directory: Path) -> Path:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        tmp = signer_path.with_suffix(".tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(signer_path)
+        write_file(signer_path, pem)
     private = serialization.load_pem_private_key(signer_path.read_bytes(), None)
     if not isinstance(private, ec.EllipticCurvePrivateKey):
         raise StackError(f"Rekor: {signer_path} is not an ECDSA key")
@@ -53,7 +44,5 @@ def ensure_signer_key(directory: Path) -> Path:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     if not public_path.is_file() or public_path.read_bytes() != public:
-        tmp = public_path.with_suffix(".tmp")
-        tmp.write_bytes(public)
-        tmp.replace(public_path)
+        write_file(public_path, public, 0o644)
     return public_path

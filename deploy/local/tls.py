@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from deploy.local.files import write_file
+
 __all__ = ["CA_CERT", "RENEW_BEFORE", "LocalCA", "ServerCert", "install_key"]
 
 CA_CERT = "ca.crt"
@@ -49,21 +51,6 @@ class ServerCert:
     cert: Path
     key: Path
     ca: Path
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -112,8 +99,8 @@ class LocalCA:
                            critical=False)
             .sign(key, hashes.SHA256())
         )
-        _write_private(key_path, _key_pem(key))
-        _write_public(self.cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        write_file(key_path, _key_pem(key))
+        write_file(self.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return cert, key
 
     def server_cert(self, name: str, *, dns: Sequence[str] = (),
@@ -130,8 +117,8 @@ class LocalCA:
         if not _still_good(out, ca_cert, set(dns), set(addresses)):
             key = ec.generate_private_key(ec.SECP256R1())
             cert = _issue(ca_cert, ca_key, key, list(dns), addresses)
-            _write_private(out.key, _key_pem(key))
-            _write_public(out.cert, cert.public_bytes(serialization.Encoding.PEM))
+            write_file(out.key, _key_pem(key))
+            write_file(out.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return out
 
 
