@@ -40,6 +40,7 @@ from shared.signatures import parse_vault_signature
 from shared.statement import entry_id_for, statement_bytes
 from shared.telemetry import Metrics
 from tests.support.lanes import new_prefix, private_lane
+from tests.support.tcp_relay import tcp_relay
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -390,7 +391,7 @@ async def test_database_down_at_start_is_waited_for_then_served(lane_settings):
         waitables: set[asyncio.Future[Any]] = {bound, task}
         done, _ = await asyncio.wait(waitables, timeout=3)
         assert not done, "ingest started (or stopped) although its database is unreachable"
-        async with tcp_forwarder(port, real.hostname or "127.0.0.1", real.port or 5432):
+        async with tcp_relay(real.hostname or "127.0.0.1", real.port or 5432, port=port):
             url = await asyncio.wait_for(bound, 60)  # the database answers now
             async with aiohttp.ClientSession() as session, session.get(f"{url}/health") as r:
                 assert (await r.json())["database"] == "ok"
@@ -399,33 +400,6 @@ async def test_database_down_at_start_is_waited_for_then_served(lane_settings):
     finally:
         lc.request_stop("test over")
         await asyncio.wait_for(task, 60)
-
-
-@contextlib.asynccontextmanager
-async def tcp_forwarder(port: int, host: str, target: int) -> AsyncIterator[None]:
-    """Forward 127.0.0.1:``port`` to ``host``:``target`` (a database that "comes back")."""
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    writers: list[asyncio.StreamWriter] = []
-
-    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(host, target)
-        writers.extend((writer, up_writer))
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    server = await asyncio.start_server(forward, "127.0.0.1", port)
-    try:
-        yield
-    finally:
-        server.close()
-        for writer in writers:
-            writer.close()
 
 
 async def test_shutdown_answers_waiting_requests_and_returns(lane_settings):

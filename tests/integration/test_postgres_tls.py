@@ -5,10 +5,8 @@ refuses plaintext."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import urllib.parse
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from deploy.local.tls import LocalCA
 from shared.db import Database
 from shared.errors import ConfigError
 from shared.settings import Settings
+from tests.support.tcp_relay import tcp_relay
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -65,33 +64,10 @@ def test_psql_works_with_the_exported_dsn(settings: Settings) -> None:
     assert result.stdout.strip().startswith("t|TLSv1.")
 
 
-@contextlib.asynccontextmanager
-async def _forward(host: str, target_port: int) -> AsyncIterator[int]:
-    """A TCP relay on ``host`` to the server: the same certificate, reached by another name."""
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    server = await asyncio.start_server(relay, host, 0)
-    try:
-        yield int(server.sockets[0].getsockname()[1])
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
 async def test_a_host_the_certificate_does_not_name_is_refused(settings: Settings) -> None:
     port = urllib.parse.urlsplit(settings.database_dsn).port
     assert port is not None
-    async with _forward("::1", port) as relay_port:
+    async with tcp_relay("127.0.0.1", port, host="::1") as relay_port:
         dsn = _with_host(settings.database_dsn, "[::1]").replace(f":{port}/", f":{relay_port}/")
         with pytest.raises(ConfigError, match="certificate failed verification") as info:
             await Database.connect(settings.model_copy(update={"database_dsn": dsn}),
