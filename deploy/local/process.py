@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -114,6 +115,10 @@ class ManagedProcess:
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)
         reap_stale(self.pid_path)
         env = {**os.environ, **self.env}
+        # The user's own group and no others: with root's group kept, a root-owned parent
+        # directory's group bits (0 in a mktemp -d directory) would deny what its
+        # "other" bits allow.
+        who = pwd.getpwnam(self.user) if self.user is not None else None
         log = self.log_path.open("ab")
         try:
             self._popen = subprocess.Popen(
@@ -125,7 +130,9 @@ class ManagedProcess:
                 env=env,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
-                user=self.user,
+                user=who.pw_uid if who else None,
+                group=who.pw_gid if who else None,
+                extra_groups=[] if who else None,
             )
         finally:
             log.close()

@@ -171,6 +171,23 @@ def test_endpoints_file_is_sourceable(stack: Stack) -> None:
 
 
 @pytest.mark.timeout(300)
+async def test_postgres_starts_in_a_checkout_below_an_owner_only_directory(
+    stack_run_dir: Path,
+) -> None:
+    """A clone inside ``mktemp -d`` (mode 700, root's group): PostgreSQL, run as its own
+    user when we are root, must still reach its data directory."""
+    owner_only = stack_run_dir / "mktemp"
+    owner_only.mkdir(mode=0o700)
+    owner_only.chmod(0o700)
+    private = Stack(owner_only / "clone" / ".stack", services=["postgres"], environ={})
+    try:
+        private.start_all()
+        dsn = private.endpoints()["CRDB_DSN"]
+        assert await _pg_roundtrip(dsn, "owner_only_probe", "reached") == ["reached"]
+    finally:
+        private.stop_all()
+
+
 async def test_restart_reuses_ports_and_data_and_stop_leaves_nothing(stack_run_dir: Path) -> None:
     private = Stack(stack_run_dir / "restart", services=["postgres", "kafka"], environ={})
     private.install_all()
