@@ -34,6 +34,8 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from benchmarks.loadgen import append_request
+from shared.kafka_tls import client_options
+from shared.settings import Settings
 
 __all__ = ["main"]
 
@@ -128,7 +130,8 @@ async def pg(count: int, per_tx: int, method: str) -> dict[str, Any]:
 
 
 async def kafka(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+    connection = client_options(Settings.from_env(kafka_bootstrap_servers=bootstrap))
+    producer = AIOKafkaProducer(**connection, acks="all",
                                 enable_idempotence=True, linger_ms=5,
                                 max_batch_size=1024 * 1024)
     await producer.start()
@@ -141,7 +144,7 @@ async def kafka(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
         produce_s = time.perf_counter() - t0
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(topic, **connection, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:

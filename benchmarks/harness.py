@@ -43,6 +43,7 @@ from deploy.local.postgres import Postgres
 from deploy.local.stack import Stack
 from shared.db import Database, migrate
 from shared.kafka_admin import ensure_topics
+from shared.kafka_tls import client_options, connection_environment
 from shared.settings import Settings
 from tests.support import waiting
 
@@ -243,7 +244,7 @@ class Lane:
             "log_level": "INFO",
             **changes,
         })
-        await ensure_topics(s.kafka_bootstrap_servers,
+        await ensure_topics(s,
             [s.topic_append, s.topic_signed, s.topic_anchored,
              f"{s.topic_append}.dlq", f"{s.topic_signed}.dlq"],
             partitions,
@@ -367,7 +368,7 @@ class Lane:
 
     async def end_offsets(self, topic: str) -> int:
         """Records in ``topic`` (sum of its partitions' end offsets)."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
+        consumer = AIOKafkaConsumer(**client_options(self.settings),
                                     group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
@@ -383,7 +384,7 @@ class Lane:
 
     async def wait_anchored(self, count: int, *, within: float) -> float:
         """Wait until ``ledger.anchored`` holds ``count`` events; return that moment."""
-        watcher = OffsetWatch(self.settings.kafka_bootstrap_servers, self.settings.topic_anchored)
+        watcher = OffsetWatch(self.settings, self.settings.topic_anchored)
         await watcher.start()
         try:
 
@@ -411,7 +412,8 @@ class Lane:
                 "--topic", self.settings.topic_append, "--prefix", self.prefix,
                 "--count", str(count), "--rate", str(rate), "--start", str(start)]
         proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)},
+            *argv, cwd=str(REPO),
+            env={**os.environ, **connection_environment(self.settings), "PYTHONPATH": str(REPO)},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
 
@@ -582,9 +584,9 @@ async def vegeta_attack(bench: Bench, targets: Path, *, rate: float, duration_s:
 class OffsetWatch:
     """Sum of a topic's end offsets, asked cheaply and often (one metadata-only consumer)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, settings: Settings, topic: str) -> None:
         self._topic = topic
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+        self._consumer = AIOKafkaConsumer(**client_options(settings), group_id=None,
                                           enable_auto_commit=False)
         self._tps: list[TopicPartition] = []
 
@@ -605,7 +607,7 @@ class OffsetWatch:
 
 async def read_topic(settings: Settings, topic: str, *, within: float = 120) -> list[bytes]:
     """Every record value of ``topic`` up to the end offsets seen at the start."""
-    c = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap_servers,
+    c = AIOKafkaConsumer(topic, **client_options(settings),
                          enable_auto_commit=False, group_id=None, auto_offset_reset="earliest",
                          max_partition_fetch_bytes=8 * 1024 * 1024)
     await asyncio.wait_for(c.start(), 30)
@@ -627,7 +629,7 @@ async def read_topic(settings: Settings, topic: str, *, within: float = 120) -> 
 
 async def _group_members(settings: Settings, group: str) -> set[int]:
     """Pids (from client ids) of the members holding partitions, if the group is Stable."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
         responses = await admin.describe_consumer_groups([group])

@@ -27,6 +27,9 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from shared.kafka_tls import client_options
+from shared.settings import Settings
+
 __all__ = ["append_request", "main"]
 
 SUBJECTS = 64
@@ -52,7 +55,8 @@ async def produce(
     bootstrap: str, topic: str, *, prefix: str, start: int, count: int, rate: float
 ) -> dict[str, float]:
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+        **client_options(Settings.from_env(kafka_bootstrap_servers=bootstrap)), acks="all",
+        enable_idempotence=True, linger_ms=5,
         max_batch_size=1024 * 1024, request_timeout_ms=30_000,
     )
     await producer.start()

@@ -70,7 +70,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 async def _all_moved(settings: Settings, group: str, since: dict[int, int],
                      partitions: int) -> bool:
-    now = await committed_offsets(settings.kafka_bootstrap_servers, group)
+    now = await committed_offsets(settings, group)
     return len(now) == partitions and all(now[p] > since.get(p, -1) for p in now)
 
 
@@ -80,13 +80,13 @@ async def _one_role(lane: Lane, faults: Faults, role: str, *, static: bool) -> d
     t_kill = time.monotonic()
     await kill_9(lane, victim)
     # read once it is gone: a commit it sent just before the kill must not count as a move
-    at_kill = await committed_offsets(lane.settings.kafka_bootstrap_servers, group)
+    at_kill = await committed_offsets(lane.settings, group)
     moved = await wait_for(lambda: _all_moved(lane.settings, group, at_kill, 4),
                            within=120, what=f"{role} partitions taken over", every=0.05)
     takeover = moved - t_kill
     # static membership: the replacement takes the name of the process it replaces
     changes = {"consumer_instance_id": victim.name} if static else {}
-    at_start = await committed_offsets(lane.settings.kafka_bootstrap_servers, group)
+    at_start = await committed_offsets(lane.settings, group)
     t_start = time.monotonic()
     replacement: StageProcess = await faults.spawn(role, **changes)
     port = faults.metrics_ports[replacement.name]

@@ -38,6 +38,7 @@ from benchmarks.procs import CpuMeter, peak_rss_mb
 from deploy.local.postgres import Postgres
 from services.ingest import create_token
 from shared.kafka_admin import ensure_topics
+from shared.kafka_tls import connection_environment
 from shared.vault_token import VaultToken
 
 __all__ = ["FULL", "NAMES", "SMOKE", "Profile", "run_all", "run_one"]
@@ -444,11 +445,11 @@ async def raw_baselines(bench: Bench, profile: Profile) -> dict[str, Any]:
             bench, ["pg", "--count", str(profile.pg_rows), "--method", method],
             {"CRDB_DSN": dsn}, ["postgres"])
     topic = f"baseline-{int(time.time())}"
-    await ensure_topics(s.kafka_bootstrap_servers, [topic], 4)
+    await ensure_topics(s, [topic], 4)
     bench.progress("baseline: Kafka produce and consume")
     out["kafka"] = await _run_baseline(
         bench, ["kafka", "--bootstrap", s.kafka_bootstrap_servers, "--topic", topic,
-                "--count", str(profile.kafka_messages)], {}, ["kafka"])
+                "--count", str(profile.kafka_messages)], connection_environment(s), ["kafka"])
     return out
 
 

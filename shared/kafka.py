@@ -41,6 +41,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
 from shared.errors import ConfigError, InvalidMessage, KafkaUnavailable
+from shared.kafka_tls import client_options
 from shared.settings import Settings
 
 __all__ = [
@@ -304,7 +305,7 @@ async def make_producer(
 ) -> Producer:
     """Start an idempotent ``acks=all`` producer; :class:`KafkaUnavailable` if it can't."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **client_options(settings),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -480,7 +481,7 @@ async def make_consumer(
     session_ms = session_timeout_ms or settings.consumer_session_timeout_ms
     heartbeat_ms = min(settings.consumer_heartbeat_interval_ms, max(50, session_ms // 3))
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **client_options(settings),
         client_id=client_id,
         group_id=group_id,
         enable_auto_commit=False,

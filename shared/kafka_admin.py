@@ -18,6 +18,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 
 from shared.errors import ConfigError, KafkaUnavailable
 from shared.kafka import TRANSLATED_ERRORS, unavailable
+from shared.kafka_tls import client_options
+from shared.settings import Settings
 
 __all__ = ["committed_offsets", "ensure_topics"]
 
@@ -25,7 +27,7 @@ log = logging.getLogger("ledger.kafka")
 
 
 async def ensure_topics(
-    bootstrap_servers: str,
+    settings: Settings,
     names: Iterable[str],
     partitions: int,
     *,
@@ -47,7 +49,7 @@ async def ensure_topics(
     if not wanted:
         return []
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers,
+        **client_options(settings),
         client_id="ledger-admin",
         request_timeout_ms=int(timeout_s * 1000),
     )
@@ -122,10 +124,10 @@ _TOPIC_ALREADY_EXISTS: Final = 36
 _TOPIC_CONFIG_ERRORS: Final = frozenset({17, 37, 38, 40})
 
 
-async def committed_offsets(bootstrap_servers: str, group: str) -> dict[int, int]:
+async def committed_offsets(settings: Settings, group: str) -> dict[int, int]:
     """A consumer group's committed offset per partition of every topic it consumes (the
     next offset it will read); partitions with no commit are left out."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(**client_options(settings))
     try:
         await admin.start()
         offsets = await admin.list_consumer_group_offsets(group)

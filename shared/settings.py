@@ -12,7 +12,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -39,6 +39,22 @@ class Settings(BaseModel):
     # --- services the pipeline talks to -------------------------------------------------
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092",
                                          json_schema_extra=_needed(*_STAGES))
+    #: ``SSL``: TLS to the broker, verified against ``KAFKA_SSL_CAFILE`` (hostname
+    #: included), and a client certificate when ``KAFKA_SSL_CERTFILE`` is set (mTLS: the
+    #: certificate's subject is the Kafka principal the broker's ACLs name)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL"] = "PLAINTEXT"
+    #: the PEM CA bundle that signed the brokers' certificates (empty: the system's)
+    kafka_ssl_cafile: str = ""
+    #: PEM: this process's client certificate (chain), and its private key unless
+    #: ``KAFKA_SSL_KEYFILE`` is set
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
+    #: per-stage client certificate (PEM: key and certificate in one file), so that one
+    #: environment can give each stage its own Kafka principal (the local stack's
+    #: ``endpoints.env``); each wins over ``KAFKA_SSL_CERTFILE`` for its stage
+    ingest_kafka_ssl_certfile: str = ""
+    signer_kafka_ssl_certfile: str = ""
+    anchorer_kafka_ssl_certfile: str = ""
     database_dsn: str = Field(default="postgresql://ledger@127.0.0.1:5432/ledger",
                               json_schema_extra=_needed(*PROCESSES))
     #: ingest too: its /health reads the signing key's metadata (a read-only token will do)
@@ -155,7 +171,27 @@ class Settings(BaseModel):
             problem = dsn_tls_problem(self.database_dsn)
             if problem:
                 raise ValueError(problem)
+            if self.kafka_security_protocol != "SSL":
+                raise ValueError(
+                    "LEDGER_REQUIRE_TLS is on but KAFKA_SECURITY_PROTOCOL is "
+                    f"{self.kafka_security_protocol}: set KAFKA_SECURITY_PROTOCOL=SSL and "
+                    "KAFKA_SSL_CAFILE (the CA of the brokers' certificates), or set "
+                    "LEDGER_REQUIRE_TLS=false to allow a plaintext Kafka connection"
+                )
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError("KAFKA_SSL_KEYFILE is set but KAFKA_SSL_CERTFILE is not: a key "
+                             "needs its certificate")
         return self
+
+    def for_stage(self, stage: str) -> Settings:
+        """These settings as ``stage`` (``ingest``/``signer``/``anchorer``) uses them: its own
+        Kafka client certificate (``LEDGER_<STAGE>_KAFKA_SSL_CERTFILE``) when one is set."""
+        if stage not in _STAGES:
+            raise ValueError(f"unknown stage {stage!r}; one of {_STAGES}")
+        own = str(getattr(self, f"{stage}_kafka_ssl_certfile"))
+        if not own:
+            return self
+        return self.model_copy(update={"kafka_ssl_certfile": own, "kafka_ssl_keyfile": ""})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -220,6 +256,10 @@ ENV_NAMES: dict[str, str] = {
 ENV_NAMES.update(
     {
         "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+        "kafka_security_protocol": "KAFKA_SECURITY_PROTOCOL",
+        "kafka_ssl_cafile": "KAFKA_SSL_CAFILE",
+        "kafka_ssl_certfile": "KAFKA_SSL_CERTFILE",
+        "kafka_ssl_keyfile": "KAFKA_SSL_KEYFILE",
         "database_dsn": "CRDB_DSN",
         "vault_addr": "VAULT_ADDR",
         "vault_token": "VAULT_TOKEN",

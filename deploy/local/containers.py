@@ -99,6 +99,7 @@ class ContainerService(LocalService):
         from testcontainers.community.kafka import KafkaContainer  # noqa: PLC0415
 
         from deploy.local.kafka import TOPICS, create_topics, partitions_from_env  # noqa: PLC0415
+        from shared.settings import Settings  # noqa: PLC0415
 
         c = KafkaContainer(IMAGES["kafka"]).with_kraft()
         c.with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
@@ -107,7 +108,8 @@ class ContainerService(LocalService):
         _loopback_ports(c)
         self._container = c.start()
         bootstrap = c.get_bootstrap_server()
-        create_topics(bootstrap, TOPICS, partitions_from_env())
+        # plaintext: the container's broker has no TLS listener (the local stack's does)
+        create_topics(Settings(kafka_bootstrap_servers=bootstrap), TOPICS, partitions_from_env())
         self._endpoints = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap}
 
     def _vault(self) -> None:

@@ -11,7 +11,7 @@ and the environment's values are used instead:
 
 =========  ==========================================
 postgres   ``CRDB_DSN``
-kafka      ``KAFKA_BOOTSTRAP_SERVERS``
+kafka      ``KAFKA_BOOTSTRAP_SERVERS`` (and its ``KAFKA_SSL_*`` when set)
 openbao    ``VAULT_ADDR`` and ``VAULT_TOKEN``
 rekor      ``REKOR_SERVER_URL``
 =========  ==========================================
@@ -70,6 +70,9 @@ EXTERNAL_ENV: dict[str, tuple[str, ...]] = {
 #: Further variables taken from the environment with an external service when present.
 _EXTERNAL_EXTRA: dict[str, tuple[str, ...]] = {
     "postgres": ("LEDGER_REQUIRE_TLS",),
+    "kafka": ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE",
+              "KAFKA_SSL_KEYFILE", "LEDGER_INGEST_KAFKA_SSL_CERTFILE",
+              "LEDGER_SIGNER_KAFKA_SSL_CERTFILE", "LEDGER_ANCHORER_KAFKA_SSL_CERTFILE"),
     "openbao": ("VAULT_TRANSIT_KEY", "LEDGER_VAULT_ANCHOR_KEY", "VAULT_CACERT",
                 "LEDGER_SIGNER_VAULT_TOKEN_FILE", "LEDGER_ANCHORER_VAULT_TOKEN_FILE"),
     "rekor": ("REKOR_PUBLIC_KEY", "LEDGER_REKOR_PUBLIC_KEY"),

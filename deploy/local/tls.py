@@ -8,10 +8,11 @@ covers the requested DNS names and IP addresses, was issued by this CA and has m
 with mode 600; the directory is 0700 (make the key readable by a server's own user with
 :func:`install_key`).
 
-Command line (the compose file's certificate job)::
+Command line (the compose file's certificate jobs)::
 
     python -m deploy.local.tls CA_DIR NAME --dns postgres --ip 127.0.0.1 \
-        [--install DIR --owner UID:GID]
+        [--common-name CN] [--client-auth] [--install DIR] [--pem FILE] [--owner UID:GID]
+    python -m deploy.local.tls CA_DIR NAME --client --common-name PRINCIPAL --pem FILE
 
 ``--install`` copies the server's certificate, its key and ``ca.crt`` (not the CA's key) into
 ``DIR``, the key owned by ``--owner``: the directory a server and its clients mount.
@@ -36,7 +37,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from deploy.local.files import write_file
 
-__all__ = ["CA_CERT", "RENEW_BEFORE", "LocalCA", "ServerCert", "install_key"]
+__all__ = ["CA_CERT", "RENEW_BEFORE", "LocalCA", "ServerCert", "install_key", "write_pem_bundle"]
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -103,64 +104,104 @@ class LocalCA:
         write_file(self.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return cert, key
 
-    def server_cert(self, name: str, *, dns: Sequence[str] = (),
-                    ips: Sequence[str] = ()) -> ServerCert:
-        """``<name>.crt``/``<name>.key`` for these DNS names and IPs: reused when still good."""
-        if not name.replace("-", "").replace("_", "").isalnum():
-            raise ValueError(f"certificate name {name!r}: letters, digits, - and _ only")
+    def server_cert(self, name: str, *, dns: Sequence[str] = (), ips: Sequence[str] = (),
+                    common_name: str = "", client_auth: bool = False) -> ServerCert:
+        """``<name>.crt``/``<name>.key`` for these DNS names and IPs: reused when still good.
+
+        ``common_name`` (default: the first name) is the subject's CN; ``client_auth`` lets
+        the server also present the certificate as a client (a Kafka broker to its own
+        controller listener)."""
         if not dns and not ips:
             raise ValueError("a server certificate needs at least one DNS name or IP address")
         addresses = [ipaddress.ip_address(ip) for ip in ips]
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+        if client_auth:
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+        profile = _Profile(common_name or (list(dns) or [str(addresses[0])])[0], set(dns),
+                           set(addresses), tuple(usages))
+        return self._issued(name, profile)
+
+    def client_cert(self, name: str, *, common_name: str = "") -> ServerCert:
+        """``<name>.crt``/``<name>.key``: a TLS client certificate whose subject is exactly
+        ``CN=<common_name>`` (default ``name``; a Kafka principal, mapped by the broker's
+        ``ssl.principal.mapping.rules``); reused when still good."""
+        usages = (ExtendedKeyUsageOID.CLIENT_AUTH,)
+        return self._issued(name, _Profile(common_name or name, set(), set(), usages))
+
+    def _issued(self, name: str, profile: _Profile) -> ServerCert:
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"certificate name {name!r}: letters, digits, - and _ only")
         ca_cert, ca_key = self.ensure()
         out = ServerCert(self.directory / f"{name}.crt", self.directory / f"{name}.key",
                          self.cert_path)
-        if not _still_good(out, ca_cert, set(dns), set(addresses)):
+        if not _still_good(out, ca_cert, profile):
             key = ec.generate_private_key(ec.SECP256R1())
-            cert = _issue(ca_cert, ca_key, key, list(dns), addresses)
+            cert = _issue(ca_cert, ca_key, key, profile)
             write_file(out.key, _key_pem(key))
             write_file(out.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Profile:
+    """What a leaf certificate says: its CN, its names and what it may be used for."""
+
+    common_name: str
+    dns: set[str]
+    ips: set[_IP]
+    usages: tuple[x509.ObjectIdentifier, ...]
+
+
 def _issue(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
-           key: ec.EllipticCurvePrivateKey, dns: list[str], ips: list[_IP]) -> x509.Certificate:
+           key: ec.EllipticCurvePrivateKey, profile: _Profile) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (dns or [str(ips[0])])[0])])
-    names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-    names += [x509.IPAddress(ip) for ip in ips]
-    return (
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, profile.common_name)])
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject).issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(min(now + SERVER_LIFETIME, ca_cert.not_valid_after_utc))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+    )
+    names: list[x509.GeneralName] = [x509.DNSName(d) for d in sorted(profile.dns)]
+    names += [x509.IPAddress(ip) for ip in sorted(profile.ips, key=str)]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return (
+        builder
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(
             digital_signature=True, content_commitment=False, key_encipherment=False,
             data_encipherment=False, key_agreement=True, key_cert_sign=False, crl_sign=False,
             encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(list(profile.usages)), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                        critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 
 
-def _still_good(out: ServerCert, ca_cert: x509.Certificate, dns: set[str],
-                ips: set[_IP]) -> bool:
+def _still_good(out: ServerCert, ca_cert: x509.Certificate, profile: _Profile) -> bool:
     if not (out.cert.is_file() and out.key.is_file()):
         return False
     try:
         cert = x509.load_pem_x509_certificate(out.cert.read_bytes())
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         cert.verify_directly_issued_by(ca_cert)
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            dns, ips = set(san.get_values_for_type(x509.DNSName)), set(
+                san.get_values_for_type(x509.IPAddress))
+        except x509.ExtensionNotFound:
+            dns, ips = set(), set()
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
-        return False  # unreadable, not ours, or no SAN: issue a new one
+        return False  # unreadable, not ours, or an older profile: issue a new one
     left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
-    return (left > RENEW_BEFORE and set(san.get_values_for_type(x509.DNSName)) == dns
-            and set(san.get_values_for_type(x509.IPAddress)) == ips)
+    return (left > RENEW_BEFORE and dns == profile.dns and ips == profile.ips
+            and [a.value for a in cn] == [profile.common_name]
+            and list(usages) == list(profile.usages))
 
 
 def install_key(source: ServerCert, directory: Path, *, uid: int | None = None,
@@ -179,23 +220,57 @@ def install_key(source: ServerCert, directory: Path, *, uid: int | None = None,
     return out
 
 
+def write_pem_bundle(issued: ServerCert, path: Path, *, uid: int | None = None,
+                     gid: int | None = None) -> Path:
+    """Write ``issued``'s key and certificate as one PEM file (mode 600; a Kafka PEM key
+    store, or a client's ``KAFKA_SSL_CERTFILE``) and ``ca.crt`` next to it; returns the
+    bundle's path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file(path, issued.key.read_bytes() + issued.cert.read_bytes())
+    ca = path.parent / CA_CERT
+    shutil.copyfile(issued.ca, ca)
+    ca.chmod(0o644)
+    if uid is not None:
+        for written in (path, ca):
+            os.chown(written, uid, -1 if gid is None else gid)
+    return path
+
+
+def _owner(text: str) -> tuple[int | None, int | None]:
+    uid_text, _, gid_text = text.partition(":")
+    uid = int(uid_text) if uid_text else None
+    return uid, int(gid_text) if gid_text else uid
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m deploy.local.tls",
-                                description="Create a CA once and issue a server certificate.")
+                                description="Create a CA once and issue a certificate.")
     p.add_argument("directory", type=Path)
-    p.add_argument("name", help="file name stem of the server certificate")
+    p.add_argument("name", help="file name stem of the certificate")
     p.add_argument("--dns", action="append", default=[])
     p.add_argument("--ip", action="append", default=[])
+    p.add_argument("--common-name", default="", help="the subject's CN (default: first name)")
+    p.add_argument("--client", action="store_true",
+                   help="a client certificate (CN = --common-name or NAME; no host names)")
+    p.add_argument("--client-auth", action="store_true",
+                   help="a server certificate that may also act as a client")
     p.add_argument("--install", type=Path, default=None,
                    help="copy certificate, key and ca.crt (not the CA key) into this directory")
+    p.add_argument("--pem", type=Path, default=None,
+                   help="write key and certificate as one PEM file (and ca.crt next to it)")
     p.add_argument("--owner", default="", help="UID:GID owning the installed key (the server)")
     args = p.parse_args(argv)
-    issued = LocalCA(args.directory).server_cert(args.name, dns=args.dns, ips=args.ip)
+    ca = LocalCA(args.directory)
+    if args.client:
+        issued = ca.client_cert(args.name, common_name=args.common_name)
+    else:
+        issued = ca.server_cert(args.name, dns=args.dns, ips=args.ip,
+                                common_name=args.common_name, client_auth=args.client_auth)
+    uid, gid = _owner(args.owner)
+    if args.pem is not None:
+        print(f"{write_pem_bundle(issued, args.pem, uid=uid, gid=gid)} (CA {issued.ca})")
     if args.install is not None:
-        uid_text, _, gid_text = args.owner.partition(":")
-        uid = int(uid_text) if uid_text else None
-        issued = install_key(issued, args.install, uid=uid,
-                             gid=int(gid_text) if gid_text else uid)
+        issued = install_key(issued, args.install, uid=uid, gid=gid)
         args.install.chmod(0o755)
     print(f"{issued.cert} (CA {issued.ca})")
     return 0

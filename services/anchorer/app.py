@@ -188,6 +188,7 @@ class AnchorerProcess:
     """
 
     def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+        settings = settings.for_stage(STAGE)  # its own Kafka principal, if configured
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.service = Service(STAGE, grace_s=settings.shutdown_grace_s)

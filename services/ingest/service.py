@@ -63,6 +63,7 @@ class IngestProcess:
         on_listening: Callable[[str], None] | None = None,
     ) -> None:
         check_auth_config(settings)
+        settings = settings.for_stage("ingest")  # its own Kafka principal, if configured
         self.tls = server_tls_context(settings)
         self.settings = settings
         self.metrics = metrics or Metrics()

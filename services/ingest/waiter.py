@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from shared.errors import InvalidMessage, KafkaUnavailable
+from shared.kafka_tls import client_options
 from shared.messages import SignedEntry, decode
 from shared.settings import Settings
 
@@ -125,7 +126,7 @@ class KafkaSignedWaiter(FutureRegistry):
         self._topic = settings.topic_signed
         self._consumer: _Consumer = consumer or AIOKafkaConsumer(
             settings.topic_signed,
-            bootstrap_servers=settings.kafka_bootstrap_servers,
+            **client_options(settings),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="latest",

@@ -46,7 +46,6 @@ from services.anchorer.trust import LogKeySource
 from services.signer.app import run_signer
 from shared.db import Database, migrate
 from shared.kafka import Producer, make_consumer, make_producer
-from shared.kafka_admin import ensure_topics
 from shared.lifecycle import Lifecycle
 from shared.merkle import leaf_hash, verify_inclusion
 from shared.messages import AnchoredEntry, AppendRequest
@@ -65,6 +64,7 @@ from shared.verify import (
     verify_receipt,
 )
 from tests.support.crash_after_rekor import CRASH_MESSAGE
+from tests.support.lanes import lane_topics
 from tests.support.rekor_proxy import RekorProxy
 from tests.support.waiting import wait_for
 
@@ -103,10 +103,6 @@ async def world(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator
         "topic_signed": f"t{suffix}.signed",
         "topic_anchored": f"t{suffix}.anchored",
     }
-    await ensure_topics(settings.kafka_bootstrap_servers,
-        [*topics.values(), f"t{suffix}.append.dlq", f"t{suffix}.signed.dlq"],
-        partitions=4,
-    )
     base = settings.model_copy(
         update={
             "database_dsn": dsn,
@@ -120,6 +116,7 @@ async def world(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator
             "log_level": "INFO",
         }
     )
+    await lane_topics(base, 4)
     db = await Database.connect(base)
     await migrate(db)
     producer = await make_producer(base, client_id=f"test-{suffix}")

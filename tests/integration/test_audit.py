@@ -33,13 +33,13 @@ from services.anchorer import run_anchorer
 from services.signer.app import run_signer
 from shared.db import Database, migrate
 from shared.kafka import make_producer
-from shared.kafka_admin import ensure_topics
 from shared.merkle import MerkleTree
 from shared.messages import AppendRequest
 from shared.records import ENTRY_COLUMNS, EntryRecord
 from shared.settings import Settings
 from shared.statement import content_sha256, entry_id_for, manifest_bytes, statement_bytes
 from tests.integration.test_anchorer import running
+from tests.support.lanes import lane_topics
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -116,8 +116,7 @@ async def ledger(stack: Any, settings: Settings) -> AsyncIterator[Ledger]:
         "sweeper_age_s": 3600.0,
         "shutdown_grace_s": 10.0,
     })
-    await ensure_topics(s.kafka_bootstrap_servers, [s.topic_append, s.topic_signed, s.topic_anchored,
-                            s.topic_append + ".dlq", s.topic_signed + ".dlq"], partitions=2)
+    await lane_topics(s, partitions=2)
     db = await Database.connect(s, min_size=1, max_size=2)
     await migrate(db)
 

@@ -39,7 +39,7 @@ async def _ledger(stack_env: dict[str, str], *args: str) -> subprocess.Completed
 
 
 async def _seed(settings: Settings, topic: str) -> None:
-    await ensure_topics(settings.kafka_bootstrap_servers, [topic, dlq_topic(topic)], 1)
+    await ensure_topics(settings, [topic, dlq_topic(topic)], 1)
     producer = await make_producer(settings, client_id="dlq-cli-test")
     try:
         for i, reason in enumerate(["not JSON: x", "idempotency conflict", "not JSON: y"]):

@@ -33,6 +33,7 @@ from services.ingest import create_token, run_ingest
 from services.signer import run_signer
 from shared.db import Database, migrate
 from shared.kafka import make_producer
+from shared.kafka_tls import client_options
 from shared.lifecycle import Lifecycle
 from shared.messages import AppendRequest
 from shared.settings import Settings
@@ -150,7 +151,7 @@ async def signer_running(s: Settings) -> AsyncIterator[None]:
 async def scan_topic(settings: Settings, topic: str) -> list[bytes]:
     """Every record value of ``topic`` from the beginning to the current end, in
     (partition, offset) order (a fetch interleaves partitions as it pleases)."""
-    c = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap_servers,
+    c = AIOKafkaConsumer(topic, **client_options(settings),
                          enable_auto_commit=False, group_id=None, auto_offset_reset="earliest")
     await c.start()
     try:

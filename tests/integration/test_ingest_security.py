@@ -26,9 +26,9 @@ import aiohttp
 import pytest
 
 from services.ingest import create_token
-from shared.kafka_admin import ensure_topics
 from shared.settings import Settings
 from tests.integration.test_ingest import PARTITIONS, b64, scan_topic
+from tests.support.lanes import lane_topics
 from tests.support.waiting import wait_for
 from tests.unit.test_ingest_tls import write_certificate
 
@@ -68,8 +68,7 @@ async def lane(settings: Settings, tmp_path: Path) -> AsyncIterator[Settings]:
         "http_port": 0, "tokens_file": str(tmp_path / "tokens.jsonl"),
         "shutdown_grace_s": 5.0,
     })
-    await ensure_topics(s.kafka_bootstrap_servers, [s.topic_append, s.topic_signed],
-                        PARTITIONS)
+    await lane_topics(s, PARTITIONS)
     yield s
 
 

@@ -30,6 +30,7 @@ from shared.kafka import (
     make_producer,
 )
 from shared.kafka_admin import ensure_topics
+from shared.kafka_tls import client_options
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,7 @@ def kafka_settings(request: pytest.FixtureRequest) -> Settings:
 @pytest.fixture
 async def topic(kafka_settings: Settings) -> str:
     name = f"contract.{uuid.uuid4().hex[:10]}"
-    created = await ensure_topics(kafka_settings.kafka_bootstrap_servers, [name, dlq_topic(name)], 1)
+    created = await ensure_topics(kafka_settings, [name, dlq_topic(name)], 1)
     assert created == [name, dlq_topic(name)]
     return name
 
@@ -78,12 +79,11 @@ async def _drain(consumer: Consumer, want: int, *, rounds: int = 40) -> list[Rec
 
 
 async def test_ensure_topics_is_idempotent(kafka_settings: Settings, topic: str) -> None:
-    bootstrap = kafka_settings.kafka_bootstrap_servers
-    assert await ensure_topics(bootstrap, [topic, dlq_topic(topic)], 1) == []
+    assert await ensure_topics(kafka_settings, [topic, dlq_topic(topic)], 1) == []
 
 
-async def _partitions(bootstrap: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _partitions(settings: Settings, topic: str) -> int:
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])
@@ -95,7 +95,7 @@ async def _partitions(bootstrap: str, topic: str) -> int:
 async def test_ensure_topics_grows_only_when_asked_and_never_shrinks(
     kafka_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    bootstrap = kafka_settings.kafka_bootstrap_servers
+    bootstrap = kafka_settings
     name = f"contract.grow.{uuid.uuid4().hex[:8]}"
     assert await ensure_topics(bootstrap, [name], 1) == [name]
     with caplog.at_level(logging.WARNING, logger="ledger.kafka"):
@@ -292,7 +292,7 @@ async def test_unreachable_broker_is_kafka_unavailable(kafka_settings: Settings)
         await make_producer(settings, client_id="nowhere", start_timeout_s=5)
     assert info.value.retryable
     with pytest.raises(KafkaUnavailable):
-        await ensure_topics(settings.kafka_bootstrap_servers, ["x"], 1, timeout_s=3)
+        await ensure_topics(settings, ["x"], 1, timeout_s=3)
 
 
 async def test_a_session_timeout_the_brokers_refuse_is_a_configuration_error(

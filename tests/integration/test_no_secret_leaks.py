@@ -60,6 +60,7 @@ from benchmarks.harness import Bench, Lane, free_port
 from deploy.local.stack import Stack
 from services.ingest import create_token
 from shared.kafka import make_producer
+from shared.kafka_tls import client_options
 from shared.settings import Settings
 from tests.support.waiting import wait_for
 
@@ -152,7 +153,7 @@ class KafkaRecord:
 
 async def read_records(settings: Settings, topics: list[str]) -> list[KafkaRecord]:
     """Every record of ``topics`` up to their end offsets, headers included."""
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap_servers,
+    consumer = AIOKafkaConsumer(*topics, **client_options(settings),
                                 group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await asyncio.wait_for(consumer.start(), 30)

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.anchorer import run_anchorer
 from shared.db import Database, migrate
+from shared.kafka_tls import client_options
 from shared.lifecycle import Lifecycle
 from shared.settings import Settings
 from shared.telemetry import Metrics
@@ -171,7 +172,7 @@ async def corpus_db(settings: Settings) -> AsyncIterator[Database]:
 
 @pytest.fixture
 async def corpus_producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    p = AIOKafkaProducer(**client_options(settings), acks="all")
     await p.start()
     yield p
     await p.stop()

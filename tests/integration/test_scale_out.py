@@ -51,7 +51,8 @@ from aiokafka.errors import KafkaError
 
 from shared.db import Database, migrate
 from shared.kafka import Producer, make_producer
-from shared.kafka_admin import committed_offsets, ensure_topics
+from shared.kafka_admin import committed_offsets
+from shared.kafka_tls import client_options
 from shared.messages import AnchoredEntry, AppendRequest
 from shared.settings import Settings
 from shared.statement import entry_id_for
@@ -63,6 +64,7 @@ from tests.integration.test_anchorer import (
     sigstore_keyring,
     verify_event,
 )
+from tests.support.lanes import lane_topics
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -108,10 +110,6 @@ async def lane(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator[
         "topic_signed": f"s{suffix}.signed",
         "topic_anchored": f"s{suffix}.anchored",
     }
-    await ensure_topics(settings.kafka_bootstrap_servers,
-        [*topics.values(), f"s{suffix}.append.dlq", f"s{suffix}.signed.dlq"],
-        partitions=PARTITIONS,
-    )
     s = settings.model_copy(
         update={
             "database_dsn": dsn,
@@ -132,6 +130,7 @@ async def lane(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator[
             "log_level": "INFO",
         }
     )
+    await lane_topics(s, PARTITIONS)
     log_key = load_log_key(_read_key(s.rekor_public_key))
     db = await Database.connect(s)
     await migrate(db)
@@ -207,7 +206,7 @@ async def stop(worker: Worker) -> int:
 
 async def group_members(lane: Lane, group: str) -> tuple[str, set[int]]:
     """The group's state and the pids of the members that hold an assignment."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=lane.settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**client_options(lane.settings))
     await admin.start()
     try:
         responses = await admin.describe_consumer_groups([group])
@@ -298,7 +297,7 @@ async def count(lane: Lane, sql: str, *args: Any) -> int:
 
 
 async def end_offsets(lane: Lane, topic: str) -> dict[int, int]:
-    c = AIOKafkaConsumer(bootstrap_servers=lane.settings.kafka_bootstrap_servers,
+    c = AIOKafkaConsumer(**client_options(lane.settings),
                          enable_auto_commit=False, group_id=None)
     await c.start()
     try:
@@ -313,7 +312,7 @@ async def read_all(lane: Lane, topic: str, *, limit_s: float = 60) -> list[Any]:
     """Every record of ``topic`` from the beginning up to its current end (no group)."""
     # auto_offset_reset="earliest" rather than seek_to_beginning(): the reset that assign()
     # starts (to the default, latest) can land after the seek and skip everything
-    c = AIOKafkaConsumer(bootstrap_servers=lane.settings.kafka_bootstrap_servers,
+    c = AIOKafkaConsumer(**client_options(lane.settings),
                          enable_auto_commit=False, group_id=None, auto_offset_reset="earliest",
                          max_partition_fetch_bytes=8 * 1024 * 1024)
     await c.start()
@@ -343,7 +342,7 @@ def headers_of(record: Any) -> dict[str, bytes]:
 
 async def caught_up(lane: Lane, group: str, topic: str) -> bool:
     ends = await end_offsets(lane, topic)
-    committed = await committed_offsets(lane.settings.kafka_bootstrap_servers, group)
+    committed = await committed_offsets(lane.settings, group)
     return all(committed.get(p, 0) >= end for p, end in ends.items())
 
 
@@ -436,7 +435,7 @@ async def test_two_of_each_stage_with_a_kill_9_each_sign_and_anchor_everything_o
         orphaned = claimed_batches(victim_a) & {r["id"] for r in await lane.db.fetch(
             "SELECT id FROM ledger.batches WHERE state = 'pending'")}
         # nothing committed past unsigned work
-        committed = await committed_offsets(s.kafka_bootstrap_servers, s.signer_group)
+        committed = await committed_offsets(s, s.signer_group)
         stored = {r["request_id"] for r in await lane.db.fetch(
             "SELECT request_id FROM ledger.entries")}
         for (p, off), rid in produced.valid.items():

@@ -36,6 +36,7 @@ from deploy.local.process import free_port
 from services.signer import run_signer
 from shared.db import Database, migrate
 from shared.kafka_admin import committed_offsets
+from shared.kafka_tls import client_options, connection_environment
 from shared.lifecycle import Lifecycle
 from shared.messages import AppendRequest, SignedEntry
 from shared.settings import Settings
@@ -78,7 +79,8 @@ class Lane:
     def env(self) -> dict[str, str]:
         s = self.settings
         return {
-            "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+            **connection_environment(s),
+            "LEDGER_SIGNER_KAFKA_SSL_CERTFILE": s.signer_kafka_ssl_certfile,
             "CRDB_DSN": s.database_dsn,
             "VAULT_ADDR": s.vault_addr,
             "VAULT_TOKEN": s.vault_token.get_secret_value(),
@@ -120,7 +122,7 @@ async def lane(settings: Settings) -> Lane:
 
 @pytest.fixture
 async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=5)
+    p = AIOKafkaProducer(**client_options(settings), acks="all", linger_ms=5)
     await p.start()
     yield p
     await p.stop()
@@ -154,7 +156,7 @@ async def count_rows(db: Database, prefix: str) -> int:
 
 async def read_topic(settings: Settings, topic: str, *, until: Callable[[list[Any]], bool], within: float) -> list[Any]:
     """Records of ``topic`` from the beginning (no group) until ``until(records)`` holds."""
-    c = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
+    c = AIOKafkaConsumer(topic, **client_options(settings), enable_auto_commit=False,
                          auto_offset_reset="earliest", group_id=None)
     await c.start()
     try:
@@ -325,7 +327,7 @@ async def test_poison_messages_are_dead_lettered_and_good_ones_behind_them_signe
 
 
 async def offset_committed(lane: Lane, partition: int, offset: int) -> bool:
-    return (await committed_offsets(lane.settings.kafka_bootstrap_servers, lane.settings.signer_group)).get(partition, -1) >= offset
+    return (await committed_offsets(lane.settings, lane.settings.signer_group)).get(partition, -1) >= offset
 
 
 # --- crash and outages ---------------------------------------------------------------------------
@@ -348,7 +350,7 @@ async def produce_stream(producer: AIOKafkaProducer, lane: Lane, n: int, *, star
 
 async def assert_no_commit_past_unsigned_work(lane: Lane, db: Database, where: dict[tuple[int, int], str]) -> dict[int, int]:
     """Every record below the group's committed offset has its row. Returns the offsets."""
-    committed = await committed_offsets(lane.settings.kafka_bootstrap_servers, lane.settings.signer_group)
+    committed = await committed_offsets(lane.settings, lane.settings.signer_group)
     stored = {r["request_id"] for r in await db.fetch(
         "SELECT request_id FROM ledger.entries WHERE request_id LIKE $1", lane.prefix + "-%")}
     for (partition, offset), rid in where.items():
@@ -407,7 +409,7 @@ async def all_committed(lane: Lane, where: dict[tuple[int, int], str]) -> bool:
     ends: dict[int, int] = {}
     for partition, offset in where:
         ends[partition] = max(ends.get(partition, 0), offset + 1)
-    committed = await committed_offsets(lane.settings.kafka_bootstrap_servers, lane.settings.signer_group)
+    committed = await committed_offsets(lane.settings, lane.settings.signer_group)
     return all(committed.get(p, -1) >= end for p, end in ends.items())
 
 
@@ -465,7 +467,7 @@ async def test_database_outage_commits_nothing_past_unsigned_work_and_recovers(l
             where |= await produce_stream(producer, lane, total - 500, start=500)
             await wait_for(lambda: paused(metrics), within=90, what="the signer to pause on the database")
             # the database is down: check the commits against what was stored before it went
-            committed = await committed_offsets(lane.settings.kafka_bootstrap_servers, lane.settings.signer_group)
+            committed = await committed_offsets(lane.settings, lane.settings.signer_group)
         finally:
             await asyncio.to_thread(postgres.start, lambda _m: None)
         stored = {r["request_id"] for r in await db.fetch(

@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -23,6 +24,8 @@ from deploy.local.kafka import TOPICS, Kafka, partitions_from_env
 from deploy.local.process import ManagedProcess
 from deploy.local.sockets import is_loopback, listeners
 from deploy.local.stack import Stack, stack_status
+from shared.kafka_tls import client_options
+from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -95,9 +98,13 @@ async def test_postgres_tcp_needs_the_password(stack: Stack) -> None:
         await asyncpg.connect(without_password.replace("ledger@", "postgres@"), timeout=10)
 
 
+def _kafka(endpoints: dict[str, str]) -> dict[str, Any]:
+    """aiokafka's connection keywords for a stack's endpoints (its administrator)."""
+    return client_options(Settings.from_env(environ=endpoints))
+
+
 async def test_kafka_answers_with_the_pipeline_topics(stack: Stack) -> None:
-    bootstrap = stack.endpoints()["KAFKA_BOOTSTRAP_SERVERS"]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**_kafka(stack.endpoints()))
     await admin.start()
     try:
         topics = set(await admin.list_topics())
@@ -113,16 +120,16 @@ async def test_kafka_answers_with_the_pipeline_topics(stack: Stack) -> None:
 async def test_kafka_does_not_auto_create_topics(stack: Stack) -> None:
     if stack.service("kafka") is None:
         pytest.skip("external Kafka")
-    bootstrap = stack.endpoints()["KAFKA_BOOTSTRAP_SERVERS"]
+    kafka = _kafka(stack.endpoints())
     name = f"stack.no-such-topic.{uuid.uuid4().hex[:8]}"
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    producer = AIOKafkaProducer(**kafka, request_timeout_ms=3000)
     await producer.start()
     try:
         with pytest.raises(Exception):  # noqa: B017 - aiokafka: timeout or unknown topic
             await producer.send_and_wait(name, b"x")
     finally:
         await producer.stop()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka)
     await admin.start()
     try:
         assert name not in await admin.list_topics()
@@ -194,9 +201,9 @@ async def test_restart_reuses_ports_and_data_and_stop_leaves_nothing(stack_run_d
     try:
         private.start_all()
         first = private.endpoints()
-        dsn, bootstrap = first["CRDB_DSN"], first["KAFKA_BOOTSTRAP_SERVERS"]
+        dsn, kafka = first["CRDB_DSN"], _kafka(first)
         assert await _pg_roundtrip(dsn, "restart_probe", "before") == ["before"]
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        producer = AIOKafkaProducer(**kafka, acks="all")
         await producer.start()
         try:
             await producer.send_and_wait("ledger.append", b"survives", key=b"k", partition=0)
@@ -214,7 +221,7 @@ async def test_restart_reuses_ports_and_data_and_stop_leaves_nothing(stack_run_d
         assert private.endpoints() == first
         assert {n: s.load_state()["ports"] for n, s in private.services.items()} == ports
         assert await _pg_roundtrip(dsn, "restart_probe") == ["before"]
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**_kafka(first), enable_auto_commit=False)
         await consumer.start()
         try:
             tp = TopicPartition("ledger.append", 0)

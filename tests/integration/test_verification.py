@@ -25,12 +25,12 @@ from ledger.cli import main
 from services.anchorer import run_anchorer
 from shared.db import Database, migrate
 from shared.kafka import Record, make_consumer
-from shared.kafka_admin import ensure_topics
 from shared.messages import AnchoredEntry
 from shared.settings import Settings
 from shared.tracing import trace_id_of
 from tests.integration.test_anchorer import running
 from tests.integration.test_ingest import ingest_running, signer_running
+from tests.support.lanes import lane_topics
 
 pytestmark = pytest.mark.integration
 
@@ -56,8 +56,7 @@ async def lane(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator[
         "sweeper_age_s": 3600.0,
         "shutdown_grace_s": 10.0,
     })
-    await ensure_topics(s.kafka_bootstrap_servers, [s.topic_append, s.topic_signed, s.topic_anchored,
-                            s.topic_append + ".dlq", s.topic_signed + ".dlq"], partitions=2)
+    await lane_topics(s, partitions=2)
     db = await Database.connect(s, min_size=1, max_size=2)
     try:
         await migrate(db)

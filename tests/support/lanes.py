@@ -9,10 +9,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from shared.kafka_acls import apply_acls, pipeline_acls
 from shared.kafka_admin import ensure_topics
 from shared.settings import Settings
 
-__all__ = ["new_prefix", "private_lane"]
+__all__ = ["lane_topics", "new_prefix", "private_lane"]
 
 
 def new_prefix(letter: str) -> str:
@@ -32,10 +33,18 @@ async def private_lane(settings: Settings, prefix: str, partitions: int, **chang
         "anchorer_group": f"{prefix}-anchorer",
         **changes,
     })
-    await ensure_topics(
-        s.kafka_bootstrap_servers,
-        [s.topic_append, s.topic_signed, s.topic_anchored,
-         f"{s.topic_append}.dlq", f"{s.topic_signed}.dlq"],
-        partitions,
-    )
+    await lane_topics(s, partitions)
     return s
+
+
+async def lane_topics(settings: Settings, partitions: int) -> None:
+    """Create the topics ``settings`` name (and their dead-letter topics) with
+    ``partitions`` partitions, and, on a broker with authorisation (the local stack's mutual
+    TLS), grant the stages' principals the pipeline's ACLs on them (as the administrator,
+    ``settings``' own certificate): the stages of a lane then run with exactly the
+    permissions they have in production."""
+    s = settings
+    await ensure_topics(s, [s.topic_append, s.topic_signed, s.topic_anchored,
+                            f"{s.topic_append}.dlq", f"{s.topic_signed}.dlq"], partitions)
+    if s.kafka_security_protocol == "SSL":
+        await apply_acls(s, pipeline_acls(s))

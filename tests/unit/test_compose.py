@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy.local.kafka import TOPICS, Kafka
+from deploy.local.kafka import TOPICS, Kafka, security_properties
 from deploy.local.openbao import (
     ANCHOR_KEY,
     ANCHOR_KEY_TYPE,
@@ -114,6 +114,8 @@ def test_pipeline_gets_every_env_var_of_the_local_stack(
     # the local stack's one environment names each stage's token file; compose gives each
     # stage its own VAULT_TOKEN instead (tested with the openbao-init job)
     local -= {"LEDGER_SIGNER_VAULT_TOKEN_FILE", "LEDGER_ANCHORER_VAULT_TOKEN_FILE"}
+    # likewise each stage's Kafka certificate: compose gives each its own KAFKA_SSL_CERTFILE
+    local -= {f"LEDGER_{name.upper()}_KAFKA_SSL_CERTFILE" for name in PIPELINE}
     for name in PIPELINE:
         env = _env(services[name])
         missing = local - set(env)
@@ -286,3 +288,29 @@ def test_ingest_tokens_file_is_created_once_by_a_job_ingest_waits_for(
     # the image's user (deploy/Dockerfile) must be able to read the 0600 file
     uid = re.search(r"^USER\s+(\d+)", (ROOT / "deploy" / "Dockerfile").read_text(), re.M)
     assert uid is not None and f"chown {uid.group(1)} {tokens}" in script
+
+
+def test_kafka_is_secured_as_the_local_stack_is(services: dict[str, Any]) -> None:
+    env = _env(services["kafka"])
+    for key, value in security_properties("/kafka-tls/broker.pem", "/kafka-tls/ca.crt").items():
+        name = "KAFKA_" + key.upper().replace(".", "_")
+        assert env.get(name, "").replace("$$", "$") == value, name
+    protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(protocols.values()) == {"SSL"}, "no plaintext listener"
+    # topics and ACLs made as the administrator, with the ACL table of shared/kafka_acls.py
+    init = _command_text(services["kafka-init"])
+    assert "--command-config /kafka-tls/admin.properties" in init and "acls.sh" in init
+    assert "ledger kafka-acls" in _command_text(services["kafka-certs"])
+
+
+def test_each_stage_mounts_only_its_own_kafka_certificate(services: dict[str, Any]) -> None:
+    for name in PIPELINE:
+        env = _env(services[name])
+        assert env["KAFKA_SECURITY_PROTOCOL"] == "SSL"
+        assert env["KAFKA_SSL_CERTFILE"] == "/kafka-client/client.pem"
+        kafka_volumes = [v for v in services[name]["volumes"] if str(v).startswith("kafka-")]
+        assert kafka_volumes == [f"kafka-{name}-tls:/kafka-client:ro"], name
+        Settings.from_env(env)  # LEDGER_REQUIRE_TLS holds for Kafka too
+    certs = _command_text(services["kafka-certs"])
+    for name in PIPELINE:
+        assert "/kafka-$$p-tls/client.pem" in certs and name in certs

@@ -1,4 +1,5 @@
-"""LEDGER_REQUIRE_TLS: a database DSN that would not verify the server is a startup error."""
+"""LEDGER_REQUIRE_TLS: a database DSN that would not verify the server, or a plaintext Kafka
+connection, is a startup error."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from shared.errors import ConfigError
 from shared.settings import Settings, dsn_tls_problem
 
 _BASE = "postgresql://ledger:pw-s3cret@db.example:5432/ledger"
+#: Kafka over TLS: what LEDGER_REQUIRE_TLS also asks for
+_KAFKA_TLS = {"KAFKA_SECURITY_PROTOCOL": "SSL"}
 
 
 @pytest.mark.parametrize("query", ["", "?sslmode=disable", "?sslmode=allow", "?sslmode=prefer",
@@ -30,14 +33,14 @@ def test_a_dsn_that_does_not_verify_the_server_is_refused(query: str) -> None:
 def test_a_verifying_dsn_is_accepted(mode: str, tmp_path: Path) -> None:
     ca = tmp_path / "ca.crt"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
-    s = Settings.from_env({"LEDGER_REQUIRE_TLS": "true",
+    s = Settings.from_env({"LEDGER_REQUIRE_TLS": "true", **_KAFKA_TLS,
                            "CRDB_DSN": f"{_BASE}?sslmode={mode}&sslrootcert={ca}"})
     assert s.require_tls
 
 
 async def test_a_missing_ca_file_is_named_before_any_connection(tmp_path: Path) -> None:
     missing = tmp_path / "nope" / "ca.crt"
-    settings = Settings.from_env({"LEDGER_REQUIRE_TLS": "true",
+    settings = Settings.from_env({"LEDGER_REQUIRE_TLS": "true", **_KAFKA_TLS,
                                   "CRDB_DSN": f"{_BASE}?sslmode=verify-full&sslrootcert={missing}"})
     with pytest.raises(ConfigError, match="does not exist") as info:
         await Database.connect(settings, connect_timeout_s=1)
@@ -59,3 +62,20 @@ def test_a_stage_with_a_plaintext_dsn_does_not_start(
     err = capsys.readouterr().err
     assert "LEDGER_REQUIRE_TLS is on but CRDB_DSN has sslmode=require" in err
     assert "pw-s3cret" not in err
+
+
+def test_plaintext_kafka_is_refused_when_tls_is_required(tmp_path: Path) -> None:
+    dsn = f"{_BASE}?sslmode=verify-full&sslrootcert={tmp_path / 'ca.crt'}"
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"LEDGER_REQUIRE_TLS": "true", "CRDB_DSN": dsn})
+    message = str(info.value)
+    assert "KAFKA_SECURITY_PROTOCOL is PLAINTEXT" in message
+    assert "KAFKA_SECURITY_PROTOCOL=SSL" in message  # says what to change
+    assert "pw-s3cret" not in message
+    assert Settings.from_env({"LEDGER_REQUIRE_TLS": "true", "CRDB_DSN": dsn,
+                              **_KAFKA_TLS}).kafka_security_protocol == "SSL"
+
+
+def test_an_unknown_kafka_security_protocol_is_named() -> None:
+    with pytest.raises(ConfigError, match="KAFKA_SECURITY_PROTOCOL"):
+        Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"})

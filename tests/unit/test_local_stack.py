@@ -56,6 +56,9 @@ def test_all_external_services_start_nothing(tmp_path: Path) -> None:
     env = {
         "CRDB_DSN": "postgresql://u:p@db.example:5432/ledger",
         "KAFKA_BOOTSTRAP_SERVERS": "kafka.example:9092",
+        "KAFKA_SECURITY_PROTOCOL": "SSL",
+        "KAFKA_SSL_CAFILE": "/etc/ledger/kafka-ca.pem",
+        "LEDGER_SIGNER_KAFKA_SSL_CERTFILE": "/run/secrets/signer-kafka.pem",
         "VAULT_ADDR": "http://vault.example:8200",
         "VAULT_TOKEN": "t",
         "VAULT_TRANSIT_KEY": "k",

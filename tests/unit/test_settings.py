@@ -28,7 +28,8 @@ def test_other_settings_use_the_ledger_prefix_and_are_typed() -> None:
     assert (s.http_port, s.auth_disabled, s.anchor_batch_max) == (9000, True, 1)
     assert all(name.startswith("LEDGER_") or name in {
         "KAFKA_BOOTSTRAP_SERVERS", "CRDB_DSN", "VAULT_ADDR", "VAULT_TOKEN", "VAULT_TRANSIT_KEY",
-        "REKOR_SERVER_URL", "VAULT_TOKEN_FILE", "VAULT_CACERT"} for name in ENV_NAMES.values())
+        "REKOR_SERVER_URL", "VAULT_TOKEN_FILE", "VAULT_CACERT", "KAFKA_SECURITY_PROTOCOL",
+        "KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"} for name in ENV_NAMES.values())
 
 
 def test_empty_values_mean_the_default() -> None:
@@ -62,8 +63,25 @@ def test_the_environment_of_settings_gives_a_process_the_same_settings() -> None
     s = Settings.from_env({
         "CRDB_DSN": "postgresql://u:pw@db/ledger?sslmode=verify-full&sslrootcert=/ca.crt",
         "VAULT_TOKEN": "s.secret", "LEDGER_AUTH_DISABLED": "true", "LEDGER_HTTP_PORT": "9000",
-        "LEDGER_REQUIRE_TLS": "true",
+        "LEDGER_REQUIRE_TLS": "true", "KAFKA_SECURITY_PROTOCOL": "SSL",
     })
     env = s.environment()
     assert env["VAULT_TOKEN"] == "s.secret" and env["LEDGER_AUTH_DISABLED"] == "true"
     assert Settings.from_env(env) == s
+
+
+def test_each_stage_takes_its_own_kafka_certificate() -> None:
+    s = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERTFILE": "/c/admin.pem",
+                           "KAFKA_SSL_KEYFILE": "/c/admin.key",
+                           "LEDGER_SIGNER_KAFKA_SSL_CERTFILE": "/c/signer.pem"})
+    signer = s.for_stage("signer")
+    assert (signer.kafka_ssl_certfile, signer.kafka_ssl_keyfile) == ("/c/signer.pem", "")
+    # a stage without its own certificate keeps the process's
+    assert s.for_stage("anchorer") == s
+    with pytest.raises(ValueError, match="unknown stage"):
+        s.for_stage("migrate")
+
+
+def test_a_kafka_key_without_its_certificate_is_refused() -> None:
+    with pytest.raises(ConfigError, match="KAFKA_SSL_KEYFILE is set but KAFKA_SSL_CERTFILE"):
+        Settings.from_env({"KAFKA_SSL_KEYFILE": "/c/admin.key"})
