@@ -381,7 +381,8 @@ class OpenBao(LocalService):
         self.save_state({**self.load_state(), "tls": self.tls})
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
-        write_file(self.config_path,
+        write_file(
+            self.config_path,
             f'storage "raft" {{\n  path = "{self.data_dir}"\n  node_id = "ledger-1"\n}}\n'
             f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n'
             f'  cluster_address = "127.0.0.1:{cluster_port}"\n{listener_tls}}}\n'
