@@ -11,8 +11,9 @@ read as ratios against them:
 * ``kafka``: ``--count`` messages of ~300 bytes produced with ``acks=all`` and idempotence,
   then consumed back from the beginning; messages/s each way.
 
-Secrets come from the environment (``VAULT_ADDR``, ``VAULT_TOKEN``, ``CRDB_DSN``). Each run
-prints one JSON line with its figures.
+Secrets come from the environment (``VAULT_ADDR``, ``VAULT_TOKEN``, ``CRDB_DSN``; Vault's
+certificate is verified against ``VAULT_CACERT`` when set). Each run prints one JSON line
+with its figures.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from benchmarks.loadgen import append_request
 from shared.kafka_tls import client_options
 from shared.settings import Settings
+from shared.vault_errors import cacert_context
 
 __all__ = ["main"]
 
@@ -66,7 +68,8 @@ async def vault(count: int, batch: int, concurrency: int, key: str) -> dict[str,
     calls = max(1, count // batch)
     todo = list(range(calls))
     async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=concurrency + 2),
+        connector=aiohttp.TCPConnector(limit=concurrency + 2,
+                                       ssl=cacert_context(os.environ.get("VAULT_CACERT", ""))),
         headers={"X-Vault-Token": token, "Content-Type": "application/json"},
     ) as http:
 

@@ -387,6 +387,7 @@ async def http_baseline(bench: Bench, profile: Profile, *, kind: str) -> dict[st
             "CRDB_DSN": await asyncio.to_thread(postgres.create_database,
                                                 f"runbook_{int(time.time())}"),
             "VAULT_ADDR": bench.settings.vault_addr,
+            "VAULT_CACERT": bench.settings.vault_cacert,
             # the runbook's design signs entries: the signer's token
             "VAULT_TOKEN": VaultToken.for_stage(bench.settings, "signer").value,
             "REKOR_SERVER_URL": bench.settings.rekor_server_url,
@@ -428,7 +429,7 @@ async def _run_baseline(bench: Bench, argv: list[str], env: dict[str, str],
 
 async def raw_baselines(bench: Bench, profile: Profile) -> dict[str, Any]:
     s = bench.settings
-    vault_env = {"VAULT_ADDR": s.vault_addr,
+    vault_env = {"VAULT_ADDR": s.vault_addr, "VAULT_CACERT": s.vault_cacert,
                  "VAULT_TOKEN": VaultToken.for_stage(s, "signer").value}
     out: dict[str, Any] = {}
     for concurrency in (1, 4):

@@ -12,8 +12,10 @@ own process: ``python -m benchmarks.servers trivial|runbook --port P [...]``.
   this baseline less than the runbook's code would, never more. Clients: one keep-alive
   aiohttp session to Vault, an asyncpg pool, like the pipeline's own.
 
-``runbook`` reads ``CRDB_DSN``, ``VAULT_ADDR``, ``VAULT_TOKEN`` and ``REKOR_SERVER_URL`` from
-the environment. Both print ``listening <port>`` once they accept connections and stop on SIGTERM.
+``runbook`` reads ``CRDB_DSN``, ``VAULT_ADDR``, ``VAULT_TOKEN``, ``VAULT_CACERT`` (the CA
+Vault's certificate is verified against; empty: the system's CAs) and ``REKOR_SERVER_URL``
+from the environment. Both print ``listening <port>`` once they accept connections and stop
+on SIGTERM.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from shared.lifecycle import run_main
+from shared.vault_errors import cacert_context
 
 __all__ = ["main"]
 
@@ -70,8 +73,9 @@ def trivial_app() -> web.Application:
 
 class Runbook:
     def __init__(self, *, dsn: str, vault_addr: str, vault_token: str, key: str,
-                 rekor_url: str) -> None:
+                 rekor_url: str, vault_cacert: str = "") -> None:
         self.dsn, self.vault_addr, self.token, self.key = dsn, vault_addr, vault_token, key
+        self.vault_ssl = cacert_context(vault_cacert)
         self.rekor_url = rekor_url.rstrip("/")
         self.rekor_key = ec.generate_private_key(ec.SECP256R1())
         self.rekor_pub_b64 = base64.b64encode(
@@ -89,7 +93,8 @@ class Runbook:
         await self.pool.execute(RUNBOOK_TABLE)
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         async with self.http.get(
-            f"{self.vault_addr}/v1/transit/keys/{self.key}", headers=self._vault_headers()
+            f"{self.vault_addr}/v1/transit/keys/{self.key}", headers=self._vault_headers(),
+            ssl=self.vault_ssl,
         ) as resp:
             data = (await resp.json())["data"]
         latest = str(data["latest_version"])
@@ -111,7 +116,7 @@ class Runbook:
         async with self.http.post(
             f"{self.vault_addr}/v1/transit/sign/{self.key}",
             json={"input": base64.b64encode(digest).decode()},
-            headers=self._vault_headers(),
+            headers=self._vault_headers(), ssl=self.vault_ssl,
         ) as resp:
             if resp.status != 200:
                 return web.json_response({"error": "vault"}, status=503)
@@ -210,7 +215,8 @@ async def run(args: argparse.Namespace) -> None:
     # secrets come from the environment, never from the command line (visible in ps)
     runbook = Runbook(dsn=os.environ["CRDB_DSN"], vault_addr=os.environ["VAULT_ADDR"],
                       vault_token=os.environ["VAULT_TOKEN"], key=args.key,
-                      rekor_url=os.environ["REKOR_SERVER_URL"])
+                      rekor_url=os.environ["REKOR_SERVER_URL"],
+                      vault_cacert=os.environ.get("VAULT_CACERT", ""))
     await runbook.start()
     try:
         await serve(runbook.app(), args.port)

@@ -28,6 +28,7 @@ __all__ = [
     "REJECTED_HINT",
     "VaultForbidden",
     "VaultTokenRejected",
+    "cacert_context",
     "http_error",
     "tls_context",
     "translate",
@@ -117,11 +118,16 @@ def http_error(
 
 def tls_context(settings: Settings) -> ssl.SSLContext | bool:
     """aiohttp's ``ssl=``: verify against ``VAULT_CACERT`` when set, else the system's CAs."""
-    if not settings.vault_cacert:
+    return cacert_context(settings.vault_cacert)
+
+
+def cacert_context(cacert: str) -> ssl.SSLContext | bool:
+    """aiohttp's ``ssl=`` for a Vault client given the ``VAULT_CACERT`` value: a context that
+    verifies against that CA file, or ``True`` (the system's CAs) when it is empty. Either
+    way the server's certificate and name are verified."""
+    if not cacert:
         return True
     try:
-        return ssl.create_default_context(cafile=settings.vault_cacert)
+        return ssl.create_default_context(cafile=cacert)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"VAULT_CACERT: cannot load {settings.vault_cacert}: {type(exc).__name__}"
-        ) from None
+        raise ConfigError(f"VAULT_CACERT: cannot load {cacert}: {type(exc).__name__}") from None

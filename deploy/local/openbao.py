@@ -33,6 +33,15 @@ database), this service keeps its data in integrated (raft) storage under
 ``LEDGER_SIGNER_VAULT_TOKEN_FILE`` / ``LEDGER_ANCHORER_VAULT_TOKEN_FILE``, which the signer
 and the anchorer use instead; the root token never leaves ``init.json``.
 
+TLS (the default): the listener serves HTTPS with a certificate for ``127.0.0.1`` and
+``localhost`` issued by the stack's CA (``<stack_dir>/tls/``, :mod:`deploy.local.tls`, the
+same CA as PostgreSQL's), reused while it is good. :meth:`OpenBao.endpoints` hands out
+``VAULT_ADDR=https://127.0.0.1:<port>`` and ``VAULT_CACERT`` naming the CA certificate, and
+every client verifies the server against it. ``LEDGER_OPENBAO_TLS=0`` opts out (plain HTTP
+on loopback, no ``VAULT_CACERT``). The listener's configuration is written at every start,
+so a stack directory initialised over HTTP serves HTTPS at its next start (the raft storage
+does not depend on the listener).
+
 Everything after the process start goes through the HTTP API (``urllib``), so the
 readiness check is a real request.
 """
@@ -56,6 +65,7 @@ from typing import Any
 from deploy.local.base import LocalService, Progress
 from deploy.local.files import write_file
 from deploy.local.process import ManagedProcess, StackError, wait_until
+from deploy.local.tls import LocalCA
 
 __all__ = [
     "ANCHOR_KEY",
@@ -66,11 +76,13 @@ __all__ = [
     "SIGNING_KEY_TYPE",
     "STAGE_POLICIES",
     "STAGE_TOKEN_PERIOD_S",
+    "TLS_ENV",
     "OpenBao",
     "find_bao_binary",
     "listener_port_is_free",
     "policy_hcl",
     "stable_port",
+    "tls_from_env",
 ]
 
 SIGNING_KEY = "ledger-ed25519"
@@ -99,9 +111,17 @@ _POLICY_READS: dict[str, tuple[str, ...]] = {
 #: A stage token's period: it expires unless renewed within it (the stages renew at half).
 STAGE_TOKEN_PERIOD_S = 24 * 3600
 
-#: The environment variables :meth:`OpenBao.endpoints` provides.
+#: ``0`` makes the local OpenBao listen over plain HTTP; unset or ``1``: TLS (the default).
+TLS_ENV = "LEDGER_OPENBAO_TLS"
+#: The names and addresses in the listener's certificate (clients use ``127.0.0.1``).
+_CERT_NAME = "openbao"
+_CERT_DNS = ("localhost",)
+_CERT_IPS = ("127.0.0.1",)
+
+#: The environment variables :meth:`OpenBao.endpoints` provides (``VAULT_CACERT``: with TLS).
 OPENBAO_ENV_NAMES: tuple[str, ...] = (
     "VAULT_ADDR",
+    "VAULT_CACERT",
     "VAULT_TOKEN",
     "LEDGER_SIGNER_VAULT_TOKEN_FILE",
     "LEDGER_ANCHORER_VAULT_TOKEN_FILE",
@@ -161,6 +181,15 @@ def stable_port(service: LocalService, key: str) -> int:
     return LocalService.port(service, key)
 
 
+def tls_from_env(environ: dict[str, str] | None = None) -> bool:
+    """Whether the local OpenBao listens with TLS: yes unless ``LEDGER_OPENBAO_TLS=0``."""
+    value = (os.environ if environ is None else environ).get(TLS_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise StackError(f"{TLS_ENV} must be 1 (TLS, the default) or 0 (plain HTTP), "
+                         f"not {value!r}")
+    return value != "0"
+
+
 def policy_hcl(policy: str) -> str:
     """The ACL of one stage policy: sign with its key(s) and read their public keys, nothing
     else (token self-management — lookup-self, renew-self — comes with ``default``)."""
@@ -182,9 +211,9 @@ class OpenBao(LocalService):
 
     def __init__(self, stack_dir: Path, cache_dir: Path, *, tls: bool | None = None) -> None:
         super().__init__(stack_dir, cache_dir)
-        #: listen with TLS (a CA and a certificate made at first start, in ``tls/``); the
-        #: clients then get ``VAULT_CACERT``. Default: ``LEDGER_OPENBAO_TLS=1``.
-        self.tls = tls if tls is not None else os.environ.get("LEDGER_OPENBAO_TLS") == "1"
+        #: listen with TLS (a certificate from the stack's CA); the clients then get
+        #: ``VAULT_CACERT``. Default: on, unless ``LEDGER_OPENBAO_TLS=0``.
+        self.tls = tls if tls is not None else tls_from_env()
         self._proc: ManagedProcess | None = None
         self._addr = ""
         self._tokens: dict[str, str] = {}
@@ -200,9 +229,14 @@ class OpenBao(LocalService):
         return self.service_dir / "init.json"
 
     @property
+    def ca(self) -> LocalCA:
+        """The stack's CA (``<stack_dir>/tls/``), which issues the listener's certificate."""
+        return LocalCA(self.stack_dir / "tls")
+
+    @property
     def ca_path(self) -> Path:
-        """``tls/ca.pem``: the CA that signed the listener's certificate (with ``tls``)."""
-        return self.service_dir / "tls" / "ca.pem"
+        """The CA certificate clients verify the listener with (``VAULT_CACERT``)."""
+        return self.ca.cert_path
 
     @property
     def _scheme(self) -> str:
@@ -260,7 +294,7 @@ class OpenBao(LocalService):
     ) -> tuple[int, dict[str, Any]]:
         """One HTTP API call; returns (status, JSON body or {}); other statuses raise."""
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(  # noqa: S310 - http://127.0.0.1 only
+        req = urllib.request.Request(  # noqa: S310 - 127.0.0.1 only
             f"{self._addr}/v1/{path}", data=data, method=method
         )
         req.add_header("Content-Type", "application/json")
@@ -339,19 +373,22 @@ class OpenBao(LocalService):
         self._addr = f"{self._scheme}://127.0.0.1:{port}"
         listener_tls = "  tls_disable = true\n"
         if self.tls:
-            from deploy.local.openbao_tls import ensure_tls  # noqa: PLC0415
-
-            cert, key = ensure_tls(self.ca_path.parent)
-            listener_tls = f'  tls_cert_file = "{cert}"\n  tls_key_file = "{key}"\n'
+            issued = self.ca.server_cert(_CERT_NAME, dns=_CERT_DNS, ips=_CERT_IPS)
+            listener_tls = (f'  tls_cert_file = "{issued.cert}"\n'
+                            f'  tls_key_file = "{issued.key}"\n'
+                            '  tls_min_version = "tls12"\n')
+        # how the running server listens, for endpoints() in other processes
+        self.save_state({**self.load_state(), "tls": self.tls})
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
-        self.config_path.write_text(
+        write_file(
+            self.config_path,
             f'storage "raft" {{\n  path = "{self.data_dir}"\n  node_id = "ledger-1"\n}}\n'
             f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n'
             f'  cluster_address = "127.0.0.1:{cluster_port}"\n{listener_tls}}}\n'
             f'api_addr = "{self._addr}"\n'
             f'cluster_addr = "https://127.0.0.1:{cluster_port}"\n'
-            "disable_mlock = true\nui = false\n"
+            "disable_mlock = true\nui = false\n",
         )
         proc = ManagedProcess(
             name="openbao",
@@ -377,9 +414,12 @@ class OpenBao(LocalService):
 
     def endpoints(self) -> dict[str, str]:
         if not self._addr:
-            port = self.load_state().get("ports", {}).get("port")
+            state = self.load_state()
+            port = state.get("ports", {}).get("port")
             if port is None:
                 return {}  # never started in this stack
+            if isinstance(state.get("tls"), bool):  # how it was started last
+                self.tls = state["tls"]
             self._addr = f"{self._scheme}://127.0.0.1:{port}"
         tokens = self._tokens or self._read_init().get("stage_tokens") or {}
         tls = {"VAULT_CACERT": str(self.ca_path)} if self.tls else {}

@@ -40,6 +40,7 @@ from shared.db import Database, migrate
 from shared.lifecycle import Lifecycle
 from shared.settings import Settings
 from shared.telemetry import Metrics
+from shared.vault_errors import cacert_context
 from tests.integration.test_ingest import (
     PARTITIONS,
     Ingest,
@@ -194,10 +195,17 @@ async def test_kafka_frozen_every_request_answers_503_promptly_and_retries_store
           "plus retries); rows: one each")
 
 
+def _vault(stack: Any) -> tuple[str, aiohttp.ClientSession]:
+    """OpenBao's address, and a session that verifies its certificate (``VAULT_CACERT``)."""
+    env = stack.endpoints()
+    connector = aiohttp.TCPConnector(ssl=cacert_context(env.get("VAULT_CACERT", "")))
+    return env["VAULT_ADDR"].rstrip("/"), aiohttp.ClientSession(connector=connector)
+
+
 async def _vault_admin(stack: Any, method: str, path: str, body: Any = None) -> Any:
     openbao = stack.require("openbao")
-    addr = stack.endpoints()["VAULT_ADDR"].rstrip("/")
-    async with aiohttp.ClientSession() as http, http.request(
+    addr, session = _vault(stack)
+    async with session as http, http.request(
         method, f"{addr}/v1/{path}", json=body,
         headers={"X-Vault-Token": openbao.root_token},
         timeout=aiohttp.ClientTimeout(total=30),
@@ -208,9 +216,9 @@ async def _vault_admin(stack: Any, method: str, path: str, body: Any = None) -> 
 
 async def _unseal(stack: Any) -> None:
     openbao = stack.require("openbao")
-    addr = stack.endpoints()["VAULT_ADDR"].rstrip("/")
+    addr, session = _vault(stack)
     init = json.loads(await asyncio.to_thread(Path(openbao.init_path).read_text))
-    async with aiohttp.ClientSession() as http:
+    async with session as http:
         for key in init["unseal_keys_b64"]:
             async with http.put(f"{addr}/v1/sys/unseal", json={"key": key}) as r:
                 assert r.status == 200, await r.text()

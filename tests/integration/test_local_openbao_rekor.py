@@ -13,8 +13,11 @@ import base64
 import hashlib
 import json
 import os
+import shlex
+import ssl
 import stat
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -56,14 +59,18 @@ def _progress(message: str) -> None:
 
 
 def _request(
-    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+    *, cafile: str | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP(S) request; an https server is verified against ``cafile`` (else the
+    system's CAs)."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if data is not None:
         req.add_header("Content-Type", "application/json")
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=30, context=context) as resp:
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
@@ -119,7 +126,8 @@ def _bao(openbao: OpenBao, method: str, path: str, body: Any = None,
          token: str | None = None) -> tuple[int, dict[str, Any]]:
     env = openbao.endpoints()
     headers = {"X-Vault-Token": token if token is not None else env["VAULT_TOKEN"]}
-    status, _, raw = _request(method, f"{env['VAULT_ADDR']}/v1/{path}", body, headers)
+    status, _, raw = _request(method, f"{env['VAULT_ADDR']}/v1/{path}", body, headers,
+                              cafile=env.get("VAULT_CACERT"))
     return status, (json.loads(raw) if raw else {})
 
 
@@ -128,7 +136,9 @@ def test_openbao_is_persistent_and_each_stage_signs_only_with_its_own_key(
 ) -> None:
     env = openbao.endpoints()
     assert set(env) == set(OPENBAO_ENV_NAMES)
-    assert env["VAULT_ADDR"].startswith("http://127.0.0.1:")
+    # TLS by default, verified against the stack's CA
+    assert env["VAULT_ADDR"].startswith("https://127.0.0.1:")
+    assert env["VAULT_CACERT"] == str(openbao.ca_path)
     tokens = {stage: openbao.stage_token(stage) for stage in STAGE_POLICIES}
     assert len(set(tokens.values()) | {openbao.root_token}) == len(STAGE_POLICIES) + 1
     assert env["VAULT_TOKEN"] == tokens["reader"]  # the default: read-only
@@ -140,8 +150,11 @@ def test_openbao_is_persistent_and_each_stage_signs_only_with_its_own_key(
     for proc in openbao.processes():
         assert non_loopback_listeners(proc.pid) == []
 
-    status, _, _ = _request("GET", f"{env['VAULT_ADDR']}/v1/sys/health")
+    status, _, _ = _request("GET", f"{env['VAULT_ADDR']}/v1/sys/health",
+                            cafile=env["VAULT_CACERT"])
     assert status == 200
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        _request("GET", f"{env['VAULT_ADDR']}/v1/sys/health")  # without the CA
 
     # Ed25519 (pure) with the signer's token, checked locally
     message = b"ledger statement"
@@ -322,10 +335,28 @@ def test_hashedrekord_created_duplicate_and_bad_signature(rekor: Rekor) -> None:
 # --- docker-compose.yml's OpenBao, checked with the real binary (no Docker needed) -------------
 
 
+def _compose_openbao_certificate(compose: dict[str, Any], workdir: Path) -> Path:
+    """Run the db-certs job's line that issues OpenBao's certificate, with the volumes
+    mapped into ``workdir`` (and without ``--owner``: not root here); the installed dir."""
+    certs = compose["services"]["db-certs"]["command"][0].replace("\\\n", " ")
+    line = next(line for line in certs.splitlines()
+                if "deploy.local.tls /ledger-ca openbao " in line)
+    words = shlex.split(line)
+    assert words[:3] == ["python", "-m", "deploy.local.tls"]
+    owner = words.index("--owner")
+    del words[owner : owner + 2]
+    volumes = {"/ledger-ca": workdir / "ca", "/openbao-tls": workdir / "openbao-tls"}
+    argv = [sys.executable, *(str(volumes.get(w, w)) for w in words[1:])]
+    subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True,
+                   capture_output=True, timeout=60)
+    return volumes["/openbao-tls"]
+
+
 def test_compose_openbao_config_and_init_job_work(stack_dir: Path) -> None:
-    """The compose file's OpenBao config (raft + static seal) and its init job's script, run
-    against the real ``bao``: initialises, creates the keys, one policy and token per stage;
-    is idempotent; and after a restart the server unseals itself and keeps the keys."""
+    """The compose file's OpenBao config (raft + static seal + TLS), its certificate (the
+    db-certs job's line) and its init job's script, run against the real ``bao``:
+    initialises over verified TLS, creates the keys, one policy and token per stage; is
+    idempotent; and after a restart the server unseals itself and keeps the keys."""
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     job = compose["services"]["openbao-init"]
     script = job["command"][0].replace("$$", "$")
@@ -337,18 +368,23 @@ def test_compose_openbao_config_and_init_job_work(stack_dir: Path) -> None:
     bao_link = workdir / "bin" / "bao"
     if not bao_link.exists():
         bao_link.symlink_to(find_bao_binary())
+    tls_dir = _compose_openbao_certificate(compose, workdir)
     port, cluster_port = free_port(), free_port()
     config = (
         compose["configs"]["openbao-config"]["content"]
         .replace("/openbao/file", str(workdir / "raft"))
+        .replace("/openbao-tls", str(tls_dir))
         .replace("0.0.0.0:8200", f"127.0.0.1:{port}")
         .replace("0.0.0.0:8201", f"127.0.0.1:{cluster_port}")
-        .replace("http://openbao:8200", f"http://127.0.0.1:{port}")
+        .replace("https://openbao:8200", f"https://127.0.0.1:{port}")
         .replace("https://openbao:8201", f"https://127.0.0.1:{cluster_port}")
     )
     assert "0.0.0.0" not in config and "openbao:" not in config
+    assert "tls_disable" not in config
     (workdir / "config.hcl").write_text(config)
-    addr = f"http://127.0.0.1:{port}"
+    addr = f"https://127.0.0.1:{port}"
+    ca = job["environment"]["BAO_CACERT"].replace("/openbao-tls", str(tls_dir))
+    assert job["environment"]["BAO_ADDR"] == "https://openbao:8200"
     server = ManagedProcess(
         name="compose-openbao",
         argv=[str(find_bao_binary()), "server", f"-config={workdir / 'config.hcl'}"],
@@ -359,6 +395,7 @@ def test_compose_openbao_config_and_init_job_work(stack_dir: Path) -> None:
         **os.environ,
         "PATH": f"{workdir / 'bin'}:{os.environ['PATH']}",
         "BAO_ADDR": addr,
+        "BAO_CACERT": ca,
         "BAO_INIT_FILE": str(workdir / "init.json"),
         **{f"{stage.upper()}_TOKEN": token for stage, token in tokens.items()},
     }
@@ -366,14 +403,23 @@ def test_compose_openbao_config_and_init_job_work(stack_dir: Path) -> None:
     env.pop("VAULT_ADDR", None)
 
     def health() -> int:
-        return _request("GET", f"{addr}/v1/sys/health")[0]
+        return _request("GET", f"{addr}/v1/sys/health", cafile=ca)[0]
 
     def sign(stage: str = "signer", key: str = SIGNING_KEY) -> tuple[int, dict[str, Any]]:
         status, _, raw = _request(
             "POST", f"{addr}/v1/transit/sign/{key}",
             {"input": base64.b64encode(b"x" * 32).decode()},
-            {"X-Vault-Token": tokens[stage]})
+            {"X-Vault-Token": tokens[stage]}, cafile=ca)
         return status, json.loads(raw)
+
+    def healthcheck(cacert: str) -> int:
+        """The compose healthcheck's command, against this server."""
+        test = compose["services"]["openbao"]["healthcheck"]["test"][1].replace("$$", "$")
+        command = (test.replace("127.0.0.1:8200", f"127.0.0.1:{port}")
+                   .replace("BAO_CACERT=/openbao-tls/ca.crt", f"BAO_CACERT={cacert}"))
+        assert command != test
+        return subprocess.run(["sh", "-c", command], env=env, timeout=60,
+                              check=False).returncode
 
     server.start()
     try:
@@ -391,8 +437,12 @@ def test_compose_openbao_config_and_init_job_work(stack_dir: Path) -> None:
         assert sign("reader", SIGNING_KEY)[0] == 403
         for token in tokens.values():
             status, _, _ = _request("GET", f"{addr}/v1/sys/mounts", None,
-                                    {"X-Vault-Token": token})
+                                    {"X-Vault-Token": token}, cafile=ca)
             assert status == 403
+        assert healthcheck(ca) == 0
+        assert healthcheck(str(workdir / "nonexistent-ca.crt")) != 0  # verified, not skipped
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            _request("GET", f"{addr}/v1/sys/health")  # a client without the CA
         server.stop()
         server.start()  # static seal: unsealed again without anyone's help
         wait_until(lambda: health() == 200, timeout=60, what="bao auto-unseal", proc=server)

@@ -83,6 +83,7 @@ class Lane:
             "LEDGER_SIGNER_KAFKA_SSL_CERTFILE": s.signer_kafka_ssl_certfile,
             "CRDB_DSN": s.database_dsn,
             "VAULT_ADDR": s.vault_addr,
+            "VAULT_CACERT": s.vault_cacert,
             "VAULT_TOKEN": s.vault_token.get_secret_value(),
             "LEDGER_SIGNER_VAULT_TOKEN_FILE": s.signer_vault_token_file,
             "VAULT_TRANSIT_KEY": s.vault_transit_key,

@@ -72,7 +72,8 @@ def admin_token(request: pytest.FixtureRequest, vault_settings: Settings) -> str
 
 @pytest.fixture
 def admin(vault_settings: Settings, admin_token: str) -> hvac.Client:
-    client = hvac.Client(url=vault_settings.vault_addr, token=admin_token, timeout=10)
+    client = hvac.Client(url=vault_settings.vault_addr, token=admin_token, timeout=10,
+                         verify=vault_settings.vault_cacert or True)
     mounts = client.sys.list_mounted_secrets_engines()
     if f"{vault_settings.vault_transit_mount}/" not in mounts.get("data", mounts):
         client.sys.enable_secrets_engine("transit", path=vault_settings.vault_transit_mount)

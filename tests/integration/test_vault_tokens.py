@@ -8,10 +8,7 @@ token pauses the work (policy *retry*) until a new one is read from the token fi
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import stat
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,10 +18,8 @@ from typing import Any
 import hvac
 import pytest
 
-from deploy.local.base import default_cache_dir
-from deploy.local.openbao import SIGNING_KEY, STAGE_POLICIES, OpenBao
-from shared.errors import ConfigError, Policy, VaultError, VaultUnavailable
-from shared.health import VaultProbe
+from deploy.local.openbao import STAGE_POLICIES, OpenBao
+from shared.errors import ConfigError, Policy, VaultUnavailable
 from shared.settings import Settings
 from shared.vault import TransitSigner
 from shared.vault_errors import REJECTED_HINT, VaultForbidden, VaultTokenRejected
@@ -170,51 +165,3 @@ async def test_a_token_file_that_is_missing_is_a_config_error(
         VaultToken.for_stage(settings.model_copy(
             update={"anchorer_vault_token_file": str(missing)}), "anchorer")
     assert str(missing) in str(info.value) and info.value.policy is Policy.STOP
-
-
-# --- TLS ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.timeout(300)
-async def test_openbao_over_tls_is_trusted_through_vault_cacert_only(tmp_path: Path) -> None:
-    """A private OpenBao with ``tls=True``: the clients reach it with the stack's CA, a
-    client without that CA refuses the connection, and plain HTTP is not served."""
-    bao = OpenBao(tmp_path / "stack", default_cache_dir(), tls=True)
-    await asyncio.to_thread(bao.start, print)
-    made: list[TransitSigner] = []
-    try:
-        env = bao.endpoints()
-        assert env["VAULT_ADDR"].startswith("https://127.0.0.1:")
-        assert env["VAULT_CACERT"] == str(bao.ca_path)
-        assert stat.S_IMODE(os.stat(bao.ca_path.parent / "server-key.pem").st_mode) == 0o600
-        settings = Settings.from_env(env)
-
-        def signer(s: Settings) -> TransitSigner:
-            made.append(TransitSigner(s, token=VaultToken.for_stage(s, "signer"), timeout_s=5))
-            return made[-1]
-
-        trusted = signer(settings)
-        signed = await trusted.sign(SIGNING_KEY, b"over TLS")
-        (await trusted.public_keys(SIGNING_KEY))[signed.version].verify(b"over TLS", signed.raw)
-        probe = await VaultProbe.open(settings, SIGNING_KEY, timeout_s=5)
-        try:
-            assert (await probe.check()).ok
-        finally:
-            await probe.close()
-
-        untrusting = signer(settings.model_copy(update={"vault_cacert": ""}))
-        with pytest.raises(VaultUnavailable):
-            await untrusting.sign(SIGNING_KEY, b"to a server I cannot verify")
-        plain = signer(settings.model_copy(update={
-            "vault_addr": env["VAULT_ADDR"].replace("https://", "http://"), "vault_cacert": ""}))
-        with pytest.raises((VaultError, VaultUnavailable)):
-            await plain.sign(SIGNING_KEY, b"in clear")
-
-        ca = bao.ca_path.read_bytes()
-        await asyncio.to_thread(bao.stop)
-        await asyncio.to_thread(bao.start, print)
-        assert bao.ca_path.read_bytes() == ca  # kept across restarts
-    finally:
-        for s in made:
-            await s.close()
-        bao.stop()

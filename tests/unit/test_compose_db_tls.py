@@ -1,7 +1,9 @@
-"""docker-compose.yml: both databases speak TLS only, and every client verifies them."""
+"""docker-compose.yml: both databases and OpenBao speak TLS only, and every client verifies
+them against the CA of the db-certs job."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import urllib.parse
 from pathlib import Path
@@ -100,3 +102,37 @@ def test_the_compose_settings_without_tls_would_not_start(compose: dict[str, Any
     env["CRDB_DSN"] = env["CRDB_DSN"].partition("?")[0]
     with pytest.raises(ConfigError, match="LEDGER_REQUIRE_TLS is on but CRDB_DSN has no sslmode"):
         Settings.from_env(env)
+
+
+def _check_ca_file(path: str, service: dict[str, Any], server_volume: str) -> None:
+    ca_dir, _, ca_file = path.rpartition("/")
+    assert ca_file == "ca.crt"
+    assert _mounts(service)[ca_dir] == server_volume  # the CA next to the server's files
+
+
+def test_openbao_serves_https_only_and_every_client_verifies_it(compose: dict[str, Any]) -> None:
+    names, volume = _issued(compose)["openbao"]
+    services = compose["services"]
+    openbao = services["openbao"]
+    assert openbao["depends_on"]["db-certs"]["condition"] == "service_completed_successfully"
+    config = compose["configs"]["openbao-config"]["content"]
+    assert "tls_disable" not in config
+    files = dict(re.findall(r'^\s*(tls_cert_file|tls_key_file)\s*=\s*"([^"]+)"', config, re.M))
+    assert files == {"tls_cert_file": "/openbao-tls/openbao.crt",
+                     "tls_key_file": "/openbao-tls/openbao.key"}
+    assert _mounts(openbao)["/openbao-tls"] == volume
+    assert re.search(r'^\s*api_addr\s*=\s*"https://openbao:8200"', config, re.M)
+    health = openbao["healthcheck"]["test"][1]
+    assert "BAO_ADDR=https://127.0.0.1:8200" in health
+    _check_ca_file(re.findall(r"BAO_CACERT=(\S+)", health)[0], openbao, volume)
+
+    clients = {name: (services[name]["environment"]["VAULT_ADDR"],
+                      services[name]["environment"]["VAULT_CACERT"])
+               for name in ("ingest", "signer", "anchorer")}
+    init_env = services["openbao-init"]["environment"]
+    clients["openbao-init"] = (init_env["BAO_ADDR"], init_env["BAO_CACERT"])
+    for name, (addr, cacert) in clients.items():
+        url = urllib.parse.urlsplit(addr)
+        assert url.scheme == "https", name
+        assert url.hostname in names, name
+        _check_ca_file(cacert, services[name], volume)

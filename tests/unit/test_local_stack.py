@@ -14,6 +14,7 @@ from deploy.local import stack as stack_mod
 from deploy.local.base import LocalService, Progress, port_available
 from deploy.local.containers import require_docker
 from deploy.local.kafka import Kafka, partitions_from_env
+from deploy.local.openbao import OPENBAO_ENV_NAMES, TLS_ENV, OpenBao, tls_from_env
 from deploy.local.process import StackError
 from deploy.local.stack import Stack, stack_status, stop_stale
 from ledger.cli import ProgressDisplay, build_parser
@@ -155,6 +156,33 @@ def test_partitions_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEDGER_KAFKA_PARTITIONS", "zero")
     with pytest.raises(StackError):
         partitions_from_env()
+
+
+def test_openbao_listens_with_tls_unless_opted_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert tls_from_env({}) is True  # the default
+    assert tls_from_env({TLS_ENV: "1"}) is True
+    assert tls_from_env({TLS_ENV: "0"}) is False
+    with pytest.raises(StackError, match=TLS_ENV):
+        tls_from_env({TLS_ENV: "no"})
+    monkeypatch.delenv(TLS_ENV, raising=False)
+    assert OpenBao(Path("/nonexistent"), Path("/nonexistent")).tls is True
+    monkeypatch.setenv(TLS_ENV, "0")
+    assert OpenBao(Path("/nonexistent"), Path("/nonexistent")).tls is False
+
+
+def test_openbao_endpoints_follow_how_it_was_started(tmp_path: Path) -> None:
+    """Another process (``ledger stack env``) hands out what the running server listens on:
+    https with the stack's CA, or plain http after ``LEDGER_OPENBAO_TLS=0``."""
+    started = OpenBao(tmp_path, tmp_path / "cache")
+    started.save_state({"ports": {"port": 8321}, "tls": True})
+    env = OpenBao(tmp_path, tmp_path / "cache", tls=False).endpoints()
+    assert set(env) == set(OPENBAO_ENV_NAMES)
+    assert env["VAULT_ADDR"] == "https://127.0.0.1:8321"
+    assert env["VAULT_CACERT"] == str(tmp_path / "tls" / "ca.crt")  # the stack's one CA
+    started.save_state({"ports": {"port": 8321}, "tls": False})
+    env = OpenBao(tmp_path, tmp_path / "cache", tls=True).endpoints()
+    assert env["VAULT_ADDR"] == "http://127.0.0.1:8321"
+    assert "VAULT_CACERT" not in env
 
 
 def test_plain_progress_when_not_a_tty() -> None:
