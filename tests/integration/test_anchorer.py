@@ -373,6 +373,7 @@ async def test_batches_of_thousands_anchor_and_verify(world: World) -> None:
     first = {i: reader.events[i][0] for i in ids}
     replay = world.with_(anchorer_group=world.settings.anchorer_group + "-replay",
                          anchor_batch_max=1500, anchor_batch_ms=500)
+    await lane_topics(replay, 4)  # the anchorer principal's ACLs for the new group
     async with (
         AnchoredReader(world) as again,
         running(run_anchorer, replay, "anchorer-replay"),
