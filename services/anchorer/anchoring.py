@@ -2,7 +2,10 @@
 
 ::
 
-    entry ids ──► read leaf hashes ──► plan (RFC 6962 root over the stored leaves, manifest)
+    entry ids ──► read leaf hashes ──► check the free rows (signature, statement, leaf)
+                                          │ (refused → metric + error log, left unbatched)
+                                          ▼
+                  plan (RFC 6962 root over the stored leaves, manifest)
                                           │
                                           ▼
                     Vault ECDSA P-256 (prehashed) signs SHA-256(manifest)
@@ -26,6 +29,12 @@
 Everything after the claim is keyed by the batch id and re-runnable: completing a batch that
 is already anchored only re-emits its (identical) events; a retry re-sends the stored
 signature, so Rekor answers 409 instead of logging a second entry.
+
+A free row is checked before it joins a batch (:func:`building.refusal`): a row whose
+stored signature does not verify over its statement with its key, whose columns are not
+what the statement says, or whose stored leaf hash is not its content's, is refused: it is
+not claimed, ``ledger_anchorer_rejected_rows_total{reason}`` counts it, an error names it,
+and :attr:`AnchorResult.refused` reports it (the stream dead-letters the event naming it).
 
 Errors: :class:`RekorUnavailable`, :class:`ReceiptRejected`, ``VaultUnavailable`` and
 ``DatabaseUnavailable`` propagate; their policy (:mod:`shared.errors`) is to retry, so the
@@ -65,7 +74,7 @@ from shared.verify import (
     verify_receipt,
 )
 
-from .building import plan_batch
+from .building import Refusal, plan_batch, refusal
 
 __all__ = [
     "AnchorResult",
@@ -124,6 +133,7 @@ class AnchorStore(Protocol):
     """The rows anchoring reads and writes (:class:`shared.repository.Repository`)."""
 
     async def leaves(self, ids: Sequence[uuid.UUID]) -> list[LeafRecord]: ...
+    async def entries_for(self, ids: Sequence[uuid.UUID]) -> list[EntryRecord]: ...
     async def batch(self, batch_id: uuid.UUID) -> BatchRecord | None: ...
     async def members(self, batch_id: uuid.UUID) -> list[EntryRecord]: ...
     async def claim(self, batch: NewBatch) -> None: ...
@@ -183,6 +193,8 @@ class AnchorResult:
     pending_elsewhere: set[uuid.UUID] = field(default_factory=set)
     left_pending: set[uuid.UUID] = field(default_factory=set)
     unknown: set[uuid.UUID] = field(default_factory=set)
+    #: stored rows not anchored because they do not check, and why
+    refused: dict[uuid.UUID, Refusal] = field(default_factory=dict)
 
 
 # --- the anchorer --------------------------------------------------------------------------
@@ -226,7 +238,8 @@ class Anchorer:
 
     async def anchor(self, entry_ids: Iterable[uuid.UUID]) -> AnchorResult:
         """Anchor these entries; afterwards every one is anchored (and its event emitted),
-        pending in a batch that another worker or the sweeper completes, or unknown.
+        pending in a batch that another worker or the sweeper completes, unknown, or
+        refused (a stored row that does not check, left unbatched).
         """
         wanted = list(dict.fromkeys(entry_ids))
         result = AnchorResult()
@@ -234,7 +247,7 @@ class Anchorer:
             return result
         # ``seen``: the rows as read by the claim that succeeded, so every row that was free
         # is in ``new_batch`` and every other one names the batch it was already in
-        new_batch, seen = await self._claim(wanted)
+        new_batch, seen = await self._claim(wanted, refused=result.refused)
         if new_batch is not None:
             result.new_batches.append(new_batch)
             if not await self.complete(new_batch, emit=True, result=result):
@@ -271,15 +284,21 @@ class Anchorer:
         Returns the batch id, or None when none of them is free. The anchor signature is
         made before the transaction (Vault is never called inside one) and stored with it.
         """
-        return (await self._claim(entry_ids))[0]
+        return (await self._claim(entry_ids, refused={}))[0]
 
     async def _claim(
-        self, entry_ids: Sequence[uuid.UUID]
+        self, entry_ids: Sequence[uuid.UUID], *, refused: dict[uuid.UUID, Refusal]
     ) -> tuple[uuid.UUID | None, list[LeafRecord]]:
-        """:meth:`claim`, also returning the rows as the successful attempt read them."""
+        """:meth:`claim`, also returning the rows as the successful attempt read them;
+        the free rows that do not check are left out and added to ``refused``."""
+        checked: set[uuid.UUID] = set()
         for _attempt in range(_CLAIM_ATTEMPTS):
             seen = await self._store.leaves(entry_ids)
-            free = [r for r in seen if r.batch_id is None]
+            unchecked = [r.id for r in seen if r.batch_id is None and r.id not in checked]
+            if unchecked:
+                refused.update(await self._refusals(unchecked))
+                checked.update(unchecked)
+            free = [r for r in seen if r.batch_id is None and r.id not in refused]
             if not free:
                 return None, seen
             plan = plan_batch(free, batch_id=self._new_id(), created_at=self._clock())
@@ -318,6 +337,21 @@ class Anchorer:
         raise DatabaseUnavailable(
             f"could not claim a batch in {_CLAIM_ATTEMPTS} attempts (entries claimed meanwhile)"
         )
+
+    async def _refusals(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Refusal]:
+        """The rows of ``ids`` that may not be anchored, and why (each logged and counted)."""
+        found: dict[uuid.UUID, Refusal] = {}
+        for row in await self._store.entries_for(ids):
+            why = refusal(row)
+            if why is None:
+                continue
+            found[row.id] = why
+            self._metrics.rejected_rows.labels(reason=why.reason).inc()
+            log.error(
+                "entry row refused: not anchored",
+                extra={"entry_id": str(row.id), "reason": why.reason, "detail": why.detail},
+            )
+        return found
 
     # --- steps 3-5: Rekor, verification, completion, events -------------------------------
 

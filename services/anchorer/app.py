@@ -52,6 +52,7 @@ from shared.vault_token import VaultToken
 
 from .anchoring import Anchorer
 from .batcher import AccumulatingConsumer
+from .building import Refusal
 from .checkpoints import ConsistencyMonitor
 from .sweeper import Sweeper
 from .trust import LogKeySource
@@ -101,9 +102,10 @@ def decode_signed(record: Record) -> uuid.UUID:
     """The entry a ``ledger.signed`` record names; anything unusable raises InvalidMessage.
 
     The anchorer takes nothing else from the event: what it anchors and emits comes from the
-    stored, signature-checked row (a forged or stale event can at most name an entry that
-    is then anchored as stored, or an unknown one, which is dead-lettered). The event was
-    validated once already, where it entered the pipeline: the signer.
+    stored row, whose signature it checks again before anchoring it (a forged or stale event
+    can at most name an entry that is then anchored as stored, an unknown one or a row that
+    does not check, both dead-lettered). The event was validated once already, where it
+    entered the pipeline: the signer.
     """
     doc = decode_object(record.value)
     try:
@@ -158,22 +160,23 @@ class AnchorerStage:
                 *(self._anchorer.anchor(chunk) for chunk in chunks), return_exceptions=True
             )
         unknown: set[uuid.UUID] = set()
+        refused: dict[uuid.UUID, Refusal] = {}
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
             unknown |= outcome.unknown
+            refused.update(outcome.refused)
         rejections = []
         for m in messages:
             if m.value in unknown:
-                rejections.append(
-                    Rejection(
-                        m.record,
-                        InvalidMessage(
-                            "unknown entry",
-                            detail=f"entry {m.value} is not in ledger.entries",
-                        ),
-                    )
-                )
+                error = InvalidMessage(
+                    "unknown entry", detail=f"entry {m.value} is not in ledger.entries")
+            elif (why := refused.get(m.value)) is not None:
+                error = InvalidMessage(
+                    "entry refused", detail=f"entry {m.value} ({why.reason}): {why.detail}")
+            else:
+                continue
+            rejections.append(Rejection(m.record, error))
         return rejections
 
 

@@ -8,6 +8,7 @@ checked with the offline verifier an auditor uses.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import Sequence
@@ -158,6 +159,51 @@ async def test_unknown_ids_are_reported_not_invented(world: World) -> None:
     result = await world.anchorer.anchor([*ids, stranger])
     assert result.unknown == {stranger}
     assert len(result.emitted) == 2
+
+
+def _flip_signature_byte(sig: str) -> str:
+    prefix, raw = sig.rsplit(":", 1)
+    signature = bytearray(base64.b64decode(raw))
+    signature[10] ^= 0x01
+    return f"{prefix}:{base64.b64encode(bytes(signature)).decode()}"
+
+
+def _tamper(world: World, entry_id: uuid.UUID, *, leaf: str = "recomputed", **changes: Any) -> None:
+    """Rewrite a stored row as someone with write access to the table could; ``leaf``:
+    ``recomputed`` stores the leaf hash of the new content, ``kept`` leaves the old one."""
+    row = dataclasses.replace(world.repo.entries_by_id[entry_id], **changes)
+    if leaf == "recomputed":
+        row = dataclasses.replace(row, stored_leaf_hash=row.content_leaf_hash())
+    world.repo.add_entry(row)
+
+
+async def test_rows_that_do_not_check_are_refused_and_the_others_anchored(world: World) -> None:
+    good, bad_sig, other_key, moved_subject = await world.entries(4)
+    row = world.repo.entries_by_id
+    _tamper(world, bad_sig, sig=_flip_signature_byte(row[bad_sig].sig))
+    stranger = ed25519.Ed25519PrivateKey.generate()  # the stored key is not the signer's
+    _tamper(world, other_key, pubkey=pem(stranger.public_key()).decode())
+    _tamper(world, moved_subject, subject="someone-else")
+
+    result = await world.anchorer.anchor([good, bad_sig, other_key, moved_subject])
+
+    assert {i: r.reason for i, r in result.refused.items()} == {
+        bad_sig: "signature", other_key: "signature", moved_subject: "statement"}
+    assert [e.entry_id for e in result.emitted] == [good]
+    _bundle_checks(world, result.emitted[0])
+    assert all(row[i].batch_id is None for i in result.refused), "left unbatched"
+    assert world.metric("ledger_anchorer_rejected_rows_total", {"reason": "signature"}) == 2
+    assert world.metric("ledger_anchorer_rejected_rows_total", {"reason": "statement"}) == 1
+    assert "someone-else" not in repr(result.refused), "a refusal shows no value of the row"
+
+
+async def test_a_stored_leaf_hash_that_is_not_the_rows_content_is_refused(world: World) -> None:
+    good, changed = await world.entries(2)
+    _tamper(world, changed, leaf="kept", stored_leaf_hash=b"\x07" * 32)
+    result = await world.anchorer.anchor([good, changed])
+    assert {i: r.reason for i, r in result.refused.items()} == {changed: "leaf"}
+    assert [e.entry_id for e in result.emitted] == [good]
+    assert world.metric("ledger_anchorer_rejected_rows_total", {"reason": "leaf"}) == 1
 
 
 async def test_rekor_down_keeps_the_batch_pending_and_the_retry_completes_it(
