@@ -102,10 +102,10 @@ def decode_signed(record: Record) -> uuid.UUID:
     """The entry a ``ledger.signed`` record names; anything unusable raises InvalidMessage.
 
     The anchorer takes nothing else from the event: what it anchors and emits comes from the
-    stored row, whose signature it checks again before anchoring it (a forged or stale event
-    can at most name an entry that is then anchored as stored, an unknown one or a row that
-    does not check, both dead-lettered). The event was validated once already, where it
-    entered the pipeline: the signer.
+    stored row (a forged or stale event can at most name an entry that is then anchored as
+    stored, or an unknown one, which is dead-lettered; with ``LEDGER_ANCHORER_VERIFY_ROWS``
+    also a row that does not check, dead-lettered too). The event was validated once already,
+    where it entered the pipeline: the signer.
     """
     doc = decode_object(record.value)
     try:
@@ -281,7 +281,8 @@ class AnchorerProcess:
             "anchorer started",
             extra={"topic": settings.topic_signed, "group": settings.anchorer_group,
                    "batch_max": settings.anchor_batch_max,
-                   "batch_ms": settings.anchor_batch_ms},
+                   "batch_ms": settings.anchor_batch_ms,
+                   "verify_rows": settings.anchorer_verify_rows},
         )
         await self.loop.run()
 
@@ -304,6 +305,7 @@ class AnchorerProcess:
             log_key=keys,
             metrics=self.metrics,
             anchor_key=settings.vault_anchor_key,
+            verify_rows=settings.anchorer_verify_rows,
         )
         sweeper = Sweeper(
             anchorer=anchorer,

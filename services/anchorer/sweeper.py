@@ -6,9 +6,9 @@ Every ``sweeper_interval_s`` (and once at start) it
    the completion, Rekor down, a refused receipt): the stored manifest and signature are
    re-sent, so Rekor answers 201 or 409, the receipt is verified and the batch completed;
 2. batches signed entries never batched after ``sweeper_age_s`` (a lost ``ledger.signed``
-   event), straight from the database; rows the anchorer refused (they do not check) are
-   remembered and skipped afterwards, so that they neither fill every round nor are logged
-   again each round;
+   event), straight from the database; rows the anchorer refused (they do not check; only
+   with ``LEDGER_ANCHORER_VERIFY_ROWS``) are remembered and skipped afterwards, so that they
+   neither fill every round nor are logged again each round;
 3. checks that Rekor's log is consistent with the last checkpoint stored
    (:mod:`services.anchorer.checkpoints`);
 4. refreshes ``ledger_pending_batches``.

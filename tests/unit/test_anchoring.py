@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from services.anchorer.anchoring import Anchorer
 from shared.anchored import AnchoredEvent
-from shared.bundle import verify_bundle
+from shared.bundle import BundleVerificationError, verify_bundle
 from shared.errors import DatabaseUnavailable, ReceiptRejected, RekorError, RekorUnavailable
 from shared.records import NewEntry
 from shared.statement import entry_id_for, statement_bytes
@@ -74,7 +74,7 @@ class Published:
 
 
 class World:
-    def __init__(self) -> None:
+    def __init__(self, *, verify_rows: bool = False) -> None:
         self.repo = FakeRepository()
         self.log = FakeLog(ec.generate_private_key(ec.SECP256R1()))
         self.rekor = FakeRekor(self.log)
@@ -87,7 +87,7 @@ class World:
         self.anchorer = Anchorer(
             store=self.repo, signer=self.transit, rekor=self.rekor, publisher=self.published,
             log_key=PinnedKey(self.log_key), metrics=self.metrics, anchor_key=ANCHOR_KEY,
-            clock=lambda: T0,
+            verify_rows=verify_rows, clock=lambda: T0,
         )
 
     async def entries(self, n: int, tag: str = "e") -> list[uuid.UUID]:
@@ -113,6 +113,12 @@ class World:
 @pytest.fixture
 def world() -> World:
     return World()
+
+
+@pytest.fixture
+def verifying() -> World:
+    """An anchorer that re-checks each row before batching it (LEDGER_ANCHORER_VERIFY_ROWS)."""
+    return World(verify_rows=True)
 
 
 def _bundle_checks(world: World, event: AnchoredEvent) -> None:
@@ -177,7 +183,34 @@ def _tamper(world: World, entry_id: uuid.UUID, *, leaf: str = "recomputed", **ch
     world.repo.add_entry(row)
 
 
-async def test_rows_that_do_not_check_are_refused_and_the_others_anchored(world: World) -> None:
+async def test_by_default_rows_are_not_rechecked_and_a_bad_signature_is_left_to_verify(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def not_called(row: object) -> None:
+        raise AssertionError("refusal() runs only with verify_rows")
+
+    monkeypatch.setattr("services.anchorer.anchoring.refusal", not_called)
+    good, bad_sig = await world.entries(2)
+    _tamper(world, bad_sig, sig=_flip_signature_byte(world.repo.entries_by_id[bad_sig].sig))
+    world.repo.calls.clear()
+
+    result = await world.anchorer.anchor([good, bad_sig])
+
+    assert result.refused == {}
+    assert "entries_for" not in world.repo.calls, "a claim reads the leaf hashes only"
+    events = {e.entry_id: e for e in result.emitted}
+    assert set(events) == {good, bad_sig}, "anchored as stored"
+    assert world.metric("ledger_anchorer_rejected_rows_total", {"reason": "signature"}) is None
+    _bundle_checks(world, events[good])
+    with pytest.raises(BundleVerificationError) as flagged:
+        _bundle_checks(world, events[bad_sig])
+    assert flagged.value.step == "entry_signature", "the verifier catches it afterwards"
+
+
+async def test_rows_that_do_not_check_are_refused_and_the_others_anchored(
+    verifying: World,
+) -> None:
+    world = verifying
     good, bad_sig, other_key, moved_subject = await world.entries(4)
     row = world.repo.entries_by_id
     _tamper(world, bad_sig, sig=_flip_signature_byte(row[bad_sig].sig))
@@ -189,6 +222,7 @@ async def test_rows_that_do_not_check_are_refused_and_the_others_anchored(world:
 
     assert {i: r.reason for i, r in result.refused.items()} == {
         bad_sig: "signature", other_key: "signature", moved_subject: "statement"}
+    assert "entries_for" in world.repo.calls, "the full rows are read to check them"
     assert [e.entry_id for e in result.emitted] == [good]
     _bundle_checks(world, result.emitted[0])
     assert all(row[i].batch_id is None for i in result.refused), "left unbatched"
@@ -197,7 +231,10 @@ async def test_rows_that_do_not_check_are_refused_and_the_others_anchored(world:
     assert "someone-else" not in repr(result.refused), "a refusal shows no value of the row"
 
 
-async def test_a_stored_leaf_hash_that_is_not_the_rows_content_is_refused(world: World) -> None:
+async def test_a_stored_leaf_hash_that_is_not_the_rows_content_is_refused(
+    verifying: World,
+) -> None:
+    world = verifying
     good, changed = await world.entries(2)
     _tamper(world, changed, leaf="kept", stored_leaf_hash=b"\x07" * 32)
     result = await world.anchorer.anchor([good, changed])
