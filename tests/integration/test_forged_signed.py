@@ -3,8 +3,10 @@
 Defence in depth behind Kafka's own access control: a ``ledger.signed`` message produced by a
 principal allowed to write the topic (here: the test's own Kafka settings, through
 :func:`shared.kafka.make_producer`, so the credentials the stack requires apply) must not
-make the anchorer anchor anything but the stored rows, and a stored row is anchored only if
-its Ed25519 signature, its statement and its leaf hash check.
+make the anchorer anchor anything but the stored rows. With ``LEDGER_ANCHORER_VERIFY_ROWS``
+a stored row is anchored only if its Ed25519 signature, its statement and its leaf hash
+check; without it (the default) such a row is anchored as stored and the verifier and the
+audit flag it afterwards.
 
 The real signer (OpenBao) writes the rows of a private database and publishes its events on
 a lane of its own; the anchorer (PostgreSQL, OpenBao, Rekor) reads a second lane, where the
@@ -26,6 +28,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from ledger.audit.entries import EntryChecker
 from services.anchorer import run_anchorer
 from services.signer.app import run_signer
 from shared.bundle import BundleVerificationError, verify_bundle
@@ -282,7 +285,7 @@ async def test_a_forged_event_for_an_unknown_entry_is_dead_lettered(forge: Forge
     assert all(value not in stored for value in claims.values())
 
 
-# --- c. a stored row that does not check ---------------------------------------------------
+# --- c. a stored row that does not check, LEDGER_ANCHORER_VERIFY_ROWS on --------------------
 
 
 def _flip_one_signature_byte(sig: str) -> str:
@@ -295,7 +298,7 @@ def _flip_one_signature_byte(sig: str) -> str:
 async def insert_copy_with_flipped_signature(f: Forge, row: EntryRecord) -> EntryRecord:
     """A row copied from ``row`` under a new request id, one signature byte flipped and the
     leaf hash of that content stored with it: written with the database's own credentials,
-    not by the signer. Only the Ed25519 signature can tell it apart."""
+    not by the signer. Its Ed25519 signature is the first check it fails."""
     rid = f"{row.request_id}-copy"
     new_id = entry_id_for(rid)
     sig = _flip_one_signature_byte(row.sig)
@@ -317,6 +320,7 @@ async def test_a_stored_row_that_does_not_check_is_refused(
     forge: Forge, caplog: pytest.LogCaptureFixture
 ) -> None:
     f = forge
+    verifying = f.anchorer.model_copy(update={"anchorer_verify_rows": True})
     good, original, moved = await stored_entries(f, ["good", "original", "moved"])
     bad_sig = await insert_copy_with_flipped_signature(f, original)
     # a signer-written row whose subject column no longer says what was signed
@@ -326,7 +330,7 @@ async def test_a_stored_row_that_does_not_check_is_refused(
     await publish_signed(f, [(r.subject, r.signed_event()) for r in (good, bad_sig, moved)])
 
     with caplog.at_level("ERROR", logger="ledger.anchorer"):
-        async with running(run_anchorer, f.anchorer, "anchorer") as metrics:
+        async with running(run_anchorer, verifying, "anchorer") as metrics:
             dead = await read_until(f.anchorer, f.anchorer.topic_signed + ".dlq",
                                     lambda r: len(r) >= 2, within=120)
             records = await read_until(f.anchorer, f.anchorer.topic_anchored,
@@ -356,3 +360,46 @@ async def test_a_stored_row_that_does_not_check_is_refused(
                            entry_public_key_pem=await entry_key_pem(f.anchorer, 1),
                            payload=payload_of(good.request_id))
     assert report.batch_size == 1
+
+
+# --- d. the same row with the default: anchored, then flagged by verify and audit ----------
+
+
+@pytest.mark.timeout(300)
+async def test_by_default_a_row_that_does_not_check_is_anchored_and_flagged_later(
+    forge: Forge,
+) -> None:
+    f = forge
+    assert not f.anchorer.anchorer_verify_rows, "the default"
+    (original,) = await stored_entries(f, ["original"])
+    bad_sig = await insert_copy_with_flipped_signature(f, original)
+    await publish_signed(f, [(r.subject, r.signed_event()) for r in (original, bad_sig)])
+
+    async with running(run_anchorer, f.anchorer, "anchorer") as metrics:
+        records = await read_until(f.anchorer, f.anchorer.topic_anchored,
+                                   lambda r: anchored_ids(r) >= {original.id, bad_sig.id},
+                                   within=120)
+
+    # not re-checked: anchored as stored, nothing refused, counted or dead-lettered
+    assert anchored_ids(records) == {original.id, bad_sig.id}
+    assert metric(metrics, "ledger_anchorer_rejected_rows_total", {"reason": "signature"}) == 0
+    assert metric(metrics, "ledger_dlq_messages_total",
+                  {"stage": "anchorer", "reason": "entry refused"}) == 0
+    stored = await f.repo.entry(bad_sig.id)
+    assert stored is not None and stored.batch_id is not None and stored.anchored_at is not None
+
+    # ... and caught afterwards: its proof bundle fails at the entry signature (the original's
+    # passes), and the audit's entry check reports the row's signature
+    events = {AnchoredEntry.model_validate_json(r.value or b"").entry.entry_id: r.value or b""
+              for r in records}
+    pinned = await entry_key_pem(f.anchorer, original.key_version)
+    payload = payload_of(original.request_id)  # the copy claims the same document
+    verify_bundle(events[original.id], rekor_public_key_pem=f.rekor_key,
+                  entry_public_key_pem=pinned, payload=payload)
+    with pytest.raises(BundleVerificationError) as flagged:
+        verify_bundle(events[bad_sig.id], rekor_public_key_pem=f.rekor_key,
+                      entry_public_key_pem=pinned, payload=payload)
+    assert flagged.value.step == "entry_signature"
+    problems = EntryChecker().check(stored)
+    assert "signature" in {p.check for p in problems}, [p.check for p in problems]
+    assert {(p.entry_id, p.batch_id) for p in problems} == {(bad_sig.id, stored.batch_id)}
