@@ -204,6 +204,14 @@ class Repository:
         sql += f" ORDER BY created_at {direction}, id {direction} LIMIT {bind(query.limit)}"
         return [EntryRecord.from_row(r) for r in await self._db.fetch(sql, *args)]
 
+    async def entries_for(self, ids: Sequence[uuid.UUID]) -> list[EntryRecord]:
+        """The rows of ``ids`` that exist (any order)."""
+        rows = await self._db.fetch(
+            f"SELECT {ENTRY_COLUMNS} FROM ledger.entries WHERE id = ANY($1::uuid[])",  # noqa: S608
+            list(ids),
+        )
+        return [EntryRecord.from_row(r) for r in rows]
+
     async def leaves(self, ids: Sequence[uuid.UUID]) -> list[LeafRecord]:
         """What a tree needs of the rows of ``ids`` that exist (any order)."""
         rows = await self._db.fetch(
@@ -227,13 +235,18 @@ class Repository:
             batch_id,
         )
 
-    async def unbatched_entries(self, *, older_than_s: float, limit: int) -> list[uuid.UUID]:
+    async def unbatched_entries(
+        self, *, older_than_s: float, limit: int, skip: Sequence[uuid.UUID] = ()
+    ) -> list[uuid.UUID]:
+        """Ids of rows without a batch, oldest first, other than those in ``skip``."""
         rows = await self._db.fetch(
             "SELECT id FROM ledger.entries WHERE batch_id IS NULL"
             " AND created_at < now() - $1 * INTERVAL '1 second'"
+            " AND id <> ALL($3::uuid[])"
             " ORDER BY created_at, id LIMIT $2",
             float(older_than_s),
             limit,
+            list(skip),
         )
         return [r["id"] for r in rows]
 

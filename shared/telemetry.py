@@ -155,6 +155,11 @@ class Metrics:
             "ledger_receipt_verification_failures",
             "Rekor receipts refused because a check failed", ["check"], registry=r,
         )
+        self.rejected_rows = Counter(
+            "ledger_anchorer_rejected_rows",
+            "stored entry rows the anchorer refused to anchor (signature, statement or leaf "
+            "does not check)", ["reason"], registry=r,
+        )
         self.pending_batches = Gauge(
             "ledger_pending_batches", "batches persisted but not yet anchored", registry=r
         )

@@ -52,6 +52,7 @@ from shared.vault_token import VaultToken
 
 from .anchoring import Anchorer
 from .batcher import AccumulatingConsumer
+from .building import Refusal
 from .checkpoints import ConsistencyMonitor
 from .sweeper import Sweeper
 from .trust import LogKeySource
@@ -101,9 +102,10 @@ def decode_signed(record: Record) -> uuid.UUID:
     """The entry a ``ledger.signed`` record names; anything unusable raises InvalidMessage.
 
     The anchorer takes nothing else from the event: what it anchors and emits comes from the
-    stored, signature-checked row (a forged or stale event can at most name an entry that
-    is then anchored as stored, or an unknown one, which is dead-lettered). The event was
-    validated once already, where it entered the pipeline: the signer.
+    stored row (a forged or stale event can at most name an entry that is then anchored as
+    stored, or an unknown one, which is dead-lettered; with ``LEDGER_ANCHORER_VERIFY_ROWS``
+    also a row that does not check, dead-lettered too). The event was validated once already,
+    where it entered the pipeline: the signer.
     """
     doc = decode_object(record.value)
     try:
@@ -158,22 +160,23 @@ class AnchorerStage:
                 *(self._anchorer.anchor(chunk) for chunk in chunks), return_exceptions=True
             )
         unknown: set[uuid.UUID] = set()
+        refused: dict[uuid.UUID, Refusal] = {}
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
             unknown |= outcome.unknown
+            refused.update(outcome.refused)
         rejections = []
         for m in messages:
             if m.value in unknown:
-                rejections.append(
-                    Rejection(
-                        m.record,
-                        InvalidMessage(
-                            "unknown entry",
-                            detail=f"entry {m.value} is not in ledger.entries",
-                        ),
-                    )
-                )
+                error = InvalidMessage(
+                    "unknown entry", detail=f"entry {m.value} is not in ledger.entries")
+            elif (why := refused.get(m.value)) is not None:
+                error = InvalidMessage(
+                    "entry refused", detail=f"entry {m.value} ({why.reason}): {why.detail}")
+            else:
+                continue
+            rejections.append(Rejection(m.record, error))
         return rejections
 
 
@@ -279,7 +282,8 @@ class AnchorerProcess:
             "anchorer started",
             extra={"topic": settings.topic_signed, "group": settings.anchorer_group,
                    "batch_max": settings.anchor_batch_max,
-                   "batch_ms": settings.anchor_batch_ms},
+                   "batch_ms": settings.anchor_batch_ms,
+                   "verify_rows": settings.anchorer_verify_rows},
         )
         await self.loop.run()
 
@@ -302,6 +306,7 @@ class AnchorerProcess:
             log_key=keys,
             metrics=self.metrics,
             anchor_key=settings.vault_anchor_key,
+            verify_rows=settings.anchorer_verify_rows,
         )
         sweeper = Sweeper(
             anchorer=anchorer,

@@ -6,7 +6,9 @@ Every ``sweeper_interval_s`` (and once at start) it
    the completion, Rekor down, a refused receipt): the stored manifest and signature are
    re-sent, so Rekor answers 201 or 409, the receipt is verified and the batch completed;
 2. batches signed entries never batched after ``sweeper_age_s`` (a lost ``ledger.signed``
-   event), straight from the database;
+   event), straight from the database; rows the anchorer refused (they do not check; only
+   with ``LEDGER_ANCHORER_VERIFY_ROWS``) are remembered and skipped afterwards, so that they
+   neither fill every round nor are logged again each round;
 3. checks that Rekor's log is consistent with the last checkpoint stored
    (:mod:`services.anchorer.checkpoints`);
 4. refreshes ``ledger_pending_batches``.
@@ -21,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,21 +38,32 @@ log = logging.getLogger("ledger.anchorer.sweeper")
 
 _MAX_BATCHES_PER_ROUND = 100
 _MAX_ENTRY_BATCHES_PER_ROUND = 20
+#: refused rows remembered (then forgotten all at once, and each refused once more)
+_MAX_REFUSED = 100_000
 
 
 class SweepStore(Protocol):
     """What the sweeper reads (:class:`shared.repository.Repository`)."""
 
     async def pending_batches(self, *, older_than_s: float, limit: int) -> list[uuid.UUID]: ...
-    async def unbatched_entries(self, *, older_than_s: float, limit: int) -> list[uuid.UUID]: ...
+    async def unbatched_entries(
+        self, *, older_than_s: float, limit: int, skip: Sequence[uuid.UUID] = ()
+    ) -> list[uuid.UUID]: ...
     async def pending_count(self) -> int: ...
+
+
+class Anchored(Protocol):
+    """What anchoring reports (:class:`services.anchorer.anchoring.AnchorResult`)."""
+
+    @property
+    def refused(self) -> Mapping[uuid.UUID, Any]: ...
 
 
 class Anchoring(Protocol):
     """What the sweeper asks of the anchorer (:class:`services.anchorer.anchoring.Anchorer`)."""
 
     async def complete(self, batch_id: uuid.UUID, *, path_label: str) -> bool: ...
-    async def anchor(self, entry_ids: Sequence[uuid.UUID]) -> Any: ...
+    async def anchor(self, entry_ids: Sequence[uuid.UUID]) -> Anchored: ...
 
 
 class Monitor(Protocol):
@@ -88,6 +101,7 @@ class Sweeper:
         self._age_s = age_s
         self._batch_max = batch_max
         self.rounds = 0
+        self._refused: set[uuid.UUID] = set()
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Sweep now, then every interval, until ``stopping`` is set."""
@@ -140,11 +154,14 @@ class Sweeper:
     async def _batch_orphans(self, report: SweepReport) -> None:
         for _ in range(_MAX_ENTRY_BATCHES_PER_ROUND):
             ids = await self._store.unbatched_entries(
-                older_than_s=self._age_s, limit=self._batch_max
+                older_than_s=self._age_s, limit=self._batch_max, skip=list(self._refused)
             )
             if not ids:
                 return
             log.info("batching entries never batched", extra={"entries": len(ids)})
             self._metrics.sweeper_redriven.labels(kind="entry").inc(len(ids))
             report.entries_batched += len(ids)
-            await self._anchorer.anchor(ids)
+            result = await self._anchorer.anchor(ids)
+            if len(self._refused) + len(result.refused) > _MAX_REFUSED:
+                self._refused.clear()
+            self._refused.update(result.refused)

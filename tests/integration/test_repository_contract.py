@@ -98,6 +98,8 @@ async def test_insert_is_idempotent_by_request_id_and_reads_back_what_was_insert
     found = await repo.entries_by_request_id(["a", "b", "missing"])
     assert found == {"a": as_stored(a, new["a"]), "b": as_stored(b, new["b"])}
     assert await repo.entry(a.id) == found["a"]
+    assert sorted(await repo.entries_for([b.id, a.id, uuid.uuid4()]), key=lambda e: e.id) == (
+        sorted([found["a"], found["b"]], key=lambda e: e.id))
 
     again = new_entry("a", content="other")  # the same request id, other content
     new2, others2 = await repo.insert_entries([again, new_entry("c")])
@@ -193,6 +195,8 @@ async def test_old_unbatched_entries_and_pending_batches(repo: Any):
     await repo.insert_entries([new_entry("u2")])
     assert await repo.unbatched_entries(older_than_s=3600, limit=10) == []
     assert await repo.unbatched_entries(older_than_s=-1, limit=1) == [entry_id_for("u1")]
+    assert await repo.unbatched_entries(older_than_s=-1, limit=1, skip=[
+        entry_id_for("u1"), uuid.uuid4()]) == [entry_id_for("u2")]
     (u1,) = await repo.leaves([entry_id_for("u1")])
     batch = dataclasses.replace(new_batch([u1.id], {u1.id: u1.leaf_hash}),
                                 created_at=datetime.now(UTC) - timedelta(minutes=5))

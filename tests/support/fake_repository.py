@@ -100,6 +100,10 @@ class FakeRepository:
                       key=lambda e: (e.created_at, e.id), reverse=query.order == "desc")
         return rows[: query.limit]
 
+    async def entries_for(self, ids: Sequence[uuid.UUID]) -> list[EntryRecord]:
+        self._call("entries_for")
+        return [self.entries_by_id[i] for i in dict.fromkeys(ids) if i in self.entries_by_id]
+
     async def leaves(self, ids: Sequence[uuid.UUID]) -> list[LeafRecord]:
         self._call("leaves")
         return [self.entries_by_id[i].leaf_record() for i in dict.fromkeys(ids)
@@ -117,11 +121,15 @@ class FakeRepository:
         members = [e for e in self.entries_by_id.values() if e.batch_id == batch_id]
         return sorted(members, key=lambda e: e.leaf_index or 0)
 
-    async def unbatched_entries(self, *, older_than_s: float, limit: int) -> list[uuid.UUID]:
+    async def unbatched_entries(
+        self, *, older_than_s: float, limit: int, skip: Sequence[uuid.UUID] = ()
+    ) -> list[uuid.UUID]:
         self._call("unbatched_entries")
         cutoff = self.clock() - timedelta(seconds=older_than_s)
+        skipped = set(skip)
         rows = sorted((e for e in self.entries_by_id.values()
-                       if e.batch_id is None and e.created_at < cutoff),
+                       if e.batch_id is None and e.created_at < cutoff
+                       and e.id not in skipped),
                       key=lambda e: (e.created_at, e.id))
         return [e.id for e in rows[:limit]]
 

@@ -8,6 +8,7 @@ checked with the offline verifier an auditor uses.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from services.anchorer.anchoring import Anchorer
 from shared.anchored import AnchoredEvent
-from shared.bundle import verify_bundle
+from shared.bundle import BundleVerificationError, verify_bundle
 from shared.errors import DatabaseUnavailable, ReceiptRejected, RekorError, RekorUnavailable
 from shared.records import NewEntry
 from shared.statement import entry_id_for, statement_bytes
@@ -73,7 +74,7 @@ class Published:
 
 
 class World:
-    def __init__(self) -> None:
+    def __init__(self, *, verify_rows: bool = False) -> None:
         self.repo = FakeRepository()
         self.log = FakeLog(ec.generate_private_key(ec.SECP256R1()))
         self.rekor = FakeRekor(self.log)
@@ -86,7 +87,7 @@ class World:
         self.anchorer = Anchorer(
             store=self.repo, signer=self.transit, rekor=self.rekor, publisher=self.published,
             log_key=PinnedKey(self.log_key), metrics=self.metrics, anchor_key=ANCHOR_KEY,
-            clock=lambda: T0,
+            verify_rows=verify_rows, clock=lambda: T0,
         )
 
     async def entries(self, n: int, tag: str = "e") -> list[uuid.UUID]:
@@ -112,6 +113,12 @@ class World:
 @pytest.fixture
 def world() -> World:
     return World()
+
+
+@pytest.fixture
+def verifying() -> World:
+    """An anchorer that re-checks each row before batching it (LEDGER_ANCHORER_VERIFY_ROWS)."""
+    return World(verify_rows=True)
 
 
 def _bundle_checks(world: World, event: AnchoredEvent) -> None:
@@ -158,6 +165,82 @@ async def test_unknown_ids_are_reported_not_invented(world: World) -> None:
     result = await world.anchorer.anchor([*ids, stranger])
     assert result.unknown == {stranger}
     assert len(result.emitted) == 2
+
+
+def _flip_signature_byte(sig: str) -> str:
+    prefix, raw = sig.rsplit(":", 1)
+    signature = bytearray(base64.b64decode(raw))
+    signature[10] ^= 0x01
+    return f"{prefix}:{base64.b64encode(bytes(signature)).decode()}"
+
+
+def _tamper(world: World, entry_id: uuid.UUID, *, leaf: str = "recomputed", **changes: Any) -> None:
+    """Rewrite a stored row as someone with write access to the table could; ``leaf``:
+    ``recomputed`` stores the leaf hash of the new content, ``kept`` leaves the old one."""
+    row = dataclasses.replace(world.repo.entries_by_id[entry_id], **changes)
+    if leaf == "recomputed":
+        row = dataclasses.replace(row, stored_leaf_hash=row.content_leaf_hash())
+    world.repo.add_entry(row)
+
+
+async def test_by_default_rows_are_not_rechecked_and_a_bad_signature_is_left_to_verify(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def not_called(row: object) -> None:
+        raise AssertionError("refusal() runs only with verify_rows")
+
+    monkeypatch.setattr("services.anchorer.anchoring.refusal", not_called)
+    good, bad_sig = await world.entries(2)
+    _tamper(world, bad_sig, sig=_flip_signature_byte(world.repo.entries_by_id[bad_sig].sig))
+    world.repo.calls.clear()
+
+    result = await world.anchorer.anchor([good, bad_sig])
+
+    assert result.refused == {}
+    assert "entries_for" not in world.repo.calls, "a claim reads the leaf hashes only"
+    events = {e.entry_id: e for e in result.emitted}
+    assert set(events) == {good, bad_sig}, "anchored as stored"
+    assert world.metric("ledger_anchorer_rejected_rows_total", {"reason": "signature"}) is None
+    _bundle_checks(world, events[good])
+    with pytest.raises(BundleVerificationError) as flagged:
+        _bundle_checks(world, events[bad_sig])
+    assert flagged.value.step == "entry_signature", "the verifier catches it afterwards"
+
+
+async def test_rows_that_do_not_check_are_refused_and_the_others_anchored(
+    verifying: World,
+) -> None:
+    world = verifying
+    good, bad_sig, other_key, moved_subject = await world.entries(4)
+    row = world.repo.entries_by_id
+    _tamper(world, bad_sig, sig=_flip_signature_byte(row[bad_sig].sig))
+    stranger = ed25519.Ed25519PrivateKey.generate()  # the stored key is not the signer's
+    _tamper(world, other_key, pubkey=pem(stranger.public_key()).decode())
+    _tamper(world, moved_subject, subject="someone-else")
+
+    result = await world.anchorer.anchor([good, bad_sig, other_key, moved_subject])
+
+    assert {i: r.reason for i, r in result.refused.items()} == {
+        bad_sig: "signature", other_key: "signature", moved_subject: "statement"}
+    assert "entries_for" in world.repo.calls, "the full rows are read to check them"
+    assert [e.entry_id for e in result.emitted] == [good]
+    _bundle_checks(world, result.emitted[0])
+    assert all(row[i].batch_id is None for i in result.refused), "left unbatched"
+    assert world.metric("ledger_anchorer_rejected_rows_total", {"reason": "signature"}) == 2
+    assert world.metric("ledger_anchorer_rejected_rows_total", {"reason": "statement"}) == 1
+    assert "someone-else" not in repr(result.refused), "a refusal shows no value of the row"
+
+
+async def test_a_stored_leaf_hash_that_is_not_the_rows_content_is_refused(
+    verifying: World,
+) -> None:
+    world = verifying
+    good, changed = await world.entries(2)
+    _tamper(world, changed, leaf="kept", stored_leaf_hash=b"\x07" * 32)
+    result = await world.anchorer.anchor([good, changed])
+    assert {i: r.reason for i, r in result.refused.items()} == {changed: "leaf"}
+    assert [e.entry_id for e in result.emitted] == [good]
+    assert world.metric("ledger_anchorer_rejected_rows_total", {"reason": "leaf"}) == 1
 
 
 async def test_rekor_down_keeps_the_batch_pending_and_the_retry_completes_it(

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.anchorer.anchoring import AnchorResult
+from services.anchorer.building import Refusal
 from services.anchorer.checkpoints import ConsistencyResult
 from services.anchorer.sweeper import Sweeper, SweepReport
 from shared.errors import ConfigError, RekorUnavailable
@@ -30,6 +32,7 @@ class RecordingAnchorer:
         self.completed: list[tuple[uuid.UUID, str]] = []
         self.anchored: list[list[uuid.UUID]] = []
         self.fail: Exception | None = None
+        self.refuse: set[uuid.UUID] = set()  # rows that do not check: left unbatched
 
     async def complete(self, batch_id: uuid.UUID, *, path_label: str) -> bool:
         if self.fail is not None:
@@ -37,13 +40,16 @@ class RecordingAnchorer:
         self.completed.append((batch_id, path_label))
         return True
 
-    async def anchor(self, entry_ids: Sequence[uuid.UUID]) -> object:
+    async def anchor(self, entry_ids: Sequence[uuid.UUID]) -> AnchorResult:
         self.anchored.append(list(entry_ids))
-        await self.repo.claim(NewBatch(
-            id=uuid.uuid4(), created_at=NOW, member_ids=list(entry_ids), root_hex="00",
-            manifest=b"m", manifest_sha256=b"d", anchor_sig=b"s", anchor_key_version=1,
-            anchor_pubkey="p"))
-        return None
+        refused = {i: Refusal("signature", "test") for i in entry_ids if i in self.refuse}
+        free = [i for i in entry_ids if i not in refused]
+        if free:
+            await self.repo.claim(NewBatch(
+                id=uuid.uuid4(), created_at=NOW, member_ids=free, root_hex="00",
+                manifest=b"m", manifest_sha256=b"d", anchor_sig=b"s", anchor_key_version=1,
+                anchor_pubkey="p"))
+        return AnchorResult(refused=refused)
 
 
 class Monitor:
@@ -108,6 +114,22 @@ async def test_entries_never_batched_are_batched_in_chunks_of_batch_max() -> Non
     assert report.entries_batched == 7
     assert uuid.UUID(int=100) not in {i for ids in w.anchorer.anchored for i in ids}
     assert w.metric("ledger_sweeper_redriven_total", {"kind": "entry"}) == 7
+
+
+async def test_refused_rows_are_skipped_afterwards_and_do_not_hide_the_rows_behind() -> None:
+    w = World(batch_max=3)
+    for n in range(7):
+        w.repo.add_entry(entry(n, age_s=AGE_S * 2))
+    w.anchorer.refuse = {uuid.UUID(int=n + 1) for n in range(3)}  # the 3 oldest
+    await w.sweeper.sweep_once()
+    assert [len(ids) for ids in w.anchorer.anchored] == [3, 3, 1]
+    assert {i for ids in w.anchorer.anchored[1:] for i in ids} == {
+        uuid.UUID(int=n + 1) for n in range(3, 7)}, "the rows behind the refused ones"
+    w.anchorer.anchored.clear()
+    await w.sweeper.sweep_once()
+    assert w.anchorer.anchored == [], "refused rows are not tried again every round"
+    assert await w.repo.unbatched_entries(older_than_s=AGE_S, limit=10) == sorted(
+        w.anchorer.refuse), "still unbatched: quarantined where they are"
 
 
 async def test_a_failing_dependency_ends_the_round_early_and_the_next_round_retries() -> None:
