@@ -489,8 +489,9 @@ def markdown(results: Mapping[str, Any], s: Mapping[str, Any], pictures: Sequenc
         "",
         "The machine is shared and noisy, so every figure stands next to a baseline measured "
         "in the same run (the raw engines, a trivial HTTP handler, the runbook's own design, "
-        "and the previous release's stages on the same stack). Kafka's JVM is warmed up "
-        "before anything is measured.",
+        "and the previous release's stages next to this release's on one stack with plain "
+        "links, since stages older than the secured links cannot connect to the normal "
+        "stack). Kafka's JVM is warmed up before anything is measured.",
         "",
         "## Targets",
         "",

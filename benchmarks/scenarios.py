@@ -81,8 +81,8 @@ class Profile:
     kafka_messages: int = 50_000
     drain_within_s: float = 900.0
     #: secured_links: rounds of (secured, plain) Kafka paths, after a warm-up of each stack
-    links_rounds: int = 2
-    links_warm_up_entries: int = 10_000
+    links_rounds: int = 4
+    links_warm_up_entries: int = 20_000
 
 
 FULL = Profile("full")
