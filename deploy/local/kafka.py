@@ -338,7 +338,8 @@ class Kafka(LocalService):
         admin = self.admin_settings()
         wait_until(lambda: run_coro(lambda: _list_topics(admin), timeout=20) is not None,
                    timeout=90, what="kafka (admin list_topics)", proc=self._proc, interval=0.5)
-        progress(f"creating topics ({self.partitions} partitions) and their ACLs")
+        progress(f"creating topics ({self.partitions} partitions)"
+                 + ("" if self.plain_links else " and their ACLs"))
         create_topics(admin, self.topics, self.partitions)
         if not self.plain_links:
             grant_pipeline_acls(admin, admin)

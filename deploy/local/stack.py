@@ -160,7 +160,7 @@ class Stack:
         #: benchmark only (what TLS costs, see the module docstring): every link plaintext
         self.plain_links = plain_links
         if plain_links:
-            env = {k: v for k, v in env.items() if k == "LEDGER_STACK_SERVICES"}
+            env = {}  # every service local, whatever the environment says
         self.stack_dir = Path(stack_dir).resolve()
         self.cache_dir = (cache_dir or default_cache_dir()).expanduser().resolve()
         self.selected = _selected(services, env)

@@ -21,6 +21,7 @@ _ENV = {
     "KAFKA_BOOTSTRAP_SERVERS": "kafka.example:9093",
     "KAFKA_SECURITY_PROTOCOL": "SSL",
     "LEDGER_REQUIRE_TLS": "true",
+    "LEDGER_STACK_SERVICES": "postgres,kafka",
 }
 
 
@@ -45,6 +46,7 @@ def test_the_normal_stack_secures_every_link(tmp_path: Path) -> None:
 def test_plain_links_come_from_the_constructor_only(tmp_path: Path) -> None:
     stack = Stack(tmp_path, tmp_path / "cache", environ=_ENV, plain_links=True)
     assert stack.external == {}  # every service local, whatever the environment says
+    assert list(stack.services) == ["postgres", "kafka", "openbao", "rekor"]
     kafka, postgres, openbao = (stack.services[n] for n in ("kafka", "postgres", "openbao"))
     assert isinstance(kafka, Kafka) and kafka.plain_links
     assert isinstance(postgres, Postgres) and postgres.plain_links
