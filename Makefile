@@ -45,7 +45,9 @@ test: install
 
 # Benchmarks against a real local stack started for the run, every stage its own process;
 # rewrites docs/benchmarks.md, docs/benchmarks/results.json and the charts. The previous
-# release's stages run the Kafka path in the same run. `make test` runs only a tiny profile.
+# release's stages run the Kafka path in the same run, next to this release's, on a second
+# stack with plain links (stages older than the secured links cannot connect to the normal
+# one); `secured_links` compares the two stacks. `make test` runs only a tiny profile.
 BENCH_BASELINE_REF ?= fecd862
 bench: install
 	$(BIN)/python -m benchmarks --profile full --baseline-ref $(BENCH_BASELINE_REF)

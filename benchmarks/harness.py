@@ -42,6 +42,7 @@ from deploy.local.gotools import GoTool, ensure_go_tool
 from deploy.local.postgres import Postgres
 from deploy.local.stack import Stack
 from shared.db import Database, migrate
+from shared.kafka_acls import apply_acls, pipeline_acls
 from shared.kafka_admin import ensure_topics
 from shared.kafka_tls import client_options, connection_environment
 from shared.settings import Settings
@@ -249,6 +250,9 @@ class Lane:
              f"{s.topic_append}.dlq", f"{s.topic_signed}.dlq"],
             partitions,
         )
+        if s.kafka_security_protocol == "SSL":
+            # the stages' own principals may use only what the ACLs name: the lane's names
+            await apply_acls(s, pipeline_acls(s))
         db = await Database.connect(s, max_size=4)
         await migrate(db)
         directory = bench.run_dir / prefix

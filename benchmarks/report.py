@@ -73,6 +73,8 @@ def summary(results: Mapping[str, Any]) -> dict[str, Any]:
             if mb is not None:
                 rss[stage] = max(rss.get(stage, 0.0), float(mb))
     previous = results.get("previous_release") or {}
+    same_stack = previous.get("this_release_same_stack") or {}
+    links_ratio = _get(results, "secured_links", "ratio_secured_over_plain", default={}) or {}
     return {
         "kafka_e2e_entries_per_s": e2e.get("entries_per_s"),
         "kafka_e2e_cores_busy": e2e.get("cores_busy"),
@@ -83,6 +85,13 @@ def summary(results: Mapping[str, Any]) -> dict[str, Any]:
         "previous_release_entries_per_s": previous.get("entries_per_s"),
         "previous_release_cpu_us_per_entry_total": previous.get("cpu_us_per_entry_total"),
         "previous_release_ref": previous.get("ref"),
+        # the previous release runs on a stack with plain links, next to this release's stages
+        "previous_release_this_release_entries_per_s": same_stack.get("entries_per_s"),
+        "previous_release_this_release_cpu_us_per_entry_total": same_stack.get(
+            "cpu_us_per_entry_total"),
+        # the Kafka path on the secured stack / on a stack with plain links (same run)
+        "secured_links_ratio_entries_per_s": links_ratio.get("entries_per_s"),
+        "secured_links_ratio_cpu_us_per_entry_total": links_ratio.get("total"),
         "http_async_p99_ms": {str(int(s["offered_per_s"])): s["p99_ms"]
                               for s in _steps(results, "http_async")},
         "http_wait_p99_ms": {str(int(s["offered_per_s"])): s["p99_ms"]
@@ -151,16 +160,21 @@ def target_rows(results: Mapping[str, Any], s: Mapping[str, Any]) -> list[list[s
 
     e2e = s.get("kafka_e2e_entries_per_s")
     prev = s.get("previous_release_entries_per_s")
+    # the previous release ran on a stack with plain links, next to this release's stages
+    same = s.get("previous_release_this_release_entries_per_s") or e2e
     vault4 = _get(results, "baselines", "vault_c4", "per_s")
     row("kafka_e2e", "≥ 5,000 (stretch 10,000)", e2e,
         None if e2e is None else e2e >= 5000,
-        f"{_ratio(e2e, prev)} the previous release ({_fmt(prev)}/s); raw Vault batch "
+        f"{_ratio(same, prev)} the previous release ({_fmt(prev)}/s, on one stack with "
+        f"{_fmt(same)}/s of this release); raw Vault batch "
         f"signing {_fmt(vault4)}/s; cores busy {_fmt(s.get('kafka_e2e_cores_busy'), 2)} of "
         f"{os.cpu_count()}")
     total = s.get("cpu_us_per_entry_total")
     prev_cpu = s.get("previous_release_cpu_us_per_entry_total")
+    same_cpu = s.get("previous_release_this_release_cpu_us_per_entry_total") or total
     row("cpu_total", "≤ 400", total, None if total is None else total <= 400,
-        f"previous release {_fmt(prev_cpu)} µs ({_ratio(prev_cpu, total)} more)")
+        f"previous release {_fmt(prev_cpu)} µs ({_ratio(prev_cpu, same_cpu)} this release's "
+        f"{_fmt(same_cpu)} µs on the same stack)")
     cpu = s.get("cpu_us_per_entry") or {}
     ingest_cpu = _get(_step_at(results, "http_async", 1000.0), "cpu_us_per_entry", "ingest")
     stage_cpu = {"signer": cpu.get("signer"), "anchorer": cpu.get("anchorer"),
@@ -313,25 +327,31 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 def _kafka_rows(results: Mapping[str, Any]) -> list[list[str]]:
     rows = []
     for key, label in (("kafka_e2e", "1 signer + 1 anchorer, 50k, as fast as produced"),
-                       ("previous_release", "the previous release, same load"),
+                       ("previous_release", "the previous release, same load, plain links"),
                        ("kafka_e2e_2x", "2 signers + 2 anchorers, 50k"),
                        ("kafka_fixed_rate", "1+1 at a fixed 1,000 entries/s"),
                        ("backlog_drain", "1+1 draining a 100k backlog")):
         r = results.get(key)
         if not r:
             continue
+        if r.get("this_release_same_stack"):
+            rows.append(_kafka_row("this release, on the previous release's stack",
+                                   r["this_release_same_stack"]))
         ref = f" ({r['ref']})" if r.get("ref") else ""
-        rows.append([label + ref, _fmt(r["entries_per_s"]), _fmt(r["cpu_us_per_entry_total"]),
-                     _fmt(r["cores_busy"], 2),
-                     f"{_fmt(r['time_to_signed_ms']['p50'])} / "
-                     f"{_fmt(r['time_to_signed_ms']['p99'])}",
-                     f"{_fmt(r['time_to_anchored_ms']['p50'])} / "
-                     f"{_fmt(r['time_to_anchored_ms']['p99'])}",
-                     ", ".join(f"{k} {_fmt(v)}" for k, v in (r.get("peak_rss_mb") or {}).items()),
-                     f"{r['exactly_once']['rows']} rows, {r['exactly_once']['batches']} batches,"
-                     f" {r['exactly_once']['events']} events, Rekor +"
-                     f"{r['exactly_once']['rekor_growth']}"])
+        rows.append(_kafka_row(label + ref, r))
     return rows
+
+
+def _kafka_row(label: str, r: Mapping[str, Any]) -> list[str]:
+    once = r["exactly_once"]
+    return [label, _fmt(r["entries_per_s"]), _fmt(r["cpu_us_per_entry_total"]),
+            _fmt(r["cores_busy"], 2),
+            f"{_fmt(r['time_to_signed_ms']['p50'])} / {_fmt(r['time_to_signed_ms']['p99'])}",
+            f"{_fmt(r['time_to_anchored_ms']['p50'])} / "
+            f"{_fmt(r['time_to_anchored_ms']['p99'])}",
+            ", ".join(f"{k} {_fmt(v)}" for k, v in (r.get("peak_rss_mb") or {}).items()),
+            f"{once['rows']} rows, {once['batches']} batches, {once['events']} events, "
+            f"Rekor +{once['rekor_growth']}"]
 
 
 def _cpu_rows(results: Mapping[str, Any]) -> list[list[str]]:
@@ -437,6 +457,7 @@ def _sizing(results: Mapping[str, Any], s: Mapping[str, Any]) -> str:
 
 
 def markdown(results: Mapping[str, Any], s: Mapping[str, Any], pictures: Sequence[Path]) -> str:
+    from benchmarks.links import links_section  # noqa: PLC0415 - it imports this module
     machine = results.get("machine") or {}
     names = {p.name for p in pictures}
     parts = [
@@ -468,8 +489,9 @@ def markdown(results: Mapping[str, Any], s: Mapping[str, Any], pictures: Sequenc
         "",
         "The machine is shared and noisy, so every figure stands next to a baseline measured "
         "in the same run (the raw engines, a trivial HTTP handler, the runbook's own design, "
-        "and the previous release's stages on the same stack). Kafka's JVM is warmed up "
-        "before anything is measured.",
+        "and the previous release's stages next to this release's on one stack with plain "
+        "links, since stages older than the secured links cannot connect to the normal "
+        "stack). Kafka's JVM is warmed up before anything is measured.",
         "",
         "## Targets",
         "",
@@ -489,6 +511,7 @@ def markdown(results: Mapping[str, Any], s: Mapping[str, Any], pictures: Sequenc
     ]
     if "cpu-per-entry.png" in names:
         parts += ["![CPU per entry by process](benchmarks/cpu-per-entry.png)", ""]
+    parts += links_section(results)
     parts += [
         "## Batch sizes and concurrency",
         "",

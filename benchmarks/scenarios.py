@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks import links
 from benchmarks.harness import (
     REPO,
     Bench,
@@ -39,6 +40,7 @@ from deploy.local.postgres import Postgres
 from services.ingest import create_token
 from shared.kafka_admin import ensure_topics
 from shared.kafka_tls import connection_environment
+from shared.settings import Settings
 from shared.vault_token import VaultToken
 
 __all__ = ["FULL", "NAMES", "SMOKE", "Profile", "run_all", "run_one"]
@@ -78,6 +80,9 @@ class Profile:
     pg_rows: int = 50_000
     kafka_messages: int = 50_000
     drain_within_s: float = 900.0
+    #: secured_links: rounds of (secured, plain) Kafka paths, after a warm-up of each stack
+    links_rounds: int = 4
+    links_warm_up_entries: int = 20_000
 
 
 FULL = Profile("full")
@@ -87,7 +92,8 @@ SMOKE = Profile(
     sweep_vault_in_flight=(2,), sweep_anchor_batches=(50,), two_of_each=False,
     http_seconds=1, http_rates=(50,), http_search_rates=(), bulk_size=20, bulk_seconds=1,
     bulk_rates=(2,), runbook_rates=(20,), trivial_rates=(50,), vault_signatures=400,
-    pg_rows=1000, kafka_messages=1000, drain_within_s=120,
+    pg_rows=1000, kafka_messages=1000, drain_within_s=120, links_rounds=1,
+    links_warm_up_entries=0,
 )
 
 #: A step "holds" a rate when nothing failed and the answers kept up with the offer.
@@ -235,15 +241,45 @@ def _checkout(ref: str) -> Any:
 
 
 async def previous_release(bench: Bench, profile: Profile, ref: str) -> dict[str, Any]:
-    """The Kafka path with the stages of ``ref`` (same stack, same load, same checks)."""
+    """The Kafka path with the stages of ``ref``, then with this checkout's, on one private
+    stack with plain links (same load, same checks): stages older than the secured links
+    cannot connect to the normal stack (mutual TLS, ACLs), and like is compared with like."""
     with _checkout(ref) as (path, sha):
-        bench.code_dir = path
-        try:
-            result = await kafka_path(bench, entries=profile.kafka_entries,
-                                      label=f"release {sha}")
-        finally:
-            bench.code_dir = REPO
-    return {**result, "ref": sha}
+        async with links.plain_bench(bench, "release-stack") as plain:
+            await _warm_up(plain, profile, "release stack")
+            result = await kafka_path(replace(plain, code_dir=path),
+                                      entries=profile.kafka_entries, label=f"release {sha}")
+            current = await kafka_path(plain, entries=profile.kafka_entries,
+                                       label="this release, same stack")
+    return {**result, "ref": sha, "links": "plain", "this_release_same_stack": current}
+
+
+async def _warm_up(bench: Bench, profile: Profile, what: str) -> None:
+    """Not measured: a fresh Kafka JVM compiles its hot paths first (see :func:`warm_up`)."""
+    if profile.links_warm_up_entries:
+        await kafka_path(bench, entries=profile.links_warm_up_entries, label=f"warm-up, {what}")
+
+
+async def secured_links(bench: Bench, profile: Profile) -> dict[str, Any]:
+    """The Kafka path (1+1) on this stack (secured links) and on a private stack with plain
+    links, in interleaved rounds (:mod:`benchmarks.links`): what TLS and the ACLs cost."""
+    async with links.plain_bench(bench) as plain:
+        benches = {"secured": bench, "plain": plain}
+        for side, b in benches.items():
+            await _warm_up(b, profile, f"{side} links")
+        runs = await links.interleave(
+            benches, profile.links_rounds,
+            lambda b, label: kafka_path(b, entries=profile.kafka_entries, label=label))
+    return {"entries": profile.kafka_entries, "warm_up_entries": profile.links_warm_up_entries,
+            "order": links.side_order(profile.links_rounds),
+            "links": {side: _links_of(b.settings) for side, b in benches.items()},
+            "runs": runs, **links.compare(runs)}
+
+
+def _links_of(settings: Settings) -> dict[str, Any]:
+    return {"kafka": settings.kafka_security_protocol,
+            "postgres_tls": "sslmode=verify-full" in settings.database_dsn,
+            "openbao_tls": settings.vault_addr.startswith("https://")}
 
 
 # --- HTTP ------------------------------------------------------------------------------------
@@ -476,6 +512,7 @@ _SCENARIOS: dict[str, Scenario] = {
     "http_wait": lambda b, p: http_ingest(b, p, mode="wait"),
     "http_bulk": lambda b, p: http_ingest(b, p, mode="bulk"),
     "http_runbook": lambda b, p: http_baseline(b, p, kind="runbook"),
+    "secured_links": secured_links,
 }
 #: every scenario, in the order a full run takes them (the previous release right after
 #: this one, under the same conditions)
@@ -497,7 +534,9 @@ async def run_all(bench: Bench, profile: Profile, *, baseline_ref: str = "") -> 
     for name in NAMES:
         if (name == "backlog_drain" and not profile.backlog_entries) or (
             name == "kafka_e2e_2x" and not profile.two_of_each
-        ) or (name == "previous_release" and not baseline_ref):
+        ) or (name == "previous_release" and not baseline_ref) or (
+            name == "secured_links" and not profile.links_rounds
+        ):
             continue
         r[name] = await run_one(bench, profile, name, baseline_ref=baseline_ref)
     return r

@@ -22,6 +22,11 @@ mutual TLS. A certificate's ``CN`` is its principal. The broker (``kafka-broker`
 file in ``<stack_dir>/kafka/clients/`` (mode 600); :meth:`Kafka.endpoints` hands out the
 administrator's as ``KAFKA_SSL_CERTFILE`` (the operator's tools and the tests) and each
 stage's as ``LEDGER_<STAGE>_KAFKA_SSL_CERTFILE``.
+
+``plain_links=True`` (a constructor argument, never read from the environment) exists only
+for the benchmark that measures what TLS costs (``python -m benchmarks --only
+secured_links``): plaintext listeners, no authorizer, no certificates, no ACLs, and
+endpoints without ``KAFKA_SSL_*``. Nothing else may use it.
 """
 
 from __future__ import annotations
@@ -118,8 +123,10 @@ class Kafka(LocalService):
     name = "kafka"
 
     def __init__(self, stack_dir: Path, cache_dir: Path, *, partitions: int | None = None,
-                 topics: Sequence[str] = TOPICS) -> None:
+                 topics: Sequence[str] = TOPICS, plain_links: bool = False) -> None:
         super().__init__(stack_dir, cache_dir)
+        #: benchmark only (what TLS costs): plaintext listeners, no authorizer, no ACLs
+        self.plain_links = plain_links
         self.partitions = partitions if partitions is not None else partitions_from_env()
         self.topics = tuple(topics)
         self._proc: ManagedProcess | None = None
@@ -246,17 +253,29 @@ class Kafka(LocalService):
                              self.client_pem(principal))
         return keystore
 
-    def _write_config(self, port: int, controller_port: int, keystore: Path) -> None:
+    def _listener_properties(self, port: int, controller_port: int) -> dict[str, str]:
+        """Mutual TLS and ACLs on both listeners; plaintext and no authorizer with
+        ``plain_links`` (the benchmark of what TLS costs, only)."""
+        protocol = "PLAINTEXT" if self.plain_links else "SSL"
+        props = {
+            "listeners": f"{protocol}://127.0.0.1:{port},"
+                         f"CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": f"{protocol}://127.0.0.1:{port}",
+            "inter.broker.listener.name": protocol,
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": f"CONTROLLER:{protocol},{protocol}:{protocol}",
+        }
+        if not self.plain_links:
+            keystore = self._issue_certificates()
+            props.update(security_properties(str(keystore), str(self.ca_path)))
+        return props
+
+    def _write_config(self, port: int, controller_port: int) -> None:
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
-            "listeners": f"SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-            "advertised.listeners": f"SSL://127.0.0.1:{port}",
-            "inter.broker.listener.name": "SSL",
-            "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "CONTROLLER:SSL,SSL:SSL",
-            **security_properties(str(keystore), str(self.ca_path)),
+            **self._listener_properties(port, controller_port),
             "log.dirs": str(self.data_dir),
             "num.partitions": str(self.partitions),
             "auto.create.topics.enable": "false",
@@ -291,7 +310,7 @@ class Kafka(LocalService):
         port = self.port("port")
         controller_port = self.port("controller")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._write_config(port, controller_port, self._issue_certificates())
+        self._write_config(port, controller_port)
         state = self.load_state()
         if not (self.data_dir / "meta.properties").is_file():
             cluster_id = state.get("cluster_id") or _random_cluster_id()
@@ -319,14 +338,17 @@ class Kafka(LocalService):
         admin = self.admin_settings()
         wait_until(lambda: run_coro(lambda: _list_topics(admin), timeout=20) is not None,
                    timeout=90, what="kafka (admin list_topics)", proc=self._proc, interval=0.5)
-        progress(f"creating topics ({self.partitions} partitions) and their ACLs")
+        progress(f"creating topics ({self.partitions} partitions)"
+                 + ("" if self.plain_links else " and their ACLs"))
         create_topics(admin, self.topics, self.partitions)
-        grant_pipeline_acls(admin, admin)
+        if not self.plain_links:
+            grant_pipeline_acls(admin, admin)
         wait_until(
             lambda: set(self.topics) <= run_coro(lambda: _list_topics(admin), timeout=20),
             timeout=30, what="kafka topics", proc=self._proc,
         )
-        progress(f"Kafka ready on 127.0.0.1:{port} (mutual TLS)")
+        links = "PLAINTEXT, benchmark only" if self.plain_links else "mutual TLS"
+        progress(f"Kafka ready on 127.0.0.1:{port} ({links})")
 
     def admin_settings(self) -> Settings:
         """Settings connecting as the administrator (a super user)."""
@@ -344,6 +366,9 @@ class Kafka(LocalService):
         port = self.load_state().get("ports", {}).get("port")
         if port is None:
             return {}
+        if self.plain_links:
+            return {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+                    "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}
         return {
             "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
             "KAFKA_SECURITY_PROTOCOL": "SSL",

@@ -18,6 +18,11 @@ Security model (a developer stack on one machine):
   (``trust``), which only the server's OS user and root can reach. The stack uses it for
   administration (roles, databases) through ``psql``.
 
+``plain_links=True`` (a constructor argument, never read from the environment) exists only
+for the benchmark that measures what TLS costs (``python -m benchmarks --only
+secured_links``): plaintext TCP logins from 127.0.0.1 are accepted, the DSN says
+``sslmode=disable`` and no ``LEDGER_REQUIRE_TLS`` is exported. Nothing else may use it.
+
 When we run as root the server runs as a dedicated OS user: ``postgres`` if it exists
 (Debian's package creates it), else a system user ``ledger-pg`` that we create.
 """
@@ -63,8 +68,10 @@ class Postgres(LocalService):
 
     name = "postgres"
 
-    def __init__(self, stack_dir: Path, cache_dir: Path) -> None:
+    def __init__(self, stack_dir: Path, cache_dir: Path, *, plain_links: bool = False) -> None:
         super().__init__(stack_dir, cache_dir)
+        #: benchmark only (what TLS costs): plaintext TCP from loopback, ``sslmode=disable``
+        self.plain_links = plain_links
         self._proc: ManagedProcess | None = None
 
     # --- paths and identity -----------------------------------------------------------------
@@ -223,8 +230,10 @@ class Postgres(LocalService):
         port = state.get("ports", {}).get("port")
         if port is None:
             return {}
-        return {"CRDB_DSN": self._dsn(APP_ROLE, str(state.get("password", "")), APP_DB, port),
-                "LEDGER_REQUIRE_TLS": "true"}
+        dsn = self._dsn(APP_ROLE, str(state.get("password", "")), APP_DB, port)
+        if self.plain_links:
+            return {"CRDB_DSN": dsn}
+        return {"CRDB_DSN": dsn, "LEDGER_REQUIRE_TLS": "true"}
 
     def processes(self) -> list[ManagedProcess]:
         return [self._proc] if self._proc is not None else []
@@ -265,9 +274,9 @@ class Postgres(LocalService):
 
     def _dsn(self, role: str, password: str, db: str, port: int) -> str:
         auth = f"{role}:{password}" if password else role
-        query = urllib.parse.urlencode(
-            {"sslmode": "verify-full", "sslrootcert": str(self.ca_file)},
-            quote_via=urllib.parse.quote, safe="/")
+        tls = ({"sslmode": "disable"} if self.plain_links
+               else {"sslmode": "verify-full", "sslrootcert": str(self.ca_file)})
+        query = urllib.parse.urlencode(tls, quote_via=urllib.parse.quote, safe="/")
         return f"postgresql://{auth}@{HOST}:{port}/{db}?{query}"
 
     def _server_tls(self, user: str | None) -> ServerCert:
@@ -313,11 +322,15 @@ class Postgres(LocalService):
 
     def _write_hba(self) -> None:
         hba = self.data_dir / "pg_hba.conf"
-        text = (
-            "# written by deploy/local/postgres.py at each start\n"
-            "local      all  all                 trust\n"
+        tcp = (
+            # benchmark only (what TLS costs): plaintext TCP from loopback too
+            "host       all  all  127.0.0.1/32   scram-sha-256\n" if self.plain_links else
             "hostssl    all  all  127.0.0.1/32   scram-sha-256\n"
             "hostnossl  all  all  all            reject\n"
+        )
+        text = (
+            "# written by deploy/local/postgres.py at each start\n"
+            "local      all  all                 trust\n" + tcp
         )
         st = hba.stat()
         hba.write_text(text)

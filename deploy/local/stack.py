@@ -23,6 +23,12 @@ a private local PostgreSQL is started for Trillian only.)
 ``LEDGER_USE_TESTCONTAINERS=1`` takes PostgreSQL, Kafka and Vault from Docker through
 testcontainers instead (see :mod:`deploy.local.containers`).
 
+``Stack(..., plain_links=True)`` exists only to measure what the secured links cost (the
+``secured_links`` benchmark starts such a stack of its own next to the normal one): Kafka with
+plaintext listeners and no authorizer, PostgreSQL accepting plaintext TCP from loopback, and
+OpenBao without TLS. It is a constructor argument only (no environment variable, no command
+option of ``ledger stack``), every service is then local, and containers are refused.
+
 A stack directory has one supervisor at a time (the process that called
 :meth:`Stack.start_all`, pid in ``<stack_dir>/supervisor.pid``); :func:`stop_stale` stops a
 stack whose supervisor is gone or is another process (``ledger stack down``).
@@ -148,13 +154,20 @@ class Stack:
         *,
         environ: Mapping[str, str] | None = None,
         use_containers: bool | None = None,
+        plain_links: bool = False,
     ) -> None:
         env = dict(os.environ if environ is None else environ)
+        #: benchmark only (what TLS costs, see the module docstring): every link plaintext
+        self.plain_links = plain_links
+        if plain_links:
+            env = {}  # every service local, whatever the environment says
         self.stack_dir = Path(stack_dir).resolve()
         self.cache_dir = (cache_dir or default_cache_dir()).expanduser().resolve()
         self.selected = _selected(services, env)
         if use_containers is None:
             use_containers = env.get("LEDGER_USE_TESTCONTAINERS", "") in {"1", "true", "yes"}
+        if plain_links and use_containers:
+            raise StackError("plain_links is for the local processes only, not containers")
         #: service name → the environment's values, for services used from the environment
         self.external: dict[str, dict[str, str]] = {}
         #: service name → local service object (started by this stack), in start order
@@ -195,6 +208,10 @@ class Stack:
                 raise StackError("rekor needs the postgres service for Trillian")
             factory: Callable[..., LocalService] = cls
             return factory(self.stack_dir, self.cache_dir, postgres=postgres)
+        if self.plain_links:
+            options = {"tls": False} if name == "openbao" else {"plain_links": True}
+            plain: Callable[..., LocalService] = cls
+            return plain(self.stack_dir, self.cache_dir, **options)
         return cls(self.stack_dir, self.cache_dir)
 
     # --- lifecycle --------------------------------------------------------------------------

@@ -102,8 +102,11 @@ def test_summary_reads_the_targets_from_the_scenarios() -> None:
         "http_wait": {"max_holding_per_s": 1000.0, "steps": [_step(500, 90.0)]},
         "http_bulk": {"max_holding_per_s": 20.0, "entries_per_request": 500, "steps": []},
         "http_runbook": {"max_holding_per_s": 100.0, "steps": [_step(100, 300.0)]},
+        # the previous release ran next to this release's stages on a plain-links stack
         "previous_release": {"entries_per_s": 1500.0, "cpu_us_per_entry_total": 900.0,
-                             "ref": "abc1234"},
+                             "ref": "abc1234",
+                             "this_release_same_stack": {"entries_per_s": 3000.0,
+                                                         "cpu_us_per_entry_total": 450.0}},
     }
     s = report.summary(results)
     assert s["kafka_e2e_entries_per_s"] == 4000.0
@@ -123,4 +126,9 @@ def test_summary_reads_the_targets_from_the_scenarios() -> None:
     assert verdicts[dict(report.TARGETS)["runbook"]] == "met"
     assert verdicts[dict(report.TARGETS)["rss"]] == "met"
     assert verdicts[dict(report.TARGETS)["bulk"]] == "met"
-    assert "2.7x the previous release (1,500/s)" in rows[dict(report.TARGETS)["kafka_e2e"]][3]
+    assert s["previous_release_this_release_entries_per_s"] == 3000.0
+    # the previous release is compared with this release on the same stack, not the run's own
+    assert ("2x the previous release (1,500/s, on one stack with 3,000/s of this release)"
+            in rows[dict(report.TARGETS)["kafka_e2e"]][3])
+    assert "(2x this release's 450 µs on the same stack)" in rows[
+        dict(report.TARGETS)["cpu_total"]][3]
