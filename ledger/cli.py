@@ -44,7 +44,7 @@ from rich.text import Text
 from deploy.local.base import default_cache_dir, default_stack_dir
 from deploy.local.process import ManagedProcess, StackError, wait_until
 from deploy.local.stack import Stack, stack_status, stop_stale
-from ledger import dlq, kafka_acls, pipeline
+from ledger import dlq, kafka_acls, pipeline, proof
 from shared.errors import LedgerError
 
 __all__ = [
@@ -402,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.register(add)
     dlq.register(add)
     kafka_acls.register(add)
+    proof.register(add)
     for entry in _EXTRA_COMMANDS:
         add(*entry)
     return parser

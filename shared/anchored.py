@@ -1,7 +1,8 @@
 """Building ``ledger.anchored`` events (the offline proof bundles) from database rows.
 
-Shared by the anchorer, which emits one event per entry of an anchored batch, and by ingest,
-which serves the same document at ``GET /entries/{id}/proof``. Both read the rows through
+Shared by the anchorer, which emits one event per entry of an anchored batch, and by
+:mod:`shared.proofs`, with which ingest serves the same document at
+``GET /entries/{id}/proof`` and ``ledger proof`` writes it to files. Both read the rows through
 :class:`shared.repository.Repository` and build with :func:`anchored_events`, so the proof
 an HTTP client downloads is byte-identical to the entry's Kafka event.
 

@@ -114,6 +114,8 @@ class EntryQuery:
     created_from: datetime | None = None  # inclusive
     created_to: datetime | None = None  # exclusive
     anchored: bool | None = None
+    #: lowercase hex SHA-256 of the payload (``entries_payload_hash_idx``)
+    payload_hash: str | None = None
     order: Order = "asc"
     #: the ``(created_at, id)`` of the last row of the previous page
     after: tuple[datetime, uuid.UUID] | None = None
@@ -194,6 +196,8 @@ class Repository:
             where.append(f"created_at < {bind(query.created_to)}")
         if query.anchored is not None:
             where.append("anchored_at IS NOT NULL" if query.anchored else "anchored_at IS NULL")
+        if query.payload_hash is not None:
+            where.append(f"payload_hash = {bind(query.payload_hash)}")
         op, direction = (">", "ASC") if query.order == "asc" else ("<", "DESC")
         if query.after is not None:
             t, i = bind(query.after[0]), bind(query.after[1])

@@ -25,7 +25,7 @@ from .store import (
 )
 from .validation import RequestRejected
 
-__all__ = ["EntryReads"]
+__all__ = ["PAYLOAD_HASH_PATTERN", "EntryReads"]
 
 log = logging.getLogger("ledger.ingest")
 
@@ -34,8 +34,12 @@ _DEFAULT_LIMIT: Final = 100
 _PROOF_RETRY_AFTER_S: Final = "5"
 _REQUEST_ID_PATH_RE: Final = re.compile(REQUEST_ID_PATTERN)
 _SUBJECT_RE: Final = re.compile(SUBJECT_PATTERN)
-_LIST_PARAMETERS: Final = frozenset({"subject", "from", "to", "anchored", "limit", "cursor",
-                                     "order"})
+_LIST_PARAMETERS: Final = frozenset({"subject", "from", "to", "anchored", "payload_hash",
+                                     "limit", "cursor", "order"})
+#: ``payload_hash``: hex SHA-256 in either case, as ``POST /append`` takes ``payload_sha256``
+#: (some tools print digests in upper case); the ledger stores lower case
+PAYLOAD_HASH_PATTERN: Final = r"^[0-9a-fA-F]{64}$"
+_PAYLOAD_HASH_RE: Final = re.compile(PAYLOAD_HASH_PATTERN)
 
 
 def _entry_id(request: web.Request) -> uuid.UUID:
@@ -142,6 +146,13 @@ def _entry_filter(q: Any) -> EntryFilter:
         if q["anchored"] not in ("true", "false"):
             raise RequestRejected(400, "anchored", "must be true or false")
         anchored = q["anchored"] == "true"
+    payload_hash = q.get("payload_hash")
+    if payload_hash is not None:
+        if not _PAYLOAD_HASH_RE.fullmatch(payload_hash):
+            raise RequestRejected(
+                400, "payload_hash",
+                "must be 64 hexadecimal characters (the SHA-256 of the document)")
+        payload_hash = payload_hash.lower()
     try:
         limit = int(q.get("limit", _DEFAULT_LIMIT))
     except ValueError:
@@ -162,6 +173,7 @@ def _entry_filter(q: Any) -> EntryFilter:
         created_from=created_from,
         created_to=created_to,
         anchored=anchored,
+        payload_hash=payload_hash,
         order=order,
         after=cursor,
         limit=limit + 1,

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, Protocol
 
-from shared.anchored import AnchoredEvent, anchored_events
+from shared.anchored import AnchoredEvent
 from shared.db import Database
-from shared.errors import VerificationError
 from shared.messages import SignedEntry
+from shared.proofs import PendingProof, entry_proof
 from shared.records import EntryRecord
 from shared.repository import EntryQuery, Repository
 from shared.statement import format_time
@@ -132,6 +132,7 @@ class EntryFilter:
     created_from: datetime | None = None  # inclusive
     created_to: datetime | None = None  # exclusive
     anchored: bool | None = None
+    payload_hash: str | None = None  # lowercase hex SHA-256
     order: Order = "asc"
     after: Cursor | None = None
     limit: int = 100
@@ -183,18 +184,6 @@ class EntryStore(Protocol):
     async def health(self, *, timeout_s: float) -> bool: ...
 
 
-@dataclass(frozen=True, slots=True)
-class PendingProof:
-    """An entry that is stored and signed but not anchored yet: no proof bundle exists.
-
-    ``batch_id`` is None while the entry waits for a batch, and set once its batch is
-    claimed and waits for its Rekor receipt.
-    """
-
-    id: uuid.UUID
-    batch_id: uuid.UUID | None
-
-
 class ProofStore(Protocol):
     """What ``GET /entries/{id}/proof`` reads. Errors: DatabaseUnavailable (→ 503);
     VerificationError when the rows no longer match their anchored batch root."""
@@ -224,7 +213,8 @@ class PgEntryStore:
         after = None if flt.after is None else (flt.after.created_at, flt.after.id)
         entries = await self._repo.entries(EntryQuery(
             subject=flt.subject, created_from=flt.created_from, created_to=flt.created_to,
-            anchored=flt.anchored, order=flt.order, after=after, limit=flt.limit,
+            anchored=flt.anchored, payload_hash=flt.payload_hash, order=flt.order, after=after,
+            limit=flt.limit,
         ))
         return [EntryView.from_record(entry) for entry in entries]
 
@@ -232,22 +222,6 @@ class PgEntryStore:
         return await self._repo.health(timeout_s=timeout_s)
 
     async def proof(self, entry_id: uuid.UUID) -> AnchoredEvent | PendingProof | None:
-        """The entry's ``ledger.anchored`` event, rebuilt from the rows as the anchorer does:
-        the batch's tree from its stored leaf hashes, the event from the entry's own row.
-
-        A batch's members are fixed once it is claimed and its receipt is written in the same
-        transaction that marks it anchored, so these reads need no common snapshot.
-        """
+        """The entry's ``ledger.anchored`` event (:func:`shared.proofs.entry_proof`)."""
         entry = await self._repo.entry(entry_id)
-        if entry is None:
-            return None
-        if entry.batch_id is None:
-            return PendingProof(id=entry.id, batch_id=None)
-        batch = await self._repo.batch(entry.batch_id)
-        if batch is None or not batch.anchored:
-            return PendingProof(id=entry.id, batch_id=entry.batch_id)
-        leaves = await self._repo.batch_leaves(batch.id)
-        if entry.id not in {leaf.id for leaf in leaves}:
-            raise VerificationError(f"entry {entry_id} is not a member of its batch {batch.id}")
-        (event,) = anchored_events(batch, [entry], leaves=leaves)
-        return event
+        return None if entry is None else await entry_proof(self._repo, entry)

@@ -53,9 +53,10 @@ async def repo(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
             await db.close()
 
 
-def new_entry(rid: str, *, subject: str = "s", content: str = "c") -> NewEntry:
+def new_entry(rid: str, *, subject: str = "s", content: str = "c",
+              payload_hash: str = "ab" * 32) -> NewEntry:
     return NewEntry(
-        id=entry_id_for(rid), request_id=rid, subject=subject, payload_hash="ab" * 32,
+        id=entry_id_for(rid), request_id=rid, subject=subject, payload_hash=payload_hash,
         meta={"k": [1, "two"], "n": None}, submitted_at=T0, statement=f"stmt {rid}".encode(),
         sig="vault:v1:" + base64.b64encode(rid.encode()).decode(), key_name="entries",
         key_version=1, pubkey="-----BEGIN PUBLIC KEY-----\nx\n-----END PUBLIC KEY-----\n",
@@ -127,6 +128,25 @@ async def test_pages_of_entries_in_key_order(repo: Any):
     newest = await repo.entries(EntryQuery(subject="page", order="desc", limit=1))
     assert [e.request_id for e in newest] == ["p3"]
     assert await repo.entries(EntryQuery(subject="page", anchored=True)) == []
+
+
+async def test_entries_of_one_payload_hash_page_in_key_order(repo: Any):
+    doc, other = "d0" * 32, "e1" * 32
+    for rid in ("h1", "h2", "h3"):
+        await repo.insert_entries([new_entry(rid, subject=f"s-{rid}", payload_hash=doc)])
+    await repo.insert_entries([new_entry("h-other", payload_hash=other)])
+    first = await repo.entries(EntryQuery(payload_hash=doc, limit=2))
+    assert [e.request_id for e in first] == ["h1", "h2"]
+    rest = await repo.entries(EntryQuery(payload_hash=doc, after=(first[-1].created_at,
+                                                                  first[-1].id)))
+    assert [e.request_id for e in rest] == ["h3"]
+    newest = await repo.entries(EntryQuery(payload_hash=doc, order="desc", limit=1))
+    assert [e.request_id for e in newest] == ["h3"]
+    both = await repo.entries(EntryQuery(payload_hash=doc, subject="s-h2"))
+    assert [e.request_id for e in both] == ["h2"]
+    assert [e.request_id for e in await repo.entries(EntryQuery(payload_hash=other))] == [
+        "h-other"]
+    assert await repo.entries(EntryQuery(payload_hash="f" * 64)) == []
 
 
 async def test_claim_is_all_or_nothing_and_sets_leaf_order(repo: Any):

@@ -93,6 +93,7 @@ class FakeRepository:
                 and (query.created_from is None or e.created_at >= query.created_from)
                 and (query.created_to is None or e.created_at < query.created_to)
                 and (query.anchored is None or (e.anchored_at is not None) == query.anchored)
+                and (query.payload_hash is None or e.payload_hash == query.payload_hash)
                 and (after is None or (key > after if query.order == "asc" else key < after))
             )
 

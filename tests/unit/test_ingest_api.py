@@ -492,7 +492,8 @@ async def test_list_entries_pages_without_duplicates_and_filters(tmp_path):
         assert {e["id"] for e in doc["entries"]} == expected
         for bad, field in (({"limit": "1001"}, "limit"), ({"anchored": "yes"}, "anchored"),
                            ({"cursor": "garbage"}, "cursor"), ({"from": "yesterday"}, "from"),
-                           ({"to": "2026-01-01T00:00:00"}, "to"), ({"sort": "x"}, "sort")):
+                           ({"to": "2026-01-01T00:00:00"}, "to"), ({"sort": "x"}, "sort"),
+                           ({"payload_hash": "ab" * 31}, "payload_hash")):
             r = await h.client.get("/entries", params=bad, headers=h.auth(h.read_token))
             assert r.status == 400 and (await r.json())["field"] == field
 

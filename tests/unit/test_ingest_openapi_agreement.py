@@ -25,7 +25,7 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import MultiDict
 
 from services.ingest import OPENAPI_PATH
-from services.ingest.reads import EntryReads, _entry_filter
+from services.ingest.reads import PAYLOAD_HASH_PATTERN, EntryReads, _entry_filter
 from services.ingest.store import CURSOR_PATTERN, Cursor, decode_cursor, encode_cursor
 from services.ingest.validation import MetaSchema, RequestRejected, parse_append
 from shared.settings import Settings
@@ -199,6 +199,7 @@ def test_patterns_in_the_document_match_the_server():
     assert params["cursor"]["pattern"] == CURSOR_PATTERN
     assert schemas["EntryPage"]["properties"]["next_cursor"]["pattern"] == CURSOR_PATTERN
     assert params["subject"]["pattern"] == body["subject"]["pattern"]
+    assert params["payload_hash"]["pattern"] == PAYLOAD_HASH_PATTERN
     (header,) = [p for p in DOC["paths"]["/append"]["post"]["parameters"]
                  if p["name"] == "Idempotency-Key"]
     assert header["schema"]["pattern"] == body["request_id"]["pattern"]
@@ -258,6 +259,15 @@ QUERY_CASES: list[tuple[str, dict[str, str]]] = [
     ("order sideways", {"order": "sideways"}),
     ("anchored true", {"anchored": "true"}),
     ("anchored yes", {"anchored": "yes"}),
+    ("a payload hash", {"payload_hash": SHA}),
+    ("a payload hash in upper case", {"payload_hash": SHA.upper()}),
+    ("a payload hash of 63", {"payload_hash": SHA[:63]}),
+    ("a payload hash of 65", {"payload_hash": SHA + "a"}),
+    ("a payload hash that is not hex", {"payload_hash": "g" * 64}),
+    ("a payload hash with a final newline", {"payload_hash": SHA + "\n"}),
+    ("an empty payload hash", {"payload_hash": ""}),
+    ("a payload hash with a page", {"payload_hash": SHA, "limit": "1", "cursor": A_CURSOR,
+                                    "order": "desc"}),
 ]
 
 
@@ -278,6 +288,11 @@ def test_list_query_the_spec_and_the_server_agree(what, query):
 ])
 def test_the_server_reads_rfc3339_beyond_what_datetime_holds(stamp):
     assert server_accepts_query({"from": stamp})
+
+
+def test_a_payload_hash_is_looked_up_in_lower_case():
+    assert _entry_filter(MultiDict({"payload_hash": SHA.upper()})).payload_hash == SHA
+    assert _entry_filter(MultiDict({})).payload_hash is None
 
 
 def test_a_cursor_round_trips_and_fits_either_order():
