@@ -41,7 +41,13 @@ from cryptography.hazmat.primitives import serialization
 
 from deploy.local.base import LocalService, Progress, run_coro
 from deploy.local.files import write_file
-from deploy.local.gotools import binary_module_version, go_env, go_executable, go_install
+from deploy.local.gotools import (
+    GoTool,
+    binary_module_version,
+    go_env,
+    go_executable,
+    go_install,
+)
 from deploy.local.openbao import stable_port
 from deploy.local.process import ManagedProcess, StackError, wait_until
 from deploy.local.rekor_key import LOG_PUBLIC_KEY_FILE, SIGNER_KEY_FILE, ensure_signer_key
@@ -49,6 +55,7 @@ from deploy.local.sockets import non_loopback_listeners
 
 __all__ = [
     "GO_BINARIES",
+    "REKOR_CLI",
     "REKOR_ENV_NAMES",
     "REKOR_METRICS_PORT",
     "Rekor",
@@ -72,6 +79,10 @@ GO_BINARIES: dict[str, tuple[str, str, str]] = {
     ),
     "createtree": (f"{TRILLIAN_MODULE}/cmd/createtree", TRILLIAN_MODULE, TRILLIAN_VERSION),
 }
+
+#: Rekor's own client, the module and version of the server above (``docs/verification.md``
+#: checks a batch's log entry with it); built on demand with ``ensure_go_tool``.
+REKOR_CLI = GoTool("rekor-cli", f"{REKOR_MODULE}/cmd/rekor-cli", REKOR_VERSION, MIN_GO)
 
 #: rekor-server's hard-coded metrics port (``Addr: ":2112"`` in cmd/rekor-server/app/serve.go).
 REKOR_METRICS_PORT = 2112

@@ -39,6 +39,11 @@ CLIENT_TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 @pytest.fixture
 async def lane(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator[Settings]:
+    yield await verification_lane(stack, settings, tmp_path)
+
+
+async def verification_lane(stack: Any, settings: Settings, tmp_path: Path) -> Settings:
+    """Settings on a private database and private topics, for one test's pipeline."""
     suffix = uuid.uuid4().hex[:10]
     dsn = stack.require("postgres").create_database(f"verify_{suffix}")
     s = settings.model_copy(update={
@@ -62,7 +67,7 @@ async def lane(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator[
         await migrate(db)
     finally:
         await db.close()
-    yield s
+    return s
 
 
 async def anchored_event(s: Settings, entry_id: uuid.UUID, *, limit_s: float) -> Record:
@@ -80,6 +85,34 @@ async def anchored_event(s: Settings, entry_id: uuid.UUID, *, limit_s: float) ->
         raise AssertionError(f"no ledger.anchored event for {entry_id} within {limit_s:.0f}s")
     finally:
         await consumer.close()
+
+
+async def anchored_bundles(
+    s: Settings, payloads: list[bytes], *, subject: str, meta: dict[str, Any],
+    limit_s: float = 120,
+) -> list[bytes]:
+    """Append every payload over HTTP (signed before the anchorer starts, so that they
+    can share a batch), anchor them with the real services, and return their proof bundles
+    as ``GET /entries/{id}/proof`` serves them."""
+    async with ingest_running(s) as api, signer_running(s):
+        entry_ids = []
+        for n, payload in enumerate(payloads):
+            status, entry, _ = await api.append(
+                {"subject": subject, "payload": base64.b64encode(payload).decode(),
+                 "meta": meta, "request_id": f"{s.topic_append.split('.')[0]}-{n}"})
+            assert status == 201, entry
+            entry_ids.append(uuid.UUID(entry["id"]))
+        async with running(run_anchorer, s, "anchorer"):
+            for entry_id in entry_ids:
+                await anchored_event(s, entry_id, limit_s=limit_s)
+        bundles = []
+        headers = {"Authorization": f"Bearer {api.reader}"}
+        for entry_id in entry_ids:
+            async with api.session.get(f"{api.url}/entries/{entry_id}/proof",
+                                       headers=headers) as r:
+                assert r.status == 200, await r.text()
+                bundles.append(await r.read())
+        return bundles
 
 
 def rekor_key_file(settings: Settings, directory: Path) -> Path:
