@@ -1,5 +1,6 @@
-"""The read routes: ``GET /entries``, ``/entries/{id}``, ``/entries/{id}/proof`` and
-``/entries/by-request/{request_id}`` (what each answers is in ``openapi.json``)."""
+"""The read routes: ``GET /entries``, ``/entries/{id}``, ``/entries/{id}/proof``,
+``/entries/by-request/{request_id}`` and ``/batches/{id}/sigstore-bundle`` (what each answers
+is in ``openapi.json``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from shared.errors import VerificationError
 from shared.messages import REQUEST_ID_PATTERN, SUBJECT_PATTERN
+from shared.sigstore_bundle import batch_bundle
 
 from .responses import error, parse_time
 from .store import (
@@ -99,6 +101,38 @@ class EntryReads:
                 },
             )
         return web.Response(body=proof.value, content_type="application/json")
+
+    async def get_batch_sigstore_bundle(self, request: web.Request) -> web.Response:
+        """The batch's anchoring as a Sigstore bundle (:func:`shared.sigstore_bundle.batch_bundle`).
+
+        Pending like ``GET /entries/{id}/proof``: a batch that is claimed but has no Rekor
+        receipt yet → 409 ``not_anchored`` (with Retry-After); an unknown batch → 404.
+        """
+        batch_id = _entry_id(request)
+        if self.proofs is None:
+            return error(501, "not_implemented", "this ingest has no proof store configured")
+        batch = await self.proofs.batch(batch_id)
+        if batch is None:
+            return error(404, "not_found", "no such batch (yet)", field_name="id")
+        if not batch.anchored:
+            return error(
+                409, "not_anchored",
+                "the batch is claimed but not anchored in Rekor yet; its Sigstore bundle "
+                "exists once it is (retry later)",
+                headers={"Retry-After": _PROOF_RETRY_AFTER_S},
+                extra={"id": str(batch_id), "status": "pending", "batch_id": str(batch_id)},
+            )
+        try:
+            bundle = batch_bundle(batch)
+        except VerificationError as exc:
+            log.error(  # noqa: TRY400 - the message says it all; no traceback wanted
+                "a stored receipt has no Sigstore bundle form",
+                extra={"batch_id": str(batch_id), "error": str(exc)[:300]},
+            )
+            return error(500, "integrity_error",
+                         "the batch's stored Rekor receipt has no Sigstore bundle form",
+                         extra={"id": str(batch_id)})
+        return web.json_response(bundle)
 
     async def get_entry_by_request(self, request: web.Request) -> web.Response:
         request_id = request.match_info["request_id"]
