@@ -25,6 +25,7 @@ from sigstore.models import Bundle as SigstoreBundle
 from sigstore_models.bundle.v1 import Bundle as BundleModel
 from sigstore_models.trustroot.v1 import TrustedRoot as TrustedRootModel
 
+from deploy.local.rekor import COSIGN
 from shared.errors import VerificationError
 from shared.sigstore_bundle import (
     BUNDLE_MEDIA_TYPE,
@@ -34,6 +35,7 @@ from shared.sigstore_bundle import (
     trusted_root,
 )
 from shared.verify import ExpectedEntry, v1_response_from_bundle_entry, verify_receipt
+from tests.support.recipe import recipe_blocks
 from tests.unit.test_bundle import World
 
 pytestmark = pytest.mark.unit
@@ -159,3 +161,13 @@ def test_sigstore_python_does_not_take_a_key_based_bundle(bundle: dict[str, Any]
     signing certificate only, so it refuses this one when it reads it (cosign verifies it)."""
     with pytest.raises(SigstoreError, match="expected certificate in bundle"):
         SigstoreBundle.from_json(json.dumps(bundle))
+
+
+def test_the_cosign_section_builds_the_tested_cosign_and_uses_no_project_code() -> None:
+    text = "\n".join(recipe_blocks(section="## Verifying a batch with cosign"))
+    assert f"go install {COSIGN.package}@{COSIGN.version}\n" in text
+    for command in ("/sigstore-bundle", "trustedroot+json;version=0.1",
+                    "cosign verify-blob --bundle batch.sigstore.json --key"):
+        assert command in text, command
+    for project in ("ledger ", "shared", "PYTHONPATH", ".venv", "python"):
+        assert project not in text, project
