@@ -44,7 +44,7 @@ PAYLOAD_HASH_PATTERN: Final = r"^[0-9a-fA-F]{64}$"
 _PAYLOAD_HASH_RE: Final = re.compile(PAYLOAD_HASH_PATTERN)
 
 
-def _entry_id(request: web.Request) -> uuid.UUID:
+def _path_id(request: web.Request) -> uuid.UUID:
     try:
         return uuid.UUID(request.match_info["id"])
     except ValueError:
@@ -59,7 +59,7 @@ class EntryReads:
         self.proofs = proofs
 
     async def get_entry(self, request: web.Request) -> web.Response:
-        view = await self.store.get(_entry_id(request))
+        view = await self.store.get(_path_id(request))
         if view is None:
             return error(404, "not_found", "no such entry (yet)", field_name="id")
         return web.json_response(view.to_json())
@@ -70,7 +70,7 @@ class EntryReads:
         Not anchored yet → 409 ``not_anchored`` (with Retry-After): the entry exists but its
         proof does not, and a 2xx would let ``curl -f`` save a pending answer as a bundle.
         """
-        entry_id = _entry_id(request)
+        entry_id = _path_id(request)
         if self.proofs is None:
             return error(501, "not_implemented", "this ingest has no proof store configured")
         try:
@@ -108,7 +108,7 @@ class EntryReads:
         Pending like ``GET /entries/{id}/proof``: a batch that is claimed but has no Rekor
         receipt yet → 409 ``not_anchored`` (with Retry-After); an unknown batch → 404.
         """
-        batch_id = _entry_id(request)
+        batch_id = _path_id(request)
         if self.proofs is None:
             return error(501, "not_implemented", "this ingest has no proof store configured")
         batch = await self.proofs.batch(batch_id)
