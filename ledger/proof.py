@@ -12,6 +12,12 @@ does: the file is byte for byte the entry's ``ledger.anchored`` event, to be che
 ``ledger verify``. Nothing here verifies a bundle: that is the reader's job, with keys they
 pin themselves.
 
+With ``--sigstore``, the batch of each entry written also gets its Sigstore bundle
+(:func:`shared.sigstore_bundle.batch_bundle`, what ``GET /batches/{id}/sigstore-bundle``
+serves) in ``DIR/<batch_id>.sigstore.json`` and the exact manifest bytes it signs in
+``DIR/<batch_id>.manifest``: the pair ``cosign verify-blob`` checks (docs/verification.md,
+*Verifying a batch with cosign*). Each batch once, however many of its entries are asked for.
+
 Each bundle goes to ``DIR/<entry_id>.bundle.json`` (mode 644, written to a temporary file
 and renamed, so a file of that name is always a whole bundle; an existing one is replaced:
 an entry's bundle never changes). Standard output gets the path of each file written, one
@@ -19,7 +25,8 @@ per line; standard error what was not written and why, and a summary.
 
 Exit status: 0 every bundle written; 1 no entry found (no entry with that payload hash, an
 unknown entry id), a bundle that could not be built (the stored rows no longer give the
-anchored root: run ``ledger audit``) or written, or the database unreachable; 2 the command
+anchored root: run ``ledger audit``) or written (with ``--sigstore``, a batch's Sigstore
+bundle or manifest too), or the database unreachable; 2 the command
 line is wrong or FILE cannot be read; 3 some entries are not anchored yet (no file for them,
 the others written: run it again later). 1 wins over 3.
 """
@@ -29,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import os
 import sys
 import uuid
@@ -41,10 +49,12 @@ from shared.errors import LedgerError, VerificationError
 from shared.proofs import PendingProof, entry_proof
 from shared.records import EntryRecord
 from shared.repository import EntryQuery, Repository
+from shared.sigstore_bundle import batch_bundle
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_PENDING", "EXIT_USAGE", "Outcome", "bundle_path",
-           "cmd_proof", "configure", "file_sha256", "register", "sha256_stream", "write_bundle",
-           "write_proofs"]
+           "cmd_proof", "configure", "file_sha256", "manifest_path", "register",
+           "sha256_stream", "sigstore_path", "write_bundle", "write_file", "write_proofs",
+           "write_sigstore"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
 CHUNK_BYTES: Final = 1024 * 1024
@@ -79,11 +89,23 @@ def bundle_path(out_dir: Path, entry_id: uuid.UUID) -> Path:
     return out_dir / f"{entry_id}.bundle.json"
 
 
+def sigstore_path(out_dir: Path, batch_id: uuid.UUID) -> Path:
+    return out_dir / f"{batch_id}.sigstore.json"
+
+
+def manifest_path(out_dir: Path, batch_id: uuid.UUID) -> Path:
+    return out_dir / f"{batch_id}.manifest"
+
+
 def write_bundle(out_dir: Path, entry_id: uuid.UUID, value: bytes) -> Path:
-    """Write ``value`` to ``<entry_id>.bundle.json`` in ``out_dir``, mode 644 whatever the
-    umask, through a temporary file renamed into place."""
-    path = bundle_path(out_dir, entry_id)
-    tmp = out_dir / f".{path.name}.{os.getpid()}.tmp"
+    """Write ``value`` to ``<entry_id>.bundle.json`` in ``out_dir`` (:func:`write_file`)."""
+    return write_file(bundle_path(out_dir, entry_id), value)
+
+
+def write_file(path: Path, value: bytes) -> Path:
+    """Write ``value`` to ``path``, mode 644 whatever the umask, through a temporary file
+    renamed into place."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         with os.fdopen(fd, "wb") as f:
@@ -107,6 +129,8 @@ class Outcome:
     pending: list[uuid.UUID] = field(default_factory=list)
     missing: list[uuid.UUID] = field(default_factory=list)
     failed: list[uuid.UUID] = field(default_factory=list)
+    #: ``--sigstore``: the batches whose Sigstore bundle and manifest were written
+    batches: list[uuid.UUID] = field(default_factory=list)
 
     def exit_code(self) -> int:
         if self.missing or self.failed:
@@ -115,6 +139,8 @@ class Outcome:
 
     def summary(self, out_dir: Path) -> str:
         parts = [f"{len(self.written)} bundle(s) written to {out_dir}"]
+        if self.batches:
+            parts.append(f"{len(self.batches)} batch Sigstore bundle(s) with their manifest")
         if self.pending:
             parts.append(f"{len(self.pending)} entry(ies) not anchored yet (run again later)")
         if self.missing:
@@ -149,11 +175,42 @@ async def entries_by_id(
         yield entry
 
 
-async def write_proofs(
-    repo: Repository, entries: AsyncIterator[EntryRecord], out_dir: Path, outcome: Outcome,
+async def write_sigstore(
+    repo: Repository, batch_id: uuid.UUID, out_dir: Path, outcome: Outcome,
     *, out: TextIO, err: TextIO,
 ) -> None:
-    """Write the bundle of each of ``entries`` that is anchored; say why for the others."""
+    """Write the batch's Sigstore bundle and its manifest (``--sigstore``)."""
+    batch = await repo.batch(batch_id)
+    document, problem = None, "the batch row is gone"
+    if batch is not None:
+        try:
+            document = batch_bundle(batch)
+        except VerificationError as exc:
+            problem = str(exc)[:200]
+    if batch is None or document is None:
+        print(f"batch {batch_id}: no Sigstore bundle: {problem}", file=err)
+        outcome.failed.append(batch_id)
+        return
+    files = [(sigstore_path(out_dir, batch_id), json.dumps(document, indent=2).encode() + b"\n"),
+             (manifest_path(out_dir, batch_id), batch.manifest)]
+    for path, value in files:
+        try:
+            write_file(path, value)
+        except OSError as exc:
+            print(f"batch {batch_id}: cannot write {path}: {exc.strerror or exc}", file=err)
+            outcome.failed.append(batch_id)
+            return
+    for path, _ in files:
+        print(path, file=out, flush=True)
+    outcome.batches.append(batch_id)
+
+
+async def write_proofs(
+    repo: Repository, entries: AsyncIterator[EntryRecord], out_dir: Path, outcome: Outcome,
+    *, out: TextIO, err: TextIO, sigstore: bool = False,
+) -> None:
+    """Write the bundle of each of ``entries`` that is anchored; say why for the others.
+    With ``sigstore``, also each of their batches' Sigstore bundle and manifest, once."""
     async for entry in entries:
         try:
             proof = await entry_proof(repo, entry)
@@ -178,6 +235,8 @@ async def write_proofs(
             continue
         print(path, file=out, flush=True)
         outcome.written.append(path)
+        if sigstore and entry.batch_id is not None and entry.batch_id not in outcome.batches:
+            await write_sigstore(repo, entry.batch_id, out_dir, outcome, out=out, err=err)
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -196,7 +255,8 @@ async def _run(args: argparse.Namespace, digest: str | None, out_dir: Path,
             entries = entries_with_payload(repo, digest)
         else:
             entries = entries_by_id(repo, args.entry_ids, outcome, err)
-        await write_proofs(repo, entries, out_dir, outcome, out=out, err=err)
+        await write_proofs(repo, entries, out_dir, outcome, out=out, err=err,
+                           sigstore=args.sigstore)
     finally:
         await db.close()
     if digest is not None and not (outcome.written or outcome.pending or outcome.failed):
@@ -250,6 +310,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path(), metavar="DIR",
                    help="where to write <entry_id>.bundle.json (default: the current "
                         "directory; created if missing)")
+    p.add_argument("--sigstore", action="store_true",
+                   help="also write each batch's Sigstore bundle (<batch_id>.sigstore.json) "
+                        "and manifest (<batch_id>.manifest), for cosign verify-blob")
 
 
 def register(register_command: Callable[..., None]) -> None:

@@ -9,6 +9,7 @@ Routes (documented in ``openapi.json`` next to this file, served at ``GET /opena
 ``GET /entries/{id}``                      read      one entry (the 202 status URL)
 ``GET /entries/{id}/proof``                read      the offline proof bundle (409 until anchored)
 ``GET /entries/by-request/{request_id}``   read      one entry by its idempotency key
+``GET /batches/{id}/sigstore-bundle``      read      the batch's Sigstore bundle (409 pending)
 ``GET /health``                            open      status, database, rekor, kafka, vault
 ``GET /livez``                             open      200 while the event loop runs
 ``GET /readyz``                            open      200 while appends are accepted, else 503
@@ -548,6 +549,10 @@ def build_app(settings: Settings, deps: IngestDeps) -> web.Application:
     r.add_get("/entries/{id}", reads.get_entry, name="get_entry", allow_head=False)
     r.add_get(
         "/entries/{id}/proof", reads.get_entry_proof, name="get_entry_proof", allow_head=False
+    )
+    r.add_get(
+        "/batches/{id}/sigstore-bundle", reads.get_batch_sigstore_bundle,
+        name="get_batch_sigstore_bundle", allow_head=False,
     )
     r.add_get("/health", api.health.health, name="health", allow_head=False)
     r.add_get("/livez", api.health.livez, name="livez", allow_head=False)

@@ -44,6 +44,7 @@ ROUTE_SCOPES: Final = {
     "list_entries": "read",
     "get_entry": "read",
     "get_entry_proof": "read",
+    "get_batch_sigstore_bundle": "read",
     "get_entry_by_request": "read",
 }
 #: the rate-limit bucket (and access-log name) of every caller while auth is off

@@ -1,5 +1,6 @@
-"""The read routes: ``GET /entries``, ``/entries/{id}``, ``/entries/{id}/proof`` and
-``/entries/by-request/{request_id}`` (what each answers is in ``openapi.json``)."""
+"""The read routes: ``GET /entries``, ``/entries/{id}``, ``/entries/{id}/proof``,
+``/entries/by-request/{request_id}`` and ``/batches/{id}/sigstore-bundle`` (what each answers
+is in ``openapi.json``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from shared.errors import VerificationError
 from shared.messages import REQUEST_ID_PATTERN, SUBJECT_PATTERN
+from shared.sigstore_bundle import batch_bundle
 
 from .responses import error, parse_time
 from .store import (
@@ -42,7 +44,7 @@ PAYLOAD_HASH_PATTERN: Final = r"^[0-9a-fA-F]{64}$"
 _PAYLOAD_HASH_RE: Final = re.compile(PAYLOAD_HASH_PATTERN)
 
 
-def _entry_id(request: web.Request) -> uuid.UUID:
+def _path_id(request: web.Request) -> uuid.UUID:
     try:
         return uuid.UUID(request.match_info["id"])
     except ValueError:
@@ -57,7 +59,7 @@ class EntryReads:
         self.proofs = proofs
 
     async def get_entry(self, request: web.Request) -> web.Response:
-        view = await self.store.get(_entry_id(request))
+        view = await self.store.get(_path_id(request))
         if view is None:
             return error(404, "not_found", "no such entry (yet)", field_name="id")
         return web.json_response(view.to_json())
@@ -68,7 +70,7 @@ class EntryReads:
         Not anchored yet → 409 ``not_anchored`` (with Retry-After): the entry exists but its
         proof does not, and a 2xx would let ``curl -f`` save a pending answer as a bundle.
         """
-        entry_id = _entry_id(request)
+        entry_id = _path_id(request)
         if self.proofs is None:
             return error(501, "not_implemented", "this ingest has no proof store configured")
         try:
@@ -99,6 +101,38 @@ class EntryReads:
                 },
             )
         return web.Response(body=proof.value, content_type="application/json")
+
+    async def get_batch_sigstore_bundle(self, request: web.Request) -> web.Response:
+        """The batch's anchoring as a Sigstore bundle (:func:`shared.sigstore_bundle.batch_bundle`).
+
+        Pending like ``GET /entries/{id}/proof``: a batch that is claimed but has no Rekor
+        receipt yet → 409 ``not_anchored`` (with Retry-After); an unknown batch → 404.
+        """
+        batch_id = _path_id(request)
+        if self.proofs is None:
+            return error(501, "not_implemented", "this ingest has no proof store configured")
+        batch = await self.proofs.batch(batch_id)
+        if batch is None:
+            return error(404, "not_found", "no such batch (yet)", field_name="id")
+        if not batch.anchored:
+            return error(
+                409, "not_anchored",
+                "the batch is claimed but not anchored in Rekor yet; its Sigstore bundle "
+                "exists once it is (retry later)",
+                headers={"Retry-After": _PROOF_RETRY_AFTER_S},
+                extra={"id": str(batch_id), "status": "pending", "batch_id": str(batch_id)},
+            )
+        try:
+            bundle = batch_bundle(batch)
+        except VerificationError as exc:
+            log.error(  # noqa: TRY400 - the message says it all; no traceback wanted
+                "a stored receipt has no Sigstore bundle form",
+                extra={"batch_id": str(batch_id), "error": str(exc)[:300]},
+            )
+            return error(500, "integrity_error",
+                         "the batch's stored Rekor receipt has no Sigstore bundle form",
+                         extra={"id": str(batch_id)})
+        return web.json_response(bundle)
 
     async def get_entry_by_request(self, request: web.Request) -> web.Response:
         request_id = request.match_info["request_id"]

@@ -24,7 +24,7 @@ from shared.anchored import AnchoredEvent
 from shared.db import Database
 from shared.messages import SignedEntry
 from shared.proofs import PendingProof, entry_proof
-from shared.records import EntryRecord
+from shared.records import BatchRecord, EntryRecord
 from shared.repository import EntryQuery, Repository
 from shared.statement import format_time
 
@@ -190,6 +190,10 @@ class ProofStore(Protocol):
 
     async def proof(self, entry_id: uuid.UUID) -> AnchoredEvent | PendingProof | None: ...
 
+    async def batch(self, batch_id: uuid.UUID) -> BatchRecord | None:
+        """The batch row (``GET /batches/{id}/sigstore-bundle``), None when unknown."""
+        ...
+
 
 class PgEntryStore:
     """:class:`EntryStore` and :class:`ProofStore` on the ledger's tables
@@ -225,3 +229,6 @@ class PgEntryStore:
         """The entry's ``ledger.anchored`` event (:func:`shared.proofs.entry_proof`)."""
         entry = await self._repo.entry(entry_id)
         return None if entry is None else await entry_proof(self._repo, entry)
+
+    async def batch(self, batch_id: uuid.UUID) -> BatchRecord | None:
+        return await self._repo.batch(batch_id)

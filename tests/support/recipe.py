@@ -1,7 +1,8 @@
 """The hand-verification recipe of ``docs/verification.md``, taken from the document as written.
 
 :func:`recipe_blocks` returns the ```` ```sh ```` blocks of the section *Verifying by hand,
-with standard tools*, in order and dedented (the blocks sit inside a numbered list);
+with standard tools* (or of another section, e.g. *Verifying a batch with cosign*), in order
+and dedented (the blocks sit inside a numbered list);
 :func:`run_recipe` runs them as one ``bash`` script with ``set -euo pipefail`` in a
 directory, with only the environment it is given, and reports which block failed first.
 """
@@ -24,17 +25,17 @@ _FENCE = re.compile(r"^(?P<indent> *)```sh\n(?P<body>.*?)^(?P=indent)```$", re.M
 _MARK = "@@recipe-block "
 
 
-def recipe_blocks(text: str | None = None) -> list[str]:
-    """The section's shell blocks; every fenced block of the section must be one (a block
-    marked otherwise would silently not run)."""
+def recipe_blocks(text: str | None = None, section: str = SECTION) -> list[str]:
+    """The shell blocks of ``section`` (default: the hand-verification recipe); every fenced
+    block of the section must be one (a block marked otherwise would silently not run)."""
     text = DOC.read_text(encoding="utf-8") if text is None else text
-    start = text.index(f"\n{SECTION}\n")
+    start = text.index(f"\n{section}\n")
     end = text.find("\n## ", start + 1)
-    section = text[start : end if end != -1 else len(text)]
-    blocks = [textwrap.dedent(m["body"]) for m in _FENCE.finditer(section)]
-    fences = sum(1 for line in section.splitlines() if line.lstrip().startswith("```"))
+    body = text[start : end if end != -1 else len(text)]
+    blocks = [textwrap.dedent(m["body"]) for m in _FENCE.finditer(body)]
+    fences = sum(1 for line in body.splitlines() if line.lstrip().startswith("```"))
     if fences != 2 * len(blocks):
-        raise AssertionError(f"{SECTION!r}: {fences} fence lines for {len(blocks)} sh blocks: "
+        raise AssertionError(f"{section!r}: {fences} fence lines for {len(blocks)} sh blocks: "
                              "every block of the recipe must be a ```sh block")
     return blocks
 

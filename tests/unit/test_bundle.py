@@ -82,6 +82,7 @@ class World:
             replace(m, batch_id=plan.batch_id, leaf_index=i, anchored_at=anchored_at)
             for i, m in enumerate(plan.members)
         ]
+        self.batch = batch
         self.events = [e.model() for e in anchored_events(batch, members)]
         self.event = next(e for e in self.events if e.entry.request_id == f"req-{PICK}")
 

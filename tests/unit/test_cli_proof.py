@@ -127,3 +127,10 @@ def test_the_exit_code_says_failed_before_pending_before_ok(tmp_path: Path) -> N
     assert Outcome(pending=[ID], failed=[ID]).exit_code() == EXIT_FAILED
     summary = Outcome(written=[tmp_path], pending=[ID]).summary(tmp_path)
     assert summary == f"1 bundle(s) written to {tmp_path}; 1 entry(ies) not anchored yet (run again later)"
+
+
+def test_sigstore_is_an_option_off_by_default() -> None:
+    assert build_parser().parse_args(["proof", str(ID)]).sigstore is False
+    assert build_parser().parse_args(["proof", "--payload", "d", "--sigstore"]).sigstore is True
+    summary = Outcome(written=[Path("a")], batches=[ID]).summary(Path("o"))
+    assert summary == "1 bundle(s) written to o; 1 batch Sigstore bundle(s) with their manifest"

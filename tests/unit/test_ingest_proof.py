@@ -1,13 +1,16 @@
-"""GET /entries/{id}/proof: the proof bundle, 404 unknown, 409 pending, auth like every read."""
+"""GET /entries/{id}/proof and GET /batches/{id}/sigstore-bundle: the proof bundle and the
+batch's Sigstore bundle, 404 unknown, 409 pending, auth like every read."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -19,7 +22,9 @@ from shared.anchored import AnchoredEvent
 from shared.bundle import verify_bundle
 from shared.errors import DatabaseUnavailable, VerificationError
 from shared.messages import AnchoredEntry
+from shared.records import BatchRecord
 from shared.settings import Settings
+from shared.sigstore_bundle import batch_bundle
 from shared.telemetry import Metrics
 from tests.unit.test_bundle import World
 
@@ -33,7 +38,9 @@ DB_DOWN = uuid.uuid4()
 
 
 class FakeProofs:
-    def __init__(self, events: list[AnchoredEntry]) -> None:
+    def __init__(self, events: list[AnchoredEntry], batch: BatchRecord) -> None:
+        pending = replace(batch, id=BATCH, state="claimed", receipt=None, anchored_at=None)
+        self.batches = {batch.id: batch, BATCH: pending}
         self.events = {
             e.entry.entry_id: AnchoredEvent(entry_id=e.entry.entry_id,
                                             request_id=e.entry.request_id,
@@ -54,6 +61,12 @@ class FakeProofs:
         if entry_id == DB_DOWN:
             raise DatabaseUnavailable("down")
         return self.events.get(entry_id)
+
+    async def batch(self, batch_id: uuid.UUID) -> BatchRecord | None:
+        self.asked.append(batch_id)
+        if batch_id == DB_DOWN:
+            raise DatabaseUnavailable("down")
+        return self.batches.get(batch_id)
 
 
 class _Unused:
@@ -89,7 +102,7 @@ def _app(tmp_path: Path, proofs: FakeProofs | None) -> tuple[Any, str, str]:
 
 @pytest.fixture
 async def api(tmp_path: Path, world: World) -> AsyncIterator[Api]:
-    proofs = FakeProofs(world.events)
+    proofs = FakeProofs(world.events, world.batch)
     app, reader, writer = _app(tmp_path, proofs)
     async with TestClient(TestServer(app)) as client:
         yield Api(client, reader, writer, proofs)
@@ -178,3 +191,54 @@ def test_the_documented_bundle_schema_is_the_message_model() -> None:
         "$ref": "#/components/schemas/ProofBundle"}
     assert responses["409"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/NotAnchored"}
+
+
+# --- GET /batches/{id}/sigstore-bundle ------------------------------------------------------
+
+
+async def test_an_anchored_batch_answers_its_sigstore_bundle(api: Api, world: World) -> None:
+    r = await api.get(f"/batches/{world.batch.id}/sigstore-bundle")
+    assert r.status == 200
+    assert r.content_type == "application/json"
+    assert await r.json() == batch_bundle(world.batch)
+
+
+async def test_an_unknown_batch_is_404(api: Api) -> None:
+    r = await api.get(f"/batches/{uuid.uuid4()}/sigstore-bundle")
+    assert r.status == 404
+    doc = await r.json()
+    assert doc["error"] == "not_found" and doc["field"] == "id"
+
+
+async def test_a_batch_not_anchored_yet_is_409_pending_with_retry_after(api: Api) -> None:
+    r = await api.get(f"/batches/{BATCH}/sigstore-bundle")
+    assert r.status == 409
+    assert r.headers["Retry-After"] == "5"
+    doc = await r.json()
+    assert doc == {"error": "not_anchored", "message": doc["message"], "id": str(BATCH),
+                   "status": "pending", "batch_id": str(BATCH)}
+
+
+async def test_the_batch_route_wants_a_uuid_and_the_read_scope(api: Api, world: World) -> None:
+    r = await api.get("/batches/not-a-uuid/sigstore-bundle")
+    assert r.status == 400 and (await r.json())["field"] == "id"
+    path = f"/batches/{world.batch.id}/sigstore-bundle"
+    assert (await api.get(path, token=None)).status == 401
+    assert (await api.get(path, token=api.writer)).status == 403
+    assert api.proofs.asked == []
+    assert (await api.get(f"/batches/{DB_DOWN}/sigstore-bundle")).status == 503
+
+
+def test_the_documented_sigstore_bundle_schema_accepts_the_bundle(world: World) -> None:
+    doc = json.loads(OPENAPI_PATH.read_text())
+    op = doc["paths"]["/batches/{id}/sigstore-bundle"]["get"]
+    assert op["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/SigstoreBundle"}
+    assert op["responses"]["409"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/NotAnchored"}
+    schema = doc["components"]["schemas"]["SigstoreBundle"]
+    jsonschema.validate(batch_bundle(world.batch), schema)
+    broken = batch_bundle(world.batch)
+    broken["verificationMaterial"]["tlogEntries"][0]["logIndex"] = 7  # not a string
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
