@@ -178,6 +178,13 @@ class Settings(BaseModel):
             problem = dsn_tls_problem(self.database_dsn)
             if problem:
                 raise ValueError(problem)
+            if urllib.parse.urlsplit(self.vault_addr).scheme != "https":
+                raise ValueError(
+                    "LEDGER_REQUIRE_TLS is on but VAULT_ADDR is not https://: give Vault a TLS "
+                    "listener and set VAULT_ADDR=https://... (and VAULT_CACERT to the CA of its "
+                    "certificate), or set LEDGER_REQUIRE_TLS=false to allow a plaintext Vault "
+                    "connection"
+                )
             if self.kafka_security_protocol != "SSL":
                 raise ValueError(
                     "LEDGER_REQUIRE_TLS is on but KAFKA_SECURITY_PROTOCOL is "

@@ -422,7 +422,10 @@ class OpenBao(LocalService):
                 self.tls = state["tls"]
             self._addr = f"{self._scheme}://127.0.0.1:{port}"
         tokens = self._tokens or self._read_init().get("stage_tokens") or {}
-        tls = {"VAULT_CACERT": str(self.ca_path)} if self.tls else {}
+        # without TLS (LEDGER_OPENBAO_TLS=0) the stack's processes cannot require TLS: say so,
+        # over PostgreSQL's LEDGER_REQUIRE_TLS=true (the stack merges in start order)
+        tls = ({"VAULT_CACERT": str(self.ca_path)} if self.tls
+               else {"LEDGER_REQUIRE_TLS": "false"})
         return {
             **tls,
             "VAULT_ADDR": self._addr,

@@ -1,5 +1,5 @@
-"""LEDGER_REQUIRE_TLS: a database DSN that would not verify the server, or a plaintext Kafka
-connection, is a startup error."""
+"""LEDGER_REQUIRE_TLS: a database DSN that would not verify the server, a plaintext Kafka
+connection or a plain-HTTP Vault address is a startup error."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from shared.errors import ConfigError
 from shared.settings import Settings, dsn_tls_problem
 
 _BASE = "postgresql://ledger:pw-s3cret@db.example:5432/ledger"
-#: Kafka over TLS: what LEDGER_REQUIRE_TLS also asks for
-_KAFKA_TLS = {"KAFKA_SECURITY_PROTOCOL": "SSL"}
+#: Kafka and Vault over TLS: what LEDGER_REQUIRE_TLS also asks for
+_KAFKA_TLS = {"KAFKA_SECURITY_PROTOCOL": "SSL", "VAULT_ADDR": "https://vault.example:8200"}
 
 
 @pytest.mark.parametrize("query", ["", "?sslmode=disable", "?sslmode=allow", "?sslmode=prefer",
@@ -67,7 +67,8 @@ def test_a_stage_with_a_plaintext_dsn_does_not_start(
 def test_plaintext_kafka_is_refused_when_tls_is_required(tmp_path: Path) -> None:
     dsn = f"{_BASE}?sslmode=verify-full&sslrootcert={tmp_path / 'ca.crt'}"
     with pytest.raises(ConfigError) as info:
-        Settings.from_env({"LEDGER_REQUIRE_TLS": "true", "CRDB_DSN": dsn})
+        Settings.from_env({"LEDGER_REQUIRE_TLS": "true", "CRDB_DSN": dsn,
+                           "VAULT_ADDR": "https://vault.example:8200"})
     message = str(info.value)
     assert "KAFKA_SECURITY_PROTOCOL is PLAINTEXT" in message
     assert "KAFKA_SECURITY_PROTOCOL=SSL" in message  # says what to change
@@ -79,3 +80,15 @@ def test_plaintext_kafka_is_refused_when_tls_is_required(tmp_path: Path) -> None
 def test_an_unknown_kafka_security_protocol_is_named() -> None:
     with pytest.raises(ConfigError, match="KAFKA_SECURITY_PROTOCOL"):
         Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"})
+
+
+@pytest.mark.parametrize("addr", ["http://vault.example:8200", "vault.example:8200"])
+def test_a_plain_http_vault_is_refused_when_tls_is_required(tmp_path: Path, addr: str) -> None:
+    dsn = f"{_BASE}?sslmode=verify-full&sslrootcert={tmp_path / 'ca.crt'}"
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"LEDGER_REQUIRE_TLS": "true", "CRDB_DSN": dsn,
+                           "KAFKA_SECURITY_PROTOCOL": "SSL", "VAULT_ADDR": addr})
+    assert "VAULT_ADDR is not https://" in str(info.value)
+    assert "pw-s3cret" not in str(info.value)
+    # without the requirement, a plain Vault address is allowed (a laptop, loopback)
+    assert Settings.from_env({"CRDB_DSN": dsn, "VAULT_ADDR": addr}).vault_addr == addr

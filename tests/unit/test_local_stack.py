@@ -16,7 +16,7 @@ from deploy.local.containers import require_docker
 from deploy.local.kafka import Kafka, partitions_from_env
 from deploy.local.openbao import OPENBAO_ENV_NAMES, TLS_ENV, OpenBao, tls_from_env
 from deploy.local.process import StackError
-from deploy.local.stack import Stack, stack_status, stop_stale
+from deploy.local.stack import SERVICE_ORDER, Stack, stack_status, stop_stale
 from ledger.cli import ProgressDisplay, build_parser
 
 
@@ -183,6 +183,10 @@ def test_openbao_endpoints_follow_how_it_was_started(tmp_path: Path) -> None:
     env = OpenBao(tmp_path, tmp_path / "cache", tls=True).endpoints()
     assert env["VAULT_ADDR"] == "http://127.0.0.1:8321"
     assert "VAULT_CACERT" not in env
+    # and the processes it serves cannot require TLS (the stack merges this over PostgreSQL's
+    # LEDGER_REQUIRE_TLS=true), else every stage would refuse the plain VAULT_ADDR at start
+    assert env["LEDGER_REQUIRE_TLS"] == "false"
+    assert SERVICE_ORDER.index("openbao") > SERVICE_ORDER.index("postgres")
 
 
 def test_plain_progress_when_not_a_tty() -> None:

@@ -64,6 +64,7 @@ def test_the_environment_of_settings_gives_a_process_the_same_settings() -> None
         "CRDB_DSN": "postgresql://u:pw@db/ledger?sslmode=verify-full&sslrootcert=/ca.crt",
         "VAULT_TOKEN": "s.secret", "LEDGER_AUTH_DISABLED": "true", "LEDGER_HTTP_PORT": "9000",
         "LEDGER_REQUIRE_TLS": "true", "KAFKA_SECURITY_PROTOCOL": "SSL",
+        "VAULT_ADDR": "https://127.0.0.1:8200",
     })
     env = s.environment()
     assert env["VAULT_TOKEN"] == "s.secret" and env["LEDGER_AUTH_DISABLED"] == "true"
