@@ -178,14 +178,21 @@ class Settings(BaseModel):
             problem = dsn_tls_problem(self.database_dsn)
             if problem:
                 raise ValueError(problem)
-            if urllib.parse.urlsplit(self.vault_addr).scheme != "https":
+            # Kafka and Vault: the links this process is configured with (one that only runs
+            # migrations, or a stack of PostgreSQL alone, names neither)
+            configured = self.model_fields_set
+            if "vault_addr" in configured and (
+                urllib.parse.urlsplit(self.vault_addr).scheme != "https"
+            ):
                 raise ValueError(
                     "LEDGER_REQUIRE_TLS is on but VAULT_ADDR is not https://: give Vault a TLS "
                     "listener and set VAULT_ADDR=https://... (and VAULT_CACERT to the CA of its "
                     "certificate), or set LEDGER_REQUIRE_TLS=false to allow a plaintext Vault "
                     "connection"
                 )
-            if self.kafka_security_protocol != "SSL":
+            if configured & {"kafka_bootstrap_servers", "kafka_security_protocol"} and (
+                self.kafka_security_protocol != "SSL"
+            ):
                 raise ValueError(
                     "LEDGER_REQUIRE_TLS is on but KAFKA_SECURITY_PROTOCOL is "
                     f"{self.kafka_security_protocol}: set KAFKA_SECURITY_PROTOCOL=SSL and "

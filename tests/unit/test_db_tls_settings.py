@@ -68,6 +68,7 @@ def test_plaintext_kafka_is_refused_when_tls_is_required(tmp_path: Path) -> None
     dsn = f"{_BASE}?sslmode=verify-full&sslrootcert={tmp_path / 'ca.crt'}"
     with pytest.raises(ConfigError) as info:
         Settings.from_env({"LEDGER_REQUIRE_TLS": "true", "CRDB_DSN": dsn,
+                           "KAFKA_BOOTSTRAP_SERVERS": "kafka.example:9093",
                            "VAULT_ADDR": "https://vault.example:8200"})
     message = str(info.value)
     assert "KAFKA_SECURITY_PROTOCOL is PLAINTEXT" in message
@@ -92,3 +93,10 @@ def test_a_plain_http_vault_is_refused_when_tls_is_required(tmp_path: Path, addr
     assert "pw-s3cret" not in str(info.value)
     # without the requirement, a plain Vault address is allowed (a laptop, loopback)
     assert Settings.from_env({"CRDB_DSN": dsn, "VAULT_ADDR": addr}).vault_addr == addr
+
+
+def test_links_a_process_is_not_configured_with_are_not_required(tmp_path: Path) -> None:
+    """``ledger migrate``, or a local stack of PostgreSQL alone: no Kafka, no Vault named."""
+    dsn = f"{_BASE}?sslmode=verify-full&sslrootcert={tmp_path / 'ca.crt'}"
+    s = Settings.from_env({"LEDGER_REQUIRE_TLS": "true", "CRDB_DSN": dsn})
+    assert s.require_tls and s.kafka_security_protocol == "PLAINTEXT"
