@@ -27,13 +27,11 @@ from typing import Any
 import pytest
 
 from services.anchorer import run_anchorer
-from shared.db import Database, migrate
 from shared.settings import Settings
 from tests.integration.test_anchorer import running
 from tests.integration.test_forged_signed import entry_key_pem
 from tests.integration.test_ingest import Ingest, ingest_running, signer_running
-from tests.integration.test_verification import rekor_key_file
-from tests.support.lanes import new_prefix, private_lane
+from tests.integration.test_verification import rekor_key_file, verification_lane
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -46,24 +44,7 @@ LATE = b"a document signed while no anchorer runs\n"
 
 @pytest.fixture
 async def lane(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator[Settings]:
-    prefix = new_prefix("l")
-    dsn = stack.require("postgres").create_database(f"lookup_{prefix}")
-    s = await private_lane(
-        settings, prefix, 2,
-        database_dsn=dsn,
-        http_port=0,
-        tokens_file=str(tmp_path / "tokens.jsonl"),
-        append_wait_ms=30_000,
-        anchor_batch_ms=200,
-        sweeper_interval_s=3600.0,
-        sweeper_age_s=3600.0,
-        shutdown_grace_s=10.0,
-    )
-    db = await Database.connect(s, min_size=1, max_size=2)
-    try:
-        await migrate(db)
-    finally:
-        await db.close()
+    s = await verification_lane(stack, settings, tmp_path)
     yield s
 
 

@@ -30,7 +30,7 @@ from shared.settings import Settings
 from shared.tracing import trace_id_of
 from tests.integration.test_anchorer import running
 from tests.integration.test_ingest import ingest_running, signer_running
-from tests.support.lanes import lane_topics
+from tests.support.lanes import new_prefix, private_lane
 
 pytestmark = pytest.mark.integration
 
@@ -44,24 +44,19 @@ async def lane(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator[
 
 async def verification_lane(stack: Any, settings: Settings, tmp_path: Path) -> Settings:
     """Settings on a private database and private topics, for one test's pipeline."""
-    suffix = uuid.uuid4().hex[:10]
-    dsn = stack.require("postgres").create_database(f"verify_{suffix}")
-    s = settings.model_copy(update={
-        "database_dsn": dsn,
-        "topic_append": f"v{suffix}.append",
-        "topic_signed": f"v{suffix}.signed",
-        "topic_anchored": f"v{suffix}.anchored",
-        "signer_group": f"v{suffix}-signer",
-        "anchorer_group": f"v{suffix}-anchorer",
-        "http_port": 0,
-        "tokens_file": str(tmp_path / "tokens.jsonl"),
-        "append_wait_ms": 30_000,
-        "anchor_batch_ms": 200,
-        "sweeper_interval_s": 3600.0,
-        "sweeper_age_s": 3600.0,
-        "shutdown_grace_s": 10.0,
-    })
-    await lane_topics(s, partitions=2)
+    prefix = new_prefix("v")
+    dsn = stack.require("postgres").create_database(f"verify_{prefix}")
+    s = await private_lane(
+        settings, prefix, 2,
+        database_dsn=dsn,
+        http_port=0,
+        tokens_file=str(tmp_path / "tokens.jsonl"),
+        append_wait_ms=30_000,
+        anchor_batch_ms=200,
+        sweeper_interval_s=3600.0,
+        sweeper_age_s=3600.0,
+        shutdown_grace_s=10.0,
+    )
     db = await Database.connect(s, min_size=1, max_size=2)
     try:
         await migrate(db)
