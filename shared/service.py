@@ -37,7 +37,7 @@ log = logging.getLogger("ledger.service")
 _T = TypeVar("_T")
 
 #: What a process depends on, as ``/health``, the start-up log and the metrics name it.
-DependencyName = Literal["database", "kafka", "vault", "rekor"]
+DependencyName = Literal["database", "kafka", "vault", "rekor", "tsa"]
 
 #: A process's work: built on the open clients, it runs until ``lc.stopping``, then returns.
 Work = Callable[[Lifecycle], Coroutine[Any, Any, None]]

@@ -80,6 +80,21 @@ class Settings(BaseModel):
                                   json_schema_extra=_needed("ingest", "anchorer"))
     rekor_public_key: str = ""  # a PEM file path or the PEM itself; empty: pin on first use
     rekor_timeout_s: float = Field(default=20.0, gt=0)
+    #: which Rekor API anchors batches: ``v1`` (Rekor with Trillian: signed entry timestamp,
+    #: integrated time) or ``v2`` (a tile-based log, rekor-tiles: no signed entry timestamp,
+    #: time from an RFC 3161 timestamp authority). Stored receipts of both stay verifiable.
+    rekor_api: Literal["v1", "v2"] = "v1"
+    #: v2: where the log's tiles and checkpoint are read (tlog-tiles layout: ``/checkpoint``,
+    #: ``/tile/...``); empty: ``REKOR_SERVER_URL``
+    rekor_tiles_url: str = ""
+    #: v2: the log's origin (the first line of its checkpoints; the name its key signs as)
+    rekor_origin: str = ""
+    #: v2: the RFC 3161 timestamp authority (``POST {url}/api/v1/timestamp``) and its
+    #: certificate chain as PEM (leaf first), pinned: a token is trusted only if it chains
+    #: to it
+    tsa_url: str = ""
+    tsa_cert_chain: str = ""
+    tsa_timeout_s: float = Field(default=10.0, gt=0)
     #: refuse to start with a database DSN that does not verify the server's certificate
     #: (``sslmode=verify-full`` or ``verify-ca``); the local stack and the compose file set it
     require_tls: bool = False
@@ -199,10 +214,24 @@ class Settings(BaseModel):
                     "KAFKA_SSL_CAFILE (the CA of the brokers' certificates), or set "
                     "LEDGER_REQUIRE_TLS=false to allow a plaintext Kafka connection"
                 )
+        if self.rekor_api == "v2":
+            missing = [ENV_NAMES[name] for name in _V2_NEEDS if not getattr(self, name)]
+            if missing:
+                raise ValueError(
+                    "LEDGER_REKOR_API=v2 needs " + ", ".join(missing) + ": a Rekor v2 receipt "
+                    "is trusted only against the log's pinned key and origin and a pinned "
+                    "timestamp authority chain (there is no trust on first use for v2); see "
+                    "docs/operations.md, \"Anchoring in Rekor v2\""
+                )
         if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
             raise ValueError("KAFKA_SSL_KEYFILE is set but KAFKA_SSL_CERTFILE is not: a key "
                              "needs its certificate")
         return self
+
+    @property
+    def rekor_read_url(self) -> str:
+        """Where a v2 log's checkpoint and tiles are read."""
+        return self.rekor_tiles_url or self.rekor_server_url
 
     def for_stage(self, stage: str) -> Settings:
         """These settings as ``stage`` (``ingest``/``signer``/``anchorer``) uses them: its own
@@ -291,6 +320,9 @@ ENV_NAMES.update(
     }
 )
 
+
+#: what ``LEDGER_REKOR_API=v2`` cannot do without
+_V2_NEEDS: Final = ("rekor_public_key", "rekor_origin", "tsa_url", "tsa_cert_chain")
 
 _VERIFYING_SSLMODES = ("verify-full", "verify-ca")
 

@@ -16,7 +16,23 @@ from pathlib import Path
 from shared.errors import ConfigError, VerificationError
 from shared.verify import LogKey, load_log_key
 
-__all__ = ["load_configured_key"]
+__all__ = ["load_configured_key", "read_configured"]
+
+
+def read_configured(value: str, env_name: str) -> str:
+    """A PEM setting's text: ``value`` itself when it is PEM, else the file it names.
+
+    Empty when nothing is configured; ConfigError naming ``env_name`` when the file cannot
+    be read.
+    """
+    text = value.strip()
+    if not text or text.startswith("-----BEGIN"):
+        return text
+    path = Path(text).expanduser()
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{env_name}: cannot read {path}: {exc}") from None
 
 
 def load_configured_key(value: str) -> LogKey | None:
@@ -25,17 +41,9 @@ def load_configured_key(value: str) -> LogKey | None:
     None when nothing is configured; ConfigError when the file cannot be read or does not
     hold a usable log key.
     """
-    text = value.strip()
+    text = read_configured(value, "LEDGER_REKOR_PUBLIC_KEY")
     if not text:
         return None
-    if not text.startswith("-----BEGIN"):
-        path = Path(text).expanduser()
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(
-                f"LEDGER_REKOR_PUBLIC_KEY: cannot read the Rekor public key file {path}: {exc}"
-            ) from None
     try:
         return load_log_key(text)
     except VerificationError as exc:

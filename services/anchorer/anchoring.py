@@ -15,10 +15,12 @@
     ONE transaction: claim members (batch_id IS NULL) + batch row, state pending, signature
                          │
                          ▼
-    Rekor hashedrekord (stored signature) ── 409 ──► GET the existing entry by uuid
-                         │
+    the log (logs.py; LEDGER_REKOR_API): Rekor v1 hashedrekord of the stored signature,
+    or an RFC 3161 timestamp of it and then a Rekor v2 hashedrekord
+                         │ ── 409 ──► the existing entry (v1: by uuid; v2: by log index)
                          ▼
-    shared.verify: log id, uuid, SET, inclusion proof, checkpoint, body vs submission
+    verify: v1 log id, uuid, SET, inclusion proof, checkpoint, body vs submission;
+            v2 log id, checkpoint, inclusion proof, body, timestamp vs the pinned TSA
                          │ (refused → metric + error log, batch stays pending, ReceiptRejected)
                          ▼
     ONE transaction: receipt on the batch, state anchored, members' rekor fields
@@ -67,19 +69,16 @@ from shared.errors import (
     RekorConflict,
     RekorError,
     RekorUnavailable,
+    TsaError,
+    TsaUnavailable,
     VerificationError,
 )
 from shared.records import BatchRecord, EntryRecord, LeafRecord, NewBatch
 from shared.telemetry import Metrics, Stopwatch, log_context
-from shared.verify import (
-    ExpectedEntry,
-    LogKey,
-    ReceiptVerificationError,
-    VerifiedReceipt,
-    verify_receipt,
-)
+from shared.verify import ReceiptVerificationError
 
 from .building import Refusal, plan_batch, refusal
+from .logs import AnyVerifiedReceipt, TransparencyLog
 
 __all__ = [
     "AnchorResult",
@@ -87,7 +86,6 @@ __all__ = [
     "Anchorer",
     "EventPublisher",
     "RekorHealth",
-    "RekorPort",
     "SignerPort",
 ]
 
@@ -118,22 +116,6 @@ class SignerPort(Protocol):
     async def public_key(self, key: str, version: int) -> Any: ...
 
 
-class _Entry(Protocol):
-    @property
-    def uuid(self) -> str: ...
-    @property
-    def response(self) -> dict[str, Any]: ...
-
-
-class RekorPort(Protocol):
-    """The Rekor operations anchoring needs (``shared.rekor.RekorClient`` conforms)."""
-
-    async def create_hashedrekord(
-        self, digest_hex: str, signature_der: bytes, public_key_pem: bytes | str
-    ) -> Any: ...
-    async def get_entry_by_uuid(self, uuid: str) -> Any: ...
-
-
 class AnchorStore(Protocol):
     """The rows anchoring reads and writes (:class:`shared.repository.Repository`)."""
 
@@ -142,7 +124,9 @@ class AnchorStore(Protocol):
     async def batch(self, batch_id: uuid.UUID) -> BatchRecord | None: ...
     async def members(self, batch_id: uuid.UUID) -> list[EntryRecord]: ...
     async def claim(self, batch: NewBatch) -> None: ...
-    async def complete(self, batch_id: uuid.UUID, receipt: VerifiedReceipt) -> datetime | None: ...
+    async def complete(
+        self, batch_id: uuid.UUID, receipt: AnyVerifiedReceipt
+    ) -> datetime | None: ...
 
 
 class EventPublisher(Protocol):
@@ -151,14 +135,10 @@ class EventPublisher(Protocol):
     async def publish(self, events: Sequence[AnchoredEvent]) -> None: ...
 
 
-class LogKeyPort(Protocol):
-    async def get(self) -> LogKey: ...
-
-
 class ReceiptObserver(Protocol):
     """Called with every verified receipt before it is stored (checkpoint bookkeeping)."""
 
-    async def __call__(self, receipt: VerifiedReceipt) -> None: ...
+    async def __call__(self, receipt: AnyVerifiedReceipt) -> None: ...
 
 
 # --- health --------------------------------------------------------------------------------
@@ -170,20 +150,30 @@ class RekorHealth:
 
     metrics: Metrics
     up: bool | None = None
+    tsa_up: bool | None = None
     last_error: str = ""
 
     def ok(self) -> None:
+        """The log answered (with Rekor v2: after its timestamp authority did)."""
         if self.up is not True:
             if self.up is False:
                 log.info("Rekor reachable again")
             self.up = True
             self.last_error = ""
             self.metrics.dependency_up.labels(dependency="rekor").set(1)
+        if self.tsa_up is False:
+            log.info("timestamp authority reachable again")
+            self.tsa_up = True
+            self.metrics.dependency_up.labels(dependency="tsa").set(1)
 
-    def failed(self, error: BaseException) -> None:
+    def failed(self, error: BaseException, *, dependency: str = "rekor") -> None:
+        """``dependency``: ``rekor``, or ``tsa`` (Rekor v2's timestamp authority, asked
+        first: anchoring is down with it, so health reports the log down too)."""
         self.up = False
         self.last_error = str(error)[:300]
-        self.metrics.dependency_up.labels(dependency="rekor").set(0)
+        self.metrics.dependency_up.labels(dependency=dependency).set(0)
+        if dependency == "tsa":
+            self.tsa_up = False
 
 
 # --- results -------------------------------------------------------------------------------
@@ -211,9 +201,8 @@ class Anchorer:
         *,
         store: AnchorStore,
         signer: SignerPort,
-        rekor: RekorPort,
+        log: TransparencyLog,
         publisher: EventPublisher,
-        log_key: LogKeyPort,
         metrics: Metrics,
         anchor_key: str,
         verify_rows: bool = False,
@@ -223,9 +212,8 @@ class Anchorer:
     ) -> None:
         self._store = store
         self._signer = signer
-        self._rekor = rekor
+        self._log = log
         self._publisher = publisher
-        self._log_key = log_key
         self._metrics = metrics
         self._anchor_key = anchor_key
         # check each free row (signature, statement, leaf) before claiming it: a full-row
@@ -465,15 +453,13 @@ class Anchorer:
         leaves = [m.leaf_record() for m in members]
         return anchored_events(batch, [m for m in members if m.id in only], leaves=leaves)
 
-    async def _anchor_in_rekor(self, batch: BatchRecord) -> VerifiedReceipt | None:
+    async def _anchor_in_rekor(self, batch: BatchRecord) -> AnyVerifiedReceipt | None:
         """Submit the stored manifest signature, fetch on 409, verify; None on a 4xx refusal."""
         path = "created"
         try:
             try:
                 with Stopwatch() as sw:
-                    entry: _Entry = await self._rekor.create_hashedrekord(
-                        batch.manifest_sha256, batch.anchor_sig, batch.anchor_pubkey
-                    )
+                    submitted = await self._log.submit(batch)
                 self._metrics.rekor_latency.labels(op="create", outcome="created").observe(
                     sw.seconds
                 )
@@ -482,17 +468,21 @@ class Anchorer:
                     sw.seconds
                 )
                 path = "conflict"
-                if conflict.uuid is None:
-                    raise RekorUnavailable(
-                        f"Rekor answered 409 for batch {batch.id} without naming the entry"
-                    ) from None
                 log.info(
                     "Rekor already holds this batch (409); fetching the existing entry",
-                    extra={"batch_id": str(batch.id), "rekor_uuid": conflict.uuid},
+                    extra={"batch_id": str(batch.id), "rekor_uuid": conflict.uuid,
+                           "rekor_log_index": getattr(conflict, "log_index", None)},
                 )
                 with Stopwatch() as sw:
-                    entry = await self._rekor.get_entry_by_uuid(conflict.uuid)
+                    submitted = await self._log.existing(batch, conflict)
                 self._metrics.rekor_latency.labels(op="get", outcome="ok").observe(sw.seconds)
+        except TsaUnavailable as exc:
+            self.rekor_health.failed(exc, dependency="tsa")
+            log.warning(
+                "timestamp authority unavailable",
+                extra={"batch_id": str(batch.id), "error": str(exc), "retry": "back-off"},
+            )
+            raise
         except RekorUnavailable as exc:
             self._metrics.rekor_latency.labels(op="create", outcome="unavailable").observe(
                 sw.seconds
@@ -503,24 +493,19 @@ class Anchorer:
                 extra={"batch_id": str(batch.id), "error": str(exc), "retry": "back-off"},
             )
             raise
-        except RekorError as exc:
+        except (RekorError, TsaError) as exc:
             self.rekor_health.ok()  # it answered; it refused this entry
             log.error(  # noqa: TRY400 - an expected refusal, not a bug: no traceback
                 "Rekor anchoring failed",
-                extra={"batch_id": str(batch.id), "error": str(exc), "status": exc.status,
+                extra={"batch_id": str(batch.id), "error": str(exc),
+                       "status": getattr(exc, "status", None),
                        "retry": "sweeper"},  # the batch stays pending: re-driven later
             )
             return None
         self.rekor_health.ok()
 
-        key = await self._log_key.get()
-        expected = ExpectedEntry(
-            digest_hex=batch.manifest_sha256,
-            signature=batch.anchor_sig,
-            public_key=batch.anchor_pubkey,
-        )
         try:
-            receipt = verify_receipt(entry.response, key, expected=expected)
+            receipt = await self._log.verify(submitted, batch)
         except ReceiptVerificationError as exc:
             self._metrics.receipt_failures.labels(check=exc.check).inc()
             log.error(  # noqa: TRY400 - the check and detail say everything
@@ -540,6 +525,7 @@ class Anchorer:
         log.info(
             "Rekor receipt verified",
             extra={"batch_id": str(batch.id), "rekor_uuid": receipt.uuid,
-                   "rekor_log_index": receipt.log_index, "path": path},
+                   "rekor_log_index": receipt.log_index, "rekor_api": self._log.api,
+                   "path": path},
         )
         return receipt

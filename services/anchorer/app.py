@@ -41,19 +41,24 @@ from shared.lifecycle import Lifecycle
 from shared.messages import decode_object
 from shared.ops import open_ops_server, register_stage_kafka
 from shared.rekor import RekorClient
+from shared.rekor_v2 import RekorV2Client
 from shared.repository import Repository
-from shared.service import Service, at_once
+from shared.service import Dependency, Service, at_once
 from shared.settings import Settings
 from shared.stage import KafkaDeadLetters, Message, Rejection, Turn
 from shared.telemetry import Metrics, log_context
 from shared.tracing import TraceCarrier
+from shared.trust import read_configured
+from shared.tsa import TsaClient
 from shared.vault import TransitSigner
 from shared.vault_token import VaultToken
+from shared.verify_v2 import load_v2_trust
 
 from .anchoring import Anchorer
 from .batcher import AccumulatingConsumer
 from .building import Refusal
 from .checkpoints import ConsistencyMonitor
+from .logs import RekorV1Log, RekorV2Log, TransparencyLog
 from .sweeper import Sweeper
 from .trust import LogKeySource
 
@@ -215,10 +220,22 @@ class AnchorerProcess:
                                              token=lambda: token.value),
             close=VaultProbe.close, ping=VaultProbe.check, what="vault probe",
         )
-        self.rekor = register(
-            "rekor", at_once(lambda: RekorClient.from_settings(settings)),
-            close=RekorClient.close, ping=self.rekor_up,
-        )
+        # the log: Rekor v1, or Rekor v2 and its timestamp authority (LEDGER_REKOR_API)
+        self.rekor: Dependency[Any]
+        self.tsa: Dependency[TsaClient] | None = None
+        if settings.rekor_api == "v2":
+            self.rekor = register(
+                "rekor", at_once(lambda: RekorV2Client.from_settings(settings)),
+                close=RekorV2Client.close, ping=self.rekor_up,
+            )
+            self.tsa = register(
+                "tsa", at_once(lambda: TsaClient.from_settings(settings)), close=TsaClient.close,
+            )
+        else:
+            self.rekor = register(
+                "rekor", at_once(lambda: RekorClient.from_settings(settings)),
+                close=RekorClient.close, ping=self.rekor_up,
+            )
         self.producer, self.consumer = register_stage_kafka(
             self.service, settings, group_id=settings.anchorer_group,
             topic=settings.topic_signed, hooks=self._rebalance, consuming=self.consuming,
@@ -230,8 +247,9 @@ class AnchorerProcess:
     def consuming(self) -> bool:
         return self.loop is not None and not self.loop.paused
 
-    async def rekor_up(self, rekor: RekorClient) -> bool:
-        """Down while the last Rekor call failed; before the first one, whether it answers."""
+    async def rekor_up(self, rekor: RekorClient | RekorV2Client) -> bool:
+        """Down while the last Rekor call failed (with v2: or its timestamp authority's);
+        before the first one, whether the log answers."""
         known = self.anchorer.rekor_health.up if self.anchorer is not None else None
         if known is None:
             return await _rekor_reachable(rekor)
@@ -289,21 +307,15 @@ class AnchorerProcess:
 
     def _anchorer(self, traces: TraceCarrier) -> tuple[Anchorer, Sweeper]:
         """The anchorer on the open clients, and the sweeper that re-drives its work."""
-        settings, rekor = self.settings, self.rekor.client
+        settings = self.settings
         store = Repository(self.database.client)
-        keys = LogKeySource(
-            configured=settings.rekor_public_key,
-            rekor_url=settings.rekor_server_url,
-            pins=store,
-            fetcher=rekor,
-        )
+        log_ = self._log(store)
         anchorer = Anchorer(
             store=store,
             signer=self.vault.client,
-            rekor=rekor,
+            log=log_,
             publisher=KafkaAnchoredPublisher(self.producer.client, settings.topic_anchored,
                                              traces),
-            log_key=keys,
             metrics=self.metrics,
             anchor_key=settings.vault_anchor_key,
             verify_rows=settings.anchorer_verify_rows,
@@ -311,14 +323,27 @@ class AnchorerProcess:
         sweeper = Sweeper(
             anchorer=anchorer,
             store=store,
-            monitor=ConsistencyMonitor(store=store, rekor=rekor, log_key=keys,
-                                       metrics=self.metrics),
+            monitor=ConsistencyMonitor(store=store, log=log_, metrics=self.metrics),
             metrics=self.metrics,
             interval_s=settings.sweeper_interval_s,
             age_s=settings.sweeper_age_s,
             batch_max=settings.anchor_batch_max,
         )
         return anchorer, sweeper
+
+    def _log(self, store: Repository) -> TransparencyLog:
+        """The log batches are anchored in, on the open clients (``LEDGER_REKOR_API``)."""
+        settings, rekor = self.settings, self.rekor.client
+        if self.tsa is not None:
+            trust = load_v2_trust(
+                read_configured(settings.rekor_public_key, "LEDGER_REKOR_PUBLIC_KEY"),
+                settings.rekor_origin,
+                read_configured(settings.tsa_cert_chain, "LEDGER_TSA_CERT_CHAIN"),
+            )
+            return RekorV2Log(rekor=rekor, tsa=self.tsa.client, trust=trust)
+        keys = LogKeySource(configured=settings.rekor_public_key,
+                            rekor_url=settings.rekor_server_url, pins=store, fetcher=rekor)
+        return RekorV1Log(rekor=rekor, keys=keys)
 
 
 async def run_anchorer(
@@ -334,9 +359,12 @@ async def run_anchorer(
     )
 
 
-async def _rekor_reachable(rekor: RekorClient) -> bool:
+async def _rekor_reachable(rekor: RekorClient | RekorV2Client) -> bool:
     try:
-        await rekor.get_log_info()
+        if isinstance(rekor, RekorV2Client):
+            await rekor.get_checkpoint()
+        else:
+            await rekor.get_log_info()
     except LedgerError:
         return False
     return True

@@ -92,7 +92,7 @@ class IngestProcess:
         )
         service.register(
             "rekor", _probe_session, close=aiohttp.ClientSession.close,
-            ping=http_ping(settings.rekor_server_url.rstrip("/") + "/api/v1/log",
+            ping=http_ping(_rekor_health_url(settings),
                            ok_statuses=REKOR_UP_STATUSES, timeout_s=settings.health_timeout_s),
         )
 
@@ -182,3 +182,10 @@ def _bound_url(runner: web.AppRunner, settings: Settings, *, https: bool = False
         if isinstance(address, tuple) and len(address) >= 2:
             return f"{scheme}://{address[0]}:{address[1]}"
     return f"{scheme}://{settings.http_host}:{settings.http_port}"
+
+
+def _rekor_health_url(settings: Settings) -> str:
+    """What answers whether the log is up: v1's log info, or a v2 log's checkpoint."""
+    if settings.rekor_api == "v2":
+        return settings.rekor_read_url.rstrip("/") + "/checkpoint"
+    return settings.rekor_server_url.rstrip("/") + "/api/v1/log"

@@ -1,4 +1,4 @@
-"""The anchorer on the real stack: Kafka, PostgreSQL, OpenBao and a real Rekor v1.
+"""The anchorer on the real stack: Kafka, PostgreSQL, OpenBao and a real Rekor, v1 or v2.
 
 Each test gets a private database (migrated) and private topics and consumer groups, runs the
 real signer (in-process) to turn append requests into signed entries, and the anchorer either
@@ -10,6 +10,12 @@ or injecting the faults the real Rekor cannot produce).
 Every ``ledger.anchored`` event is checked with our offline verifier AND with sigstore-python's
 (``TransparencyLogEntry._from_v1_response(...)._verify(keyring)``) against the stack's pinned
 log key.
+
+The acceptance tests (N=1, a batch of 3,000, tampered receipts, an outage that drains, a
+crash after the log accepted) run against both log APIs (``rekor_api``): Rekor v1, and
+Rekor v2 (rekor-tiles) with the stack's RFC 3161 timestamp authority, where the proxy also
+stands in front of the timestamp authority. A v2 event is checked by the bundle verifier
+(``shared.bundle.verify_bundle``) against the pinned v2 log key, origin and TSA chain.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from sigstore_models.common import v1 as common_v1
 from deploy.local.process import free_port
 from services.anchorer import run_anchorer
 from services.anchorer.checkpoints import ConsistencyMonitor
+from services.anchorer.logs import RekorV1Log, RekorV2Log, TransparencyLog
 from services.anchorer.trust import LogKeySource
 from services.signer.app import run_signer
 from shared.db import Database, migrate
@@ -49,12 +56,15 @@ from shared.kafka import Producer, make_consumer, make_producer
 from shared.lifecycle import Lifecycle
 from shared.merkle import leaf_hash, verify_inclusion
 from shared.messages import AnchoredEntry, AppendRequest
+from shared.bundle import verify_bundle
 from shared.rekor import RekorClient
+from shared.rekor_v2 import RekorV2Client
 from shared.repository import Repository
 from shared.settings import Settings
 from shared.signatures import verify_manifest_signature
 from shared.statement import leaf_bytes
 from shared.telemetry import Metrics
+from shared.tsa import TsaClient
 from shared.verify import (
     ExpectedEntry,
     LogKey,
@@ -63,6 +73,7 @@ from shared.verify import (
     load_log_key,
     verify_receipt,
 )
+from shared.verify_v2 import load_v2_trust
 from tests.support.crash_after_rekor import CRASH_MESSAGE
 from tests.support.lanes import lane_topics
 from tests.support.rekor_proxy import RekorProxy
@@ -78,16 +89,24 @@ REPO = Path(__file__).resolve().parents[2]
 
 @dataclass
 class World:
-    settings: Settings  # private database/topics/groups; Rekor through the proxy
+    settings: Settings  # private database/topics/groups; Rekor (and the TSA) through proxies
     direct_rekor_url: str
     log_key: LogKey
     db: Database
     proxy: RekorProxy
     producer: Producer
     run_dir: Path
+    api: str = "v1"
+    tiles_url: str = ""  # v2: where the log's checkpoint and tiles are read
+    tsa_proxy: RekorProxy | None = None  # v2: in front of the timestamp authority
+    trust: Any = None  # v2: the pinned key, origin and TSA chain
 
     def with_(self, **changes: Any) -> Settings:
         return self.settings.model_copy(update=changes)
+
+    @property
+    def entries_route(self) -> str:
+        return f"/api/{self.api}/log/entries"
 
 
 def _read_key(value: str) -> str:
@@ -95,7 +114,18 @@ def _read_key(value: str) -> str:
 
 
 @pytest.fixture
-async def world(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator[World]:
+def rekor_api() -> str:
+    """The log API the world anchors in; acceptance tests parametrize it (v1, v2)."""
+    return "v1"
+
+
+@pytest.fixture
+async def world(
+    stack: Any, settings: Settings, rekor_api: str, request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> AsyncIterator[World]:
+    if rekor_api == "v2":
+        settings = request.getfixturevalue("settings_v2")
     suffix = uuid.uuid4().hex[:10]
     dsn = stack.require("postgres").create_database(f"anch_{suffix}")
     topics = {
@@ -120,18 +150,34 @@ async def world(stack: Any, settings: Settings, tmp_path: Path) -> AsyncIterator
     db = await Database.connect(base)
     await migrate(db)
     producer = await make_producer(base, client_id=f"test-{suffix}")
-    async with RekorProxy(settings.rekor_server_url) as proxy:
+    async with contextlib.AsyncExitStack() as proxies:
+        proxy = await proxies.enter_async_context(RekorProxy(settings.rekor_server_url))
+        through = {"rekor_server_url": proxy.url}
+        tsa_proxy, trust = None, None
+        if rekor_api == "v2":
+            tsa_proxy = await proxies.enter_async_context(RekorProxy(settings.tsa_url))
+            through |= {"tsa_url": tsa_proxy.url, "rekor_tiles_url": settings.rekor_read_url}
+            trust = v2_trust(settings)
         yield World(
-            settings=base.model_copy(update={"rekor_server_url": proxy.url}),
+            settings=base.model_copy(update=through),
             direct_rekor_url=settings.rekor_server_url,
             log_key=load_log_key(_read_key(settings.rekor_public_key)),
             db=db,
             proxy=proxy,
             producer=producer,
             run_dir=tmp_path,
+            api=rekor_api,
+            tiles_url=settings.rekor_read_url,
+            tsa_proxy=tsa_proxy,
+            trust=trust,
         )
     await producer.close()
     await db.close()
+
+
+def v2_trust(settings: Settings) -> Any:
+    return load_v2_trust(_read_key(settings.rekor_public_key), settings.rekor_origin,
+                         _read_key(settings.tsa_cert_chain))
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -250,6 +296,19 @@ def receipt_of(event: AnchoredEntry) -> RekorReceipt:
     )
 
 
+def check_event(world: World, event: AnchoredEntry, keyring: Any, seen: set[str]) -> None:
+    """:func:`verify_event` for a v1 event; for a v2 one, the whole bundle verified against
+    the pinned v2 log key, origin and timestamp authority chain."""
+    if world.api == "v1":
+        verify_event(event, world.log_key, keyring, seen)
+        return
+    report = verify_bundle(event.model_dump_json().encode(),
+                           rekor_public_key_pem=_read_key(world.settings.rekor_public_key).encode(),
+                           v2_trust=world.trust)
+    assert report.ok
+    seen.add(event.receipt.uuid)
+
+
 def verify_event(event: AnchoredEntry, log_key: LogKey, keyring: Any, seen: set[str]) -> None:
     """Everything a user checks offline, from the event alone (plus the pinned log key)."""
     entry, batch = event.entry, event.batch
@@ -284,6 +343,15 @@ def verify_event(event: AnchoredEntry, log_key: LogKey, keyring: Any, seen: set[
 async def rekor_tree_size(url: str) -> int:
     async with RekorClient(url, timeout_s=20) as rekor:
         return (await rekor.get_log_info()).tree_size
+
+
+async def log_size(world: World) -> int:
+    """The size of the log the world anchors in, as its latest checkpoint says."""
+    if world.api == "v1":
+        return await rekor_tree_size(world.direct_rekor_url)
+    async with RekorV2Client(world.direct_rekor_url, world.tiles_url, timeout_s=20) as rekor:
+        note = await rekor.get_checkpoint()
+    return int(note.split("\n")[1])
 
 
 async def check_batches(world: World, ids: set[uuid.UUID]) -> dict[str, int]:
@@ -343,33 +411,35 @@ async def _stream(world: World, n: int, *, batch_max: int, batch_ms: int, tag: s
     return ids, reader, elapsed, metrics
 
 
+@pytest.mark.parametrize("rekor_api", ["v1", "v2"])
 @pytest.mark.timeout(600)
 async def test_batches_of_thousands_anchor_and_verify(world: World) -> None:
     n = 3000
-    before = await rekor_tree_size(world.direct_rekor_url)
+    before = await log_size(world)
     ids, reader, elapsed, metrics = await _stream(
         world, n, batch_max=1500, batch_ms=1000, tag="big", limit_s=300)
     shape = await check_batches(world, ids)
-    posts = world.proxy.count("POST", "/api/v1/log/entries")
-    created = world.proxy.count("POST", "/api/v1/log/entries", 201)
+    posts = world.proxy.count("POST", world.entries_route)
+    created = world.proxy.count("POST", world.entries_route, 201)
     assert created == shape["batches"] and posts == created
-    assert await rekor_tree_size(world.direct_rekor_url) - before == shape["batches"]
+    assert await log_size(world) - before == shape["batches"]
     assert shape["batches"] <= n // 100, shape  # batched, not one Rekor entry per entry
     keyring, seen = sigstore_keyring(world.log_key), set[str]()
     for event in reader.parsed(ids):
-        verify_event(event, world.log_key, keyring, seen)
+        check_event(world, event, keyring, seen)
         assert reader.keys[event.entry.entry_id] == event.entry.subject.encode()
     assert len(seen) == shape["batches"]
     assert metric(metrics, "ledger_entries_anchored_total") == n
     rekor_calls = sum(world.proxy.calls.values())
-    print(f"\n[measure] {n} entries in {shape['batches']} batches: {elapsed:.1f}s end to end "
+    print(f"\n[measure] {world.api}: {n} entries in {shape['batches']} batches: "
+          f"{elapsed:.1f}s end to end "
           f"(append→anchored), {n / elapsed:.0f} entries/s, {rekor_calls} Rekor calls "
           f"({rekor_calls / n:.4f} per entry)")
 
     # Replay: a new consumer group reads ledger.signed from the start → identical events,
     # no new batch, no new Rekor entry.
     batches_before = await count(world, "SELECT count(*) FROM ledger.batches")
-    size_before = await rekor_tree_size(world.direct_rekor_url)
+    size_before = await log_size(world)
     first = {i: reader.events[i][0] for i in ids}
     replay = world.with_(anchorer_group=world.settings.anchorer_group + "-replay",
                          anchor_batch_max=1500, anchor_batch_ms=500)
@@ -386,25 +456,26 @@ async def test_batches_of_thousands_anchor_and_verify(world: World) -> None:
     for i in ids:
         assert all(raw == first[i] for raw in again.events[i]), f"event of {i} differs"
     assert await count(world, "SELECT count(*) FROM ledger.batches") == batches_before
-    assert await rekor_tree_size(world.direct_rekor_url) == size_before
+    assert await log_size(world) == size_before
 
 
+@pytest.mark.parametrize("rekor_api", ["v1", "v2"])
 @pytest.mark.timeout(300)
 async def test_n1_one_rekor_entry_per_ledger_entry(world: World) -> None:
     n = 200
-    before = await rekor_tree_size(world.direct_rekor_url)
+    before = await log_size(world)
     ids, reader, elapsed, _ = await _stream(
         world, n, batch_max=1, batch_ms=0, tag="n1", limit_s=200)
     shape = await check_batches(world, ids)
     assert shape == {"batches": n, "entries": n}
-    assert await rekor_tree_size(world.direct_rekor_url) - before == n
+    assert await log_size(world) - before == n
     keyring, seen = sigstore_keyring(world.log_key), set[str]()
     for event in reader.parsed(ids):
         assert event.batch.size == 1 and event.audit_path == [] and event.leaf_index == 0
-        verify_event(event, world.log_key, keyring, seen)
+        check_event(world, event, keyring, seen)
     assert len(seen) == n
     rekor_calls = sum(world.proxy.calls.values())
-    print(f"\n[measure] N=1: {n} entries in {elapsed:.1f}s, {n / elapsed:.1f} entries/s, "
+    print(f"\n[measure] {world.api} N=1: {n} entries in {elapsed:.1f}s, {n / elapsed:.1f} entries/s, "
           f"{rekor_calls} Rekor calls ({rekor_calls / n:.2f} per entry)")
 
 
@@ -412,15 +483,21 @@ async def test_n1_one_rekor_entry_per_ledger_entry(world: World) -> None:
 
 
 @pytest.mark.parametrize(
-    ("mode", "check"),
-    [("flip_set", "set"), ("corrupt_inclusion", "inclusion"),
-     ("foreign_checkpoint", "checkpoint")],
+    ("rekor_api", "mode", "check"),
+    [("v1", "flip_set", "set"), ("v1", "corrupt_inclusion", "inclusion"),
+     ("v1", "foreign_checkpoint", "checkpoint"),
+     ("v2", "corrupt_inclusion", "inclusion"), ("v2", "foreign_checkpoint", "checkpoint"),
+     ("v2", "flip_timestamp", "timestamp")],
 )
 @pytest.mark.timeout(300)
 async def test_tampered_receipt_is_refused_and_batch_stays_pending(
     world: World, mode: str, check: str
 ) -> None:
-    world.proxy.mode = mode  # type: ignore[assignment]
+    liar = world.proxy
+    if mode == "flip_timestamp":
+        assert world.tsa_proxy is not None
+        liar = world.tsa_proxy
+    liar.mode = mode  # type: ignore[assignment]
     s = world.with_(anchor_batch_max=10, anchor_batch_ms=500)
     async with (
         AnchoredReader(world) as reader,
@@ -446,23 +523,23 @@ async def test_tampered_receipt_is_refused_and_batch_stays_pending(
         await reader.poll()
         assert not reader.events
         assert metric(metrics, "ledger_stage_paused", {"stage": "anchorer"}) == 1
-        assert world.proxy.tampered >= 2
-        other_checks = {c for c in ("set", "inclusion", "checkpoint", "body", "log_id", "uuid")
-                        if c != check}
+        assert liar.tampered >= 2
+        other_checks = {c for c in ("set", "inclusion", "checkpoint", "body", "log_id", "uuid",
+                                    "timestamp", "receipt") if c != check}
         for c in other_checks:
             assert metric(metrics, "ledger_receipt_verification_failures_total",
                           {"check": c}) == 0
 
         # The log stops lying: the stored signature is re-sent, Rekor answers 409, the
         # genuine receipt verifies and the batch completes.
-        world.proxy.mode = "pass"
+        liar.mode = "pass"
         await reader.until(ids, limit_s=120)
-        assert world.proxy.count("POST", "/api/v1/log/entries", 409) >= 1
+        assert world.proxy.count("POST", world.entries_route, 409) >= 1
     shape = await check_batches(world, ids)
-    assert world.proxy.count("POST", "/api/v1/log/entries", 201) == shape["batches"]
+    assert world.proxy.count("POST", world.entries_route, 201) == shape["batches"]
     keyring, seen = sigstore_keyring(world.log_key), set[str]()
     for event in reader.parsed(ids):
-        verify_event(event, world.log_key, keyring, seen)
+        check_event(world, event, keyring, seen)
 
 
 def _unsigned(response: dict[str, Any]) -> dict[str, Any]:
@@ -528,12 +605,18 @@ async def test_proxy_pass_through_is_transparent(world: World) -> None:
 # --- Rekor down for a while ----------------------------------------------------------------
 
 
-def _rekor_server(stack: Any) -> Any:
-    procs = [p for p in stack.require("rekor").processes() if p.name == "rekor-server"]
+#: the process that is the log's write API, per log API: (stack service, process name)
+_LOG_SERVERS = {"v1": ("rekor", "rekor-server"), "v2": ("rekor-v2", "rekor-tiles")}
+
+
+def _rekor_server(stack: Any, api: str = "v1") -> Any:
+    service, name = _LOG_SERVERS[api]
+    procs = [p for p in stack.require(service).processes() if p.name == name]
     assert len(procs) == 1
     return procs[0]
 
 
+@pytest.mark.parametrize("rekor_api", ["v1", "v2"])
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 async def test_rekor_outage_pauses_anchoring_then_backlog_drains(
@@ -542,7 +625,7 @@ async def test_rekor_outage_pauses_anchoring_then_backlog_drains(
     port = free_port()
     s = world.with_(rekor_server_url=world.direct_rekor_url, anchor_batch_max=50,
                     anchor_batch_ms=300, metrics_port=port)
-    rekor_proc = _rekor_server(stack)
+    rekor_proc = _rekor_server(stack, world.api)
     health_url = f"http://127.0.0.1:{port}/health"
     async with (
         AnchoredReader(world) as reader,
@@ -582,7 +665,7 @@ async def test_rekor_outage_pauses_anchoring_then_backlog_drains(
 
         async def rekor_back() -> bool:
             try:
-                await rekor_tree_size(world.direct_rekor_url)
+                await log_size(world)
             except Exception:
                 return False
             return True
@@ -605,7 +688,7 @@ async def test_rekor_outage_pauses_anchoring_then_backlog_drains(
     for i in all_ids:
         assert len(set(reader.events[i])) == 1, f"different events for {i}"
     for event in reader.parsed(all_ids):
-        verify_event(event, world.log_key, keyring, seen)
+        check_event(world, event, keyring, seen)
 
 
 async def _wait_ids(world: World, request_ids: list[str]) -> set[uuid.UUID]:
@@ -640,6 +723,7 @@ async def _spawn(
         log.close()
 
 
+@pytest.mark.parametrize("rekor_api", ["v1", "v2"])
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 async def test_crash_after_rekor_accepted_completes_through_409(world: World) -> None:
@@ -649,7 +733,7 @@ async def test_crash_after_rekor_accepted_completes_through_409(world: World) ->
     async with AnchoredReader(world) as reader, running(run_signer, s, "signer"):
         request_ids = await append(world, 8, tag="crash")
         ids = await _wait_ids(world, request_ids)
-        before = await rekor_tree_size(world.direct_rekor_url)
+        before = await log_size(world)
 
         # The first process must meet the batch on the stream path: its sweeper would
         # otherwise find these entries "never batched" (older than 1 s) and take them.
@@ -659,7 +743,7 @@ async def test_crash_after_rekor_accepted_completes_through_409(world: World) ->
         assert code == 137, log1.read_text()[-3000:]
         assert CRASH_MESSAGE in log1.read_text()
         # Rekor has the entry; the database still says pending, with the stored signature.
-        assert await rekor_tree_size(world.direct_rekor_url) == before + 1
+        assert await log_size(world) == before + 1
         pending = await world.db.fetch(
             "SELECT id, anchor_sig FROM ledger.batches WHERE state = 'pending'")
         assert len(pending) == 1 and pending[0]["anchor_sig"]
@@ -676,7 +760,7 @@ async def test_crash_after_rekor_accepted_completes_through_409(world: World) ->
     # No second Rekor entry: the restart re-sent the stored signature and got 409.
     batches = await count(world, "SELECT count(*) FROM ledger.batches")
     assert batches == shape["batches"]
-    assert await rekor_tree_size(world.direct_rekor_url) == before + batches
+    assert await log_size(world) == before + batches
     anchored_batch = await world.db.fetchval(
         "SELECT id FROM ledger.batches WHERE id = $1 AND state = 'anchored'", pending[0]["id"])
     assert anchored_batch == pending[0]["id"]
@@ -686,7 +770,7 @@ async def test_crash_after_rekor_accepted_completes_through_409(world: World) ->
     assert sorted(logged) == sorted(str(i) for i in ids)
     keyring, seen = sigstore_keyring(world.log_key), set[str]()
     for event in reader.parsed(ids):
-        verify_event(event, world.log_key, keyring, seen)
+        check_event(world, event, keyring, seen)
 
 
 # --- the sweeper heals a lost ledger.signed event ------------------------------------------
@@ -712,27 +796,51 @@ async def test_sweeper_batches_entries_whose_event_was_lost(world: World) -> Non
 # --- the log only grows --------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def _real_log(world: World) -> AsyncIterator[tuple[TransparencyLog, Callable[[], Any]]]:
+    """The world's log as the anchorer sees it, and a way to add one entry to it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    client: Any
+    async with contextlib.AsyncExitStack() as clients:
+        if world.api == "v1":
+            client = await clients.enter_async_context(
+                RekorClient(world.direct_rekor_url, timeout_s=20))
+            keys = LogKeySource(configured=world.settings.rekor_public_key,
+                                rekor_url=world.direct_rekor_url, pins=Repository(world.db),
+                                fetcher=client)
+            the_log: TransparencyLog = RekorV1Log(rekor=client, keys=keys)
+        else:
+            client = await clients.enter_async_context(
+                RekorV2Client(world.direct_rekor_url, world.tiles_url, timeout_s=20))
+            tsa = await clients.enter_async_context(
+                TsaClient(world.settings.tsa_url, timeout_s=20))
+            the_log = RekorV2Log(rekor=client, tsa=tsa, trust=world.trust)
+
+        async def add_entry() -> None:
+            digest = hashlib.sha256(uuid.uuid4().bytes).digest()
+            signature = key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+            await client.create_hashedrekord(digest.hex(), signature, pem)
+
+        yield the_log, add_entry
+
+
+@pytest.mark.parametrize("rekor_api", ["v1", "v2"])
 async def test_consistency_monitor_checks_the_real_log(world: World) -> None:
     metrics = Metrics()
     store = Repository(world.db)
-    async with RekorClient(world.direct_rekor_url, timeout_s=20) as rekor:
-        keys = LogKeySource(configured=world.settings.rekor_public_key,
-                            rekor_url=world.direct_rekor_url, pins=store, fetcher=rekor)
-        monitor = ConsistencyMonitor(store=store, rekor=rekor, log_key=keys, metrics=metrics)
+    async with _real_log(world) as (the_log, add_entry):
+        monitor = ConsistencyMonitor(store=store, log=the_log, metrics=metrics)
         first = await monitor.check()
         assert first is not None and first.ok and first.old_size is None
 
-        key = ec.generate_private_key(ec.SECP256R1())
-        digest = hashlib.sha256(uuid.uuid4().bytes).digest()
-        pem = key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-        await rekor.create_hashedrekord(
-            digest.hex(), key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256()))), pem)
+        await add_entry()
 
         async def grown() -> bool:
-            return (await rekor.get_log_info()).tree_size > first.new_size
+            return await log_size(world) > first.new_size
 
-        await wait_for(grown, within=30, what="the Rekor tree to grow")
+        await wait_for(grown, within=30, what="the log to grow")
         second = await monitor.check()
         assert second is not None and second.ok
         assert second.old_size == first.new_size and second.new_size > first.new_size
@@ -740,19 +848,16 @@ async def test_consistency_monitor_checks_the_real_log(world: World) -> None:
         assert metric(metrics, "ledger_receipt_verification_failures_total",
                       {"check": "consistency"}) == 0
 
-        # A stored checkpoint that Rekor's log does not extend (a forked view) is reported.
+        # A stored checkpoint that the log does not extend (a forked view) is reported.
         await world.db.execute(
             "UPDATE ledger.checkpoints SET root_hash = $1 WHERE tree_size = $2",
             "00" * 32, second.new_size)
-        await rekor.create_hashedrekord(
-            hashlib.sha256(b"x" + digest).hexdigest(),
-            key.sign(hashlib.sha256(b"x" + digest).digest(),
-                     ec.ECDSA(Prehashed(hashes.SHA256()))), pem)
+        await add_entry()
 
         async def grown_again() -> bool:
-            return (await rekor.get_log_info()).tree_size > second.new_size
+            return await log_size(world) > second.new_size
 
-        await wait_for(grown_again, within=30, what="the Rekor tree to grow again")
+        await wait_for(grown_again, within=30, what="the log to grow again")
         third = await monitor.check()
         assert third is not None and not third.ok
         assert metric(metrics, "ledger_receipt_verification_failures_total",

@@ -9,9 +9,13 @@ into otherwise genuine answers of the real server:
 ``corrupt_inclusion``    change one byte of the first inclusion-proof hash
 ``foreign_checkpoint``   replace the checkpoint with one naming the same tree but signed by
                          another ECDSA key (with the real log's key hint, as a forger would)
+``flip_timestamp``       flip the last byte of an RFC 3161 answer (in its signature), in
+                         front of a timestamp authority
 
-Tampering applies to entry answers (``POST /api/v1/log/entries`` 201 and
-``GET /api/v1/log/entries/...`` 200); everything else is forwarded. Every request is counted
+Tampering applies to entry answers (Rekor v1: ``POST /api/v1/log/entries`` 201 and
+``GET /api/v1/log/entries/...`` 200; Rekor v2: ``POST /api/v2/log/entries`` 201, whose
+TransparencyLogEntry carries base64 hashes and the checkpoint in ``checkpoint.envelope``) and
+to ``POST /api/v1/timestamp`` answers; everything else is forwarded. Every request is counted
 by ``(method, route, status)`` so tests can measure Rekor calls.
 """
 
@@ -27,7 +31,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-Mode = Literal["pass", "unavailable", "flip_set", "corrupt_inclusion", "foreign_checkpoint"]
+Mode = Literal["pass", "unavailable", "flip_set", "corrupt_inclusion", "foreign_checkpoint",
+               "flip_timestamp"]
 
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "host"}
 
@@ -66,6 +71,19 @@ def tamper_entries(body: dict[str, Any], mode: Mode) -> dict[str, Any]:
             proof["hashes"][0] = _flip_hex(proof["hashes"][0])
         elif mode == "foreign_checkpoint":
             proof["checkpoint"] = forged_checkpoint(proof["checkpoint"], entry["logID"])
+    return out
+
+
+def tamper_v2_entry(body: dict[str, Any], mode: Mode) -> dict[str, Any]:
+    """A Rekor v2 TransparencyLogEntry (protobuf JSON) with the fault of ``mode``."""
+    out: dict[str, Any] = json.loads(json.dumps(body))
+    proof = out.get("inclusionProof") or {}
+    if mode == "corrupt_inclusion" and proof.get("hashes"):
+        proof["hashes"][0] = _flip_b64(proof["hashes"][0], 0)
+    elif mode == "foreign_checkpoint":
+        key_id = base64.b64decode(out["logId"]["keyId"]).hex()
+        envelope = proof["checkpoint"]["envelope"]
+        proof["checkpoint"]["envelope"] = forged_checkpoint(envelope, key_id)
     return out
 
 
@@ -132,10 +150,24 @@ class RekorProxy:
                 k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS
             }
         self.calls[(request.method, route, status)] += 1
-        is_entry = route in ("/api/v1/log/entries", "/api/v1/log/entries/{uuid}")
-        if self.mode != "pass" and is_entry and status in (200, 201):
-            tampered = tamper_entries(json.loads(payload), self.mode)
-            payload = json.dumps(tampered).encode()
-            self.tampered += 1
+        payload = self._tampered(route, status, payload)
         return web.Response(status=status, body=payload, headers=out_headers)
+
+    def _tampered(self, route: str, status: int, payload: bytes) -> bytes:
+        if self.mode in ("pass", "unavailable") or status not in (200, 201):
+            return payload
+        if route == "/api/v1/timestamp":
+            if self.mode != "flip_timestamp":
+                return payload
+            out = bytearray(payload)
+            out[-1] ^= 0x01
+            self.tampered += 1
+            return bytes(out)
+        if route == "/api/v2/log/entries":
+            self.tampered += 1
+            return json.dumps(tamper_v2_entry(json.loads(payload), self.mode)).encode()
+        if route in ("/api/v1/log/entries", "/api/v1/log/entries/{uuid}"):
+            self.tampered += 1
+            return json.dumps(tamper_entries(json.loads(payload), self.mode)).encode()
+        return payload
 

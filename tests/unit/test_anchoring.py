@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from services.anchorer.anchoring import Anchorer
+from services.anchorer.logs import RekorV1Log
 from shared.anchored import AnchoredEvent
 from shared.bundle import BundleVerificationError, verify_bundle
 from shared.errors import DatabaseUnavailable, ReceiptRejected, RekorError, RekorUnavailable
@@ -85,10 +86,13 @@ class World:
         self.log_pem = pem(self.log.priv.public_key())
         self.entry_key = ed25519.Ed25519PrivateKey.generate()
         self.anchorer = Anchorer(
-            store=self.repo, signer=self.transit, rekor=self.rekor, publisher=self.published,
-            log_key=PinnedKey(self.log_key), metrics=self.metrics, anchor_key=ANCHOR_KEY,
+            store=self.repo, signer=self.transit, log=self.v1_log(), publisher=self.published,
+            metrics=self.metrics, anchor_key=ANCHOR_KEY,
             verify_rows=verify_rows, clock=lambda: T0,
         )
+
+    def v1_log(self) -> RekorV1Log:
+        return RekorV1Log(rekor=self.rekor, keys=PinnedKey(self.log_key))
 
     async def entries(self, n: int, tag: str = "e") -> list[uuid.UUID]:
         new = []
@@ -271,8 +275,8 @@ async def test_a_crash_after_rekor_accepted_completes_through_the_409(world: Wor
     await world.rekor.create_hashedrekord(batch.manifest_sha256, batch.anchor_sig,
                                           batch.anchor_pubkey)
     restarted = Anchorer(
-        store=world.repo, signer=world.transit, rekor=world.rekor, publisher=world.published,
-        log_key=PinnedKey(world.log_key), metrics=world.metrics, anchor_key=ANCHOR_KEY)
+        store=world.repo, signer=world.transit, log=world.v1_log(), publisher=world.published,
+        metrics=world.metrics, anchor_key=ANCHOR_KEY)
     assert await restarted.complete(batch_id, path_label="sweeper")
     assert world.rekor.created == 1, "no second Rekor entry"
     assert len(world.published.events) == 2
@@ -315,9 +319,8 @@ async def test_entries_claimed_by_another_batch_meanwhile_are_left_to_it(world: 
         if not raced:  # another anchorer claims two of them between our read and our claim
             raced = True
             other = Anchorer(
-                store=world.repo, signer=world.transit, rekor=world.rekor,
-                publisher=Published(), log_key=PinnedKey(world.log_key), metrics=Metrics(),
-                anchor_key=ANCHOR_KEY)
+                store=world.repo, signer=world.transit, log=world.v1_log(),
+                publisher=Published(), metrics=Metrics(), anchor_key=ANCHOR_KEY)
             await other.claim(ids[:2])
         await real_claim(batch)
 

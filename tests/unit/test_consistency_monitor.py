@@ -9,6 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.anchorer.checkpoints import ConsistencyMonitor
+from services.anchorer.logs import RekorV1Log
 from shared.telemetry import Metrics
 from shared.verify import load_log_key
 from tests.support.fake_rekor import FakeLog, PinnedKey, der
@@ -24,8 +25,9 @@ class World:
         self.key = load_log_key(der(self.log.priv.public_key()))
         self.repo = FakeRepository()
         self.metrics = Metrics()
-        self.monitor = ConsistencyMonitor(store=self.repo, rekor=self.log,
-                                          log_key=PinnedKey(self.key), metrics=self.metrics)
+        self.monitor = ConsistencyMonitor(
+            store=self.repo, log=RekorV1Log(rekor=self.log, keys=PinnedKey(self.key)),
+            metrics=self.metrics)
 
     def failures(self, check: str) -> float:
         value = self.metrics.registry.get_sample_value(
