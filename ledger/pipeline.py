@@ -175,16 +175,45 @@ def dev_token(stack_dir: Path) -> tuple[Path, str]:
     return tokens_file, token
 
 
+#: the settings that anchor in the local stack's Rekor v2 and timestamp authority, and the
+#: stack's variables they come from
+REKOR_V2_ENV: dict[str, str] = {
+    "REKOR_SERVER_URL": "LEDGER_REKOR_V2_SERVER_URL",
+    "LEDGER_REKOR_TILES_URL": "LEDGER_REKOR_V2_TILES_URL",
+    "LEDGER_REKOR_PUBLIC_KEY": "LEDGER_REKOR_V2_PUBLIC_KEY",
+    "LEDGER_REKOR_ORIGIN": "LEDGER_REKOR_V2_ORIGIN",
+    "LEDGER_TSA_URL": "LEDGER_TSA_URL",
+    "LEDGER_TSA_CERT_CHAIN": "LEDGER_TSA_CERT_CHAIN",
+}
+
+
+def rekor_v2_env(endpoints: Mapping[str, str]) -> dict[str, str]:
+    """The environment that points a process at the stack's Rekor v2 (``LEDGER_REKOR_API=v2``).
+
+    Raises ConfigError naming what the stack does not export (its ``rekor-v2`` or ``tsa``
+    service is not running)."""
+    missing = sorted(v for v in REKOR_V2_ENV.values() if not endpoints.get(v))
+    if missing:
+        raise ConfigError(f"LEDGER_REKOR_API=v2 needs the stack's rekor-v2 and tsa services; "
+                         f"it exports no {', '.join(missing)}")
+    return {"LEDGER_REKOR_API": "v2", **{k: endpoints[v] for k, v in REKOR_V2_ENV.items()}}
+
+
 def dev_processes(stack_dir: Path, endpoints: Mapping[str, str]) -> tuple[
     list[tuple[str, list[str], dict[str, str]]], list[str], dict[str, str]
 ]:
     """What ``ledger dev`` runs after the stack, the lines it prints for the developer, and
-    the URL that answers once each long-running process is up."""
-    del endpoints  # the stack's endpoints are in every process's environment already
+    the URL that answers once each long-running process is up.
+
+    The stack's endpoints are in every process's environment already; with
+    ``LEDGER_REKOR_API=v2`` ingest and the anchorer are pointed at its Rekor v2 and
+    timestamp authority instead of its Rekor v1."""
     tokens_file, token = dev_token(stack_dir)
     port = _free_or(int(os.environ.get("LEDGER_HTTP_PORT", "8080")))
     py = sys.executable
     common = {"LEDGER_TOKENS_FILE": str(tokens_file)}
+    if os.environ.get("LEDGER_REKOR_API", "v1") == "v2":
+        common |= rekor_v2_env(endpoints)
     signer_ops, anchorer_ops = _free_or(9101), _free_or(9102)
     procs = [
         ("migrate", [py, "-m", "ledger.cli", "migrate"], common),

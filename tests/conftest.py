@@ -35,7 +35,9 @@ import pytest
 from deploy.local.base import default_cache_dir
 from deploy.local.process import StackError
 from deploy.local.stack import Stack, stop_stale
-from shared.settings import ENV_NAMES, Settings
+from ledger.pipeline import rekor_v2_env
+from shared.errors import ConfigError
+from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_STACKS = REPO / ".stack-test"
@@ -177,25 +179,12 @@ def settings(stack: Stack) -> Settings:
     return Settings.from_env(environ=stack.endpoints())
 
 
-#: the local stack's Rekor v2 and timestamp authority, as the settings that anchor in them
-V2_SETTINGS = {
-    "rekor_server_url": "LEDGER_REKOR_V2_SERVER_URL",
-    "rekor_tiles_url": "LEDGER_REKOR_V2_TILES_URL",
-    "rekor_public_key": "LEDGER_REKOR_V2_PUBLIC_KEY",
-    "rekor_origin": "LEDGER_REKOR_V2_ORIGIN",
-    "tsa_url": "LEDGER_TSA_URL",
-    "tsa_cert_chain": "LEDGER_TSA_CERT_CHAIN",
-}
-
 
 @pytest.fixture(scope="session")
 def settings_v2(stack: Stack, settings: Settings) -> Settings:
     """``settings`` anchoring in the stack's Rekor v2, timestamped by its TSA."""
-    endpoints = stack.endpoints()
-    missing = [name for name in V2_SETTINGS.values() if not endpoints.get(name)]
-    if missing:
-        pytest.fail(f"the stack exports no {', '.join(missing)}: is its rekor-v2 service "
-                    "running?", pytrace=False)
-    return Settings.from_env(environ={**settings.environment(), "LEDGER_REKOR_API": "v2",
-                                      **{ENV_NAMES[k]: endpoints[v]
-                                         for k, v in V2_SETTINGS.items()}})
+    try:
+        v2 = rekor_v2_env(stack.endpoints())
+    except ConfigError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return Settings.from_env(environ={**settings.environment(), **v2})
