@@ -354,7 +354,7 @@ def register_command(name: str, help_text: str,
 
 def _add_stack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--services", default=None,
-                   help="comma-separated subset of postgres,kafka,openbao,rekor "
+                   help="comma-separated subset of postgres,kafka,openbao,rekor,rekor_v2,tsa "
                         "(default: $LEDGER_STACK_SERVICES or all)")
 
 
@@ -373,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "~/.cache/ledger)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    stack = sub.add_parser("stack", help="the local services (PostgreSQL, Kafka, OpenBao, Rekor)")
+    stack = sub.add_parser("stack", help="the local services (PostgreSQL, Kafka, OpenBao, "
+                                         "Rekor v1 and v2, a timestamp authority)")
     stack_sub = stack.add_subparsers(dest="stack_command", required=True)
     p = stack_sub.add_parser("install", help="fetch and build everything (idempotent)")
     _add_stack_options(p)

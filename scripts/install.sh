@@ -6,8 +6,9 @@
 #  2. .venv with Python 3.11: pip install -c constraints.txt -e '.[test,stack]'
 #     (redone only when pyproject.toml or constraints.txt changed);
 #  3. `ledger stack install`: Kafka's classpath (Maven), OpenBao (from the venv), and the
-#     Rekor/Trillian build (Go; several minutes the first time), cached in
-#     $LEDGER_CACHE_DIR (default ~/.cache/ledger).
+#     Go builds of Rekor v1/Trillian, Rekor v2 (rekor-tiles) and the RFC 3161 timestamp
+#     authority (several minutes the first time), cached in $LEDGER_CACHE_DIR (default
+#     ~/.cache/ledger).
 #
 # Environment: PYTHON (default python3.11), LEDGER_SKIP_APT=1 (never call apt-get),
 # LEDGER_SKIP_STACK_INSTALL=1 (stop after the venv).
@@ -36,9 +37,12 @@ command -v mvn >/dev/null 2>&1 || want_pkg maven
 command -v java >/dev/null 2>&1 || want_pkg openjdk-17-jre-headless
 command -v "$PYTHON" >/dev/null 2>&1 || want_pkg python3.11
 if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then want_pkg python3.11-venv; fi
-# Go builds rekor-server and Trillian (deploy/local/rekor.py). They need Go >= 1.25.11;
-# rekor.py sets GOTOOLCHAIN=go1.25.11+auto when the local Go is older, and the go command
-# then fetches that toolchain through the Go module proxy. Toolchain switching needs
+# Go builds rekor-server and Trillian (deploy/local/rekor.py), rekor-tiles' posix server
+# (deploy/local/rekor_v2.py) and the timestamp authority's wrapper module
+# (deploy/local/tsa-server, built in module mode from its committed go.mod/go.sum). The
+# newest minimum is Go >= 1.25.11; the stack sets GOTOOLCHAIN=go1.25.11+auto (and the like)
+# when the local Go is older, and the go command then fetches that toolchain through the Go
+# module proxy. Toolchain switching needs
 # Go >= 1.21 (see the check below). Any `go` on PATH, /usr/local/go/bin/go or
 # /usr/lib/go/bin/go is used.
 if ! command -v go >/dev/null 2>&1 && [ ! -x /usr/local/go/bin/go ] && [ ! -x /usr/lib/go/bin/go ]; then
@@ -73,10 +77,10 @@ if [ -n "$GO" ]; then
         # /usr/lib/go-1.2x/bin first on PATH) and run this script again.
         log "WARNING: $go_version is too old to build Rekor (needs >= 1.21 to fetch 1.25.11)"
     else
-        log "Go: $go_version (rekor.py selects GOTOOLCHAIN itself when needed)"
+        log "Go: $go_version (the stack selects GOTOOLCHAIN itself when needed)"
     fi
 else
-    log "WARNING: no Go toolchain; \`ledger stack install\` cannot build Rekor"
+    log "WARNING: no Go toolchain; \`ledger stack install\` cannot build Rekor v1, Rekor v2 or the timestamp authority"
 fi
 
 # --- 2. the virtualenv ------------------------------------------------------------------------

@@ -17,11 +17,13 @@ the consumer loop decides from that declaration alone; ingest maps the same poli
     │   │   └── SerializationFailure retry        database     40001/40P01 after its retries
     │   ├── VaultUnavailable         retry        vault
     │   ├── RekorUnavailable         retry        rekor
+    │   ├── TsaUnavailable           retry        tsa          RFC 3161 TSA down, 429/5xx
     │   └── ClaimRaced               retry        database     entries claimed meanwhile
     ├── QueryError                   retry        database     the database refused a statement
     ├── VaultError                   retry        vault        Vault refused (key, permission)
     ├── RekorError                   retry        rekor        Rekor answered 4xx other than 409
-    │   └── RekorConflict            retry        rekor        409: the entry exists (its uuid)
+    │   └── RekorConflict            retry        rekor        409: the entry exists (uuid, index)
+    ├── TsaError                     retry        tsa          the TSA refused the request (4xx)
     └── VerificationError            retry        verification a signature or proof fails
         └── ReceiptRejected          retry        rekor        Rekor's receipt did not verify
 
@@ -62,6 +64,8 @@ __all__ = [
     "RekorError",
     "RekorUnavailable",
     "SerializationFailure",
+    "TsaError",
+    "TsaUnavailable",
     "VaultError",
     "VaultUnavailable",
     "VerificationError",
@@ -140,6 +144,13 @@ class RekorUnavailable(DependencyError):
     dependency = "rekor"
 
 
+class TsaUnavailable(DependencyError):
+    """The RFC 3161 timestamp authority is down, timed out, rate-limited (429), answered 5xx
+    or answered something that is not a timestamp response."""
+
+    dependency = "tsa"
+
+
 class SerializationFailure(DatabaseUnavailable):
     """SQLSTATE 40001/40P01: the transaction lost a conflict and may simply be run again."""
 
@@ -193,11 +204,25 @@ class RekorError(LedgerError):
 
 
 class RekorConflict(RekorError):
-    """Rekor already holds this entry (HTTP 409); ``uuid`` names the existing entry."""
+    """Rekor already holds this entry (HTTP 409); ``uuid`` names the existing entry (Rekor
+    v1), ``log_index`` its position in the log (Rekor v2's ``X-Log-Index``), when known."""
 
-    def __init__(self, message: str, *, uuid: str | None) -> None:
+    def __init__(self, message: str, *, uuid: str | None, log_index: int | None = None) -> None:
         super().__init__(message, status=409)
         self.uuid = uuid
+        self.log_index = log_index
+
+
+class TsaError(LedgerError):
+    """The timestamp authority answered with a client error (a request it will not serve):
+    what the stage sends is its own digest, so this is configuration: pause and retry."""
+
+    policy = Policy.RETRY
+    dependency = "tsa"
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class VerificationError(LedgerError):

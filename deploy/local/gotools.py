@@ -1,9 +1,14 @@
 """Programs built with ``go install <package>@<version>`` into ``<cache_dir>/go-bin``, once.
 
-Used by the Rekor service (rekor-server, Trillian) and by the benchmarks (vegeta). A built
-binary is reused as long as ``go version -m`` shows the wanted package and version, so
-every checkout and every CI run on the same machine shares one build. Builds of the same
-cache directory are serialised by a lock file, so two sessions never build at once.
+Used by the Rekor services (rekor-server, Trillian, rekor-tiles) and by the benchmarks
+(vegeta). A built binary is reused as long as ``go version -m`` shows the wanted package and
+version, so every checkout and every CI run on the same machine shares one build. Builds of
+the same cache directory are serialised by a lock file, so two sessions never build at once.
+
+A program of the project's own (a small Go module committed with its ``go.mod`` and
+``go.sum``, e.g. the timestamp authority's loopback-only wrapper) is built with ``go build``
+in module mode by :func:`ensure_go_module`, into the same directory, and rebuilt only when
+the SHA-256 of its module files changes.
 
 A module whose ``go.mod`` wants a newer Go than the installed one still builds: the go
 command fetches that toolchain through the module proxy (``GOTOOLCHAIN=go<min>+auto``).
@@ -11,22 +16,26 @@ command fetches that toolchain through the module proxy (``GOTOOLCHAIN=go<min>+a
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import shutil
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.local.process import StackError
 
 __all__ = [
+    "GoModule",
     "GoTool",
     "binary_module_version",
+    "ensure_go_module",
     "ensure_go_tool",
     "go_env",
     "go_executable",
@@ -85,15 +94,18 @@ def binary_module_version(binary: Path, env: dict[str, str]) -> tuple[str, str, 
 
 
 def go_install(
-    targets: Iterable[str], env: dict[str, str], progress: Progress, *, label: str
+    targets: Iterable[str], env: dict[str, str], progress: Progress, *, label: str,
+    cwd: Path | None = None, argv: list[str] | None = None,
 ) -> None:
-    """``go install -v <targets>`` with ``env`` (set ``GOBIN`` there); output as progress."""
-    argv = [go_executable(), "install", "-v", *targets]
+    """``go install -v <targets>`` with ``env`` (set ``GOBIN`` there); output as progress.
+
+    ``argv`` replaces the command (``go build ...`` in the module directory ``cwd``)."""
+    argv = argv or [go_executable(), "install", "-v", *targets]
     started = time.monotonic()
     tail: deque[str] = deque(maxlen=40)
     with subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL, cwd=cwd,
     ) as proc:
         assert proc.stdout is not None
         for raw in proc.stdout:
@@ -106,7 +118,8 @@ def go_install(
         raise StackError(
             f"{label}: `{' '.join(argv)}` failed with exit code {code}:\n" + "\n".join(tail)
         )
-    progress(f"{label}: built {', '.join(targets)} in {time.monotonic() - started:.0f}s")
+    what = ", ".join(targets) or str(cwd)
+    progress(f"{label}: built {what} in {time.monotonic() - started:.0f}s")
 
 
 @dataclass(frozen=True)
@@ -126,13 +139,7 @@ def ensure_go_tool(tool: GoTool, cache_dir: Path, progress: Progress) -> Path:
     env = go_env(tool.min_go)
     if binary.is_file() and _is_version(binary, tool, env):
         return binary
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    with (bin_dir / ".lock").open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress(f"{tool.name}: another build is running in {bin_dir}; waiting")
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with _build_lock(bin_dir, tool.name, progress):
         if binary.is_file() and _is_version(binary, tool, env):
             return binary
         progress(f"{tool.name}: go install {tool.package}@{tool.version} (cached afterwards)")
@@ -146,3 +153,70 @@ def ensure_go_tool(tool: GoTool, cache_dir: Path, progress: Progress) -> Path:
 def _is_version(binary: Path, tool: GoTool, env: dict[str, str]) -> bool:
     found = binary_module_version(binary, env)
     return found is not None and found[0] == tool.package and found[2] == tool.version
+
+
+@contextlib.contextmanager
+def _build_lock(bin_dir: Path, name: str, progress: Progress) -> Iterator[None]:
+    """One build at a time in ``bin_dir`` (the lock file is shared with the Rekor service)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    with (bin_dir / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"{name}: another build is running in {bin_dir}; waiting")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@dataclass(frozen=True)
+class GoModule:
+    """A main package of the project's own: a directory with ``go.mod``, ``go.sum`` and
+    ``*.go`` files, built into a binary called ``name``."""
+
+    name: str
+    directory: Path
+    min_go: tuple[int, int, int] = (1, 21, 0)
+
+    def digest(self) -> str:
+        """SHA-256 over the module's files (names and contents): the cache key."""
+        files = [self.directory / "go.mod", self.directory / "go.sum",
+                 *sorted(self.directory.glob("*.go"))]
+        h = hashlib.sha256()
+        for path in files:
+            data = path.read_bytes()
+            h.update(f"{path.name}\0{len(data)}\0".encode())
+            h.update(data)
+        return h.hexdigest()
+
+
+def ensure_go_module(module: GoModule, cache_dir: Path, progress: Progress) -> Path:
+    """``<cache_dir>/go-bin/<name>``, built with ``go build`` first if its module changed.
+
+    The build is in module mode with ``-mod=readonly``: the committed ``go.sum`` pins every
+    dependency. ``<name>.sha256`` next to the binary records the module digest it was built
+    from."""
+    bin_dir = cache_dir / "go-bin"
+    binary = bin_dir / module.name
+    marker = bin_dir / f"{module.name}.sha256"
+    want = module.digest()
+
+    def current() -> bool:
+        with contextlib.suppress(OSError):
+            return binary.is_file() and marker.read_text().strip() == want
+        return False
+
+    if current():
+        return binary
+    with _build_lock(bin_dir, module.name, progress):
+        if current():
+            return binary
+        progress(f"{module.name}: go build in {module.directory} (cached afterwards)")
+        marker.unlink(missing_ok=True)
+        tmp = bin_dir / f".{module.name}.tmp"
+        argv = [go_executable(), "build", "-v", "-mod=readonly",
+                "-buildvcs=false", "-o", str(tmp), "."]
+        go_install([], go_env(module.min_go), progress, label=module.name,
+                   cwd=module.directory, argv=argv)
+        tmp.replace(binary)
+        marker.write_text(want + "\n")
+    return binary

@@ -11,8 +11,17 @@ import os
 import socket
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
-__all__ = ["Listener", "is_loopback", "listeners", "non_loopback_listeners"]
+from deploy.local.process import StackError
+
+__all__ = [
+    "Listener",
+    "is_loopback",
+    "listeners",
+    "non_loopback_listeners",
+    "require_loopback_only",
+]
 
 #: (protocol, IP address, port) of one listening TCP or bound UDP socket
 Listener = tuple[str, str, int]
@@ -63,3 +72,18 @@ def is_loopback(addr: str) -> bool:
 def non_loopback_listeners(pid: int) -> list[str]:
     """``address:port`` of every listening TCP socket of ``pid`` not bound to loopback."""
     return [f"{addr}:{port}" for _, addr, port in listeners([pid]) if not is_loopback(addr)]
+
+
+class _Process(Protocol):
+    name: str
+
+    @property
+    def pid(self) -> int: ...
+
+
+def require_loopback_only(service: str, processes: Iterable[_Process]) -> None:
+    """Raise :class:`StackError` if one of ``processes`` listens beyond loopback."""
+    for proc in processes:
+        bad = non_loopback_listeners(proc.pid)
+        if bad:
+            raise StackError(f"{service}: {proc.name} listens on non-loopback address(es) {bad}")

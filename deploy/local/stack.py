@@ -1,10 +1,11 @@
-"""The local stack: PostgreSQL, Kafka, OpenBao (Vault Transit) and Rekor, as one unit.
+"""The local stack: PostgreSQL, Kafka, OpenBao (Vault Transit), Rekor v1, Rekor v2 and an
+RFC 3161 timestamp authority, as one unit.
 
 :class:`Stack` composes the services, installs and starts them in dependency order
-(postgres → kafka → openbao → rekor), stops them in reverse (safe twice; also at interpreter
-exit and on SIGTERM/SIGINT through :meth:`Stack.signals_stop`), merges their client
-environment variables and writes them to ``<stack_dir>/endpoints.env`` (a sourceable shell
-file, mode 600: it holds passwords and the Vault token).
+(postgres → kafka → openbao → rekor → rekor_v2 → tsa), stops them in reverse (safe twice;
+also at interpreter exit and on SIGTERM/SIGINT through :meth:`Stack.signals_stop`), merges
+their client environment variables and writes them to ``<stack_dir>/endpoints.env`` (a
+sourceable shell file, mode 600: it holds passwords and the Vault token).
 
 External mode: a service whose variables are already set in the environment is not started,
 and the environment's values are used instead:
@@ -14,6 +15,8 @@ postgres   ``CRDB_DSN``
 kafka      ``KAFKA_BOOTSTRAP_SERVERS`` (and its ``KAFKA_SSL_*`` when set)
 openbao    ``VAULT_ADDR`` and ``VAULT_TOKEN``
 rekor      ``REKOR_SERVER_URL``
+rekor_v2   ``LEDGER_REKOR_V2_SERVER_URL``
+tsa        ``LEDGER_TSA_URL``
 =========  ==========================================
 
 (Rekor's Trillian still needs a PostgreSQL: with an external ``CRDB_DSN`` and a local Rekor,
@@ -26,8 +29,10 @@ testcontainers instead (see :mod:`deploy.local.containers`).
 ``Stack(..., plain_links=True)`` exists only to measure what the secured links cost (the
 ``secured_links`` benchmark starts such a stack of its own next to the normal one): Kafka with
 plaintext listeners and no authorizer, PostgreSQL accepting plaintext TCP from loopback, and
-OpenBao without TLS. It is a constructor argument only (no environment variable, no command
-option of ``ledger stack``), every service is then local, and containers are refused.
+OpenBao without TLS (and, unless ``services`` says otherwise, neither Rekor v2 nor the
+timestamp authority, which it does not compare). It is a constructor argument only (no
+environment variable, no command option of ``ledger stack``), every service is then local,
+and containers are refused.
 
 A stack directory has one supervisor at a time (the process that called
 :meth:`Stack.start_all`, pid in ``<stack_dir>/supervisor.pid``); :func:`stop_stale` stops a
@@ -64,7 +69,7 @@ __all__ = [
     "stop_stale",
 ]
 
-SERVICE_ORDER: tuple[str, ...] = ("postgres", "kafka", "openbao", "rekor")
+SERVICE_ORDER: tuple[str, ...] = ("postgres", "kafka", "openbao", "rekor", "rekor_v2", "tsa")
 
 #: The variables that, all set, make a service external (not started).
 EXTERNAL_ENV: dict[str, tuple[str, ...]] = {
@@ -72,6 +77,8 @@ EXTERNAL_ENV: dict[str, tuple[str, ...]] = {
     "kafka": ("KAFKA_BOOTSTRAP_SERVERS",),
     "openbao": ("VAULT_ADDR", "VAULT_TOKEN"),
     "rekor": ("REKOR_SERVER_URL",),
+    "rekor_v2": ("LEDGER_REKOR_V2_SERVER_URL",),
+    "tsa": ("LEDGER_TSA_URL",),
 }
 #: Further variables taken from the environment with an external service when present.
 _EXTERNAL_EXTRA: dict[str, tuple[str, ...]] = {
@@ -82,13 +89,20 @@ _EXTERNAL_EXTRA: dict[str, tuple[str, ...]] = {
     "openbao": ("VAULT_TRANSIT_KEY", "LEDGER_VAULT_ANCHOR_KEY", "VAULT_CACERT",
                 "LEDGER_SIGNER_VAULT_TOKEN_FILE", "LEDGER_ANCHORER_VAULT_TOKEN_FILE"),
     "rekor": ("REKOR_PUBLIC_KEY", "LEDGER_REKOR_PUBLIC_KEY"),
+    "rekor_v2": ("LEDGER_REKOR_V2_TILES_URL", "LEDGER_REKOR_V2_PUBLIC_KEY",
+                 "LEDGER_REKOR_V2_ORIGIN"),
+    "tsa": ("LEDGER_TSA_CERT_CHAIN",),
 }
 _MODULES: dict[str, tuple[str, str]] = {
     "postgres": ("deploy.local.postgres", "Postgres"),
     "kafka": ("deploy.local.kafka", "Kafka"),
     "openbao": ("deploy.local.openbao", "OpenBao"),
     "rekor": ("deploy.local.rekor", "Rekor"),
+    "rekor_v2": ("deploy.local.rekor_v2", "RekorV2"),
+    "tsa": ("deploy.local.tsa", "Tsa"),
 }
+#: A plain-links stack's services by default: those with links it makes plain, and Rekor.
+_PLAIN_LINK_SERVICES: tuple[str, ...] = ("postgres", "kafka", "openbao", "rekor")
 SUPERVISOR_PID = "supervisor.pid"
 ENDPOINTS_FILE = "endpoints.env"
 
@@ -163,6 +177,8 @@ class Stack:
             env = {}  # every service local, whatever the environment says
         self.stack_dir = Path(stack_dir).resolve()
         self.cache_dir = (cache_dir or default_cache_dir()).expanduser().resolve()
+        if plain_links and services is None:
+            services = _PLAIN_LINK_SERVICES  # the services whose links it compares
         self.selected = _selected(services, env)
         if use_containers is None:
             use_containers = env.get("LEDGER_USE_TESTCONTAINERS", "") in {"1", "true", "yes"}

@@ -37,7 +37,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from deploy.local.files import write_file
 
-__all__ = ["CA_CERT", "RENEW_BEFORE", "LocalCA", "ServerCert", "install_key", "write_pem_bundle"]
+__all__ = [
+    "CA_CERT",
+    "RENEW_BEFORE",
+    "LocalCA",
+    "ServerCert",
+    "install_key",
+    "key_pem",
+    "write_pem_bundle",
+]
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -54,7 +62,7 @@ class ServerCert:
     ca: Path
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
@@ -100,7 +108,7 @@ class LocalCA:
                            critical=False)
             .sign(key, hashes.SHA256())
         )
-        write_file(key_path, _key_pem(key))
+        write_file(key_path, key_pem(key))
         write_file(self.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return cert, key
 
@@ -137,7 +145,7 @@ class LocalCA:
         if not _still_good(out, ca_cert, profile):
             key = ec.generate_private_key(ec.SECP256R1())
             cert = _issue(ca_cert, ca_key, key, profile)
-            write_file(out.key, _key_pem(key))
+            write_file(out.key, key_pem(key))
             write_file(out.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return out
 

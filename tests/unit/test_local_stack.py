@@ -68,6 +68,12 @@ def test_all_external_services_start_nothing(tmp_path: Path) -> None:
         "LEDGER_ANCHORER_VAULT_TOKEN_FILE": "/run/secrets/anchorer.token",
         "LEDGER_REQUIRE_TLS": "true",
         "REKOR_SERVER_URL": "http://rekor.example",
+        "LEDGER_REKOR_V2_SERVER_URL": "http://rekor-v2.example",
+        "LEDGER_REKOR_V2_TILES_URL": "http://tiles.rekor-v2.example",
+        "LEDGER_REKOR_V2_PUBLIC_KEY": "/etc/ledger/rekor-v2.pem",
+        "LEDGER_REKOR_V2_ORIGIN": "rekor-v2.example",
+        "LEDGER_TSA_URL": "http://tsa.example",
+        "LEDGER_TSA_CERT_CHAIN": "/etc/ledger/tsa-chain.pem",
     }
     stack = Stack(tmp_path, tmp_path / "cache", environ=env)
     assert stack.services == {}
