@@ -18,7 +18,10 @@ check that fails (its ``check`` attribute is one of :data:`CHECKS`):
 ``body``        the body is the hashedrekord we submitted (hash, signature, key as DER)
 
 Also here: :class:`RekorReceipt`, the frozen, JSON-round-tripping form stored in the
-database; and checkpoint parsing. Public keys are read and compared as DER with
+database; :data:`Receipt`, either it or a Rekor v2 receipt (:mod:`shared.verify_v2`, whose
+names this module re-exports), and :func:`load_receipt`, which reads a stored one of either.
+Check names, log keys and checkpoint parsing are :mod:`shared.verify_base`'s, re-exported
+here. Public keys are read and compared as DER with
 :func:`shared.signatures.load_public_key_der`.
 
 This module must never do I/O: an auditor runs it offline. It imports nothing that talks to
@@ -28,112 +31,60 @@ a network.
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import rfc8785
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared import fastjson
 from shared.errors import VerificationError
 from shared.merkle import leaf_hash, root_from_inclusion_proof
 from shared.signatures import load_public_key_der
 from shared.untrusted import UntrustedInput, parse_json
+from shared.verify_base import (
+    CHECKS,
+    Check,
+    Checkpoint,
+    ExpectedEntry,
+    LogKey,
+    NoteSignature,
+    ReceiptVerificationError,
+    load_log_key,
+    parse_checkpoint,
+    verify_checkpoint,
+)
+from shared.verify_base import fail as _fail
+from shared.verify_base import hex32 as _hex32
+from shared.verify_v2 import RekorV2Receipt, V2Trust, VerifiedV2Receipt, verify_v2_receipt
 
 __all__ = [
     "CHECKS",
+    "Check",
     "Checkpoint",
     "ExpectedEntry",
     "LogKey",
     "NoteSignature",
+    "Receipt",
     "ReceiptVerificationError",
     "RekorReceipt",
+    "RekorV2Receipt",
+    "V2Trust",
     "VerifiedReceipt",
+    "VerifiedV2Receipt",
     "check_body",
     "load_log_key",
+    "load_receipt",
     "parse_checkpoint",
     "v1_response_from_bundle_entry",
     "verify_checkpoint",
     "verify_inclusion_proof",
     "verify_receipt",
     "verify_set",
+    "verify_v2_receipt",
 ]
-
-Check = Literal["receipt", "log_id", "uuid", "set", "inclusion", "checkpoint", "body"]
-#: The names of the checks, in the order :func:`verify_receipt` runs them.
-CHECKS: tuple[Check, ...] = ("receipt", "log_id", "uuid", "set", "inclusion", "checkpoint", "body")
-
-
-class ReceiptVerificationError(VerificationError):
-    """A receipt check failed; ``check`` names which one (see :data:`CHECKS`)."""
-
-    def __init__(self, check: Check, detail: str) -> None:
-        super().__init__(f"{check}: {detail}")
-        self.check: Check = check
-        self.detail = detail
-
-
-def _fail(check: Check, detail: str) -> ReceiptVerificationError:
-    return ReceiptVerificationError(check, detail)
-
-
-# --- keys -----------------------------------------------------------------------------------
-
-_PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
-
-
-@dataclass(frozen=True, slots=True)
-class LogKey:
-    """A transparency log's public key and its log id (hex SHA-256 of the DER SPKI)."""
-
-    key: _PublicKey
-    der: bytes
-    log_id: str
-
-    @property
-    def key_hint(self) -> bytes:
-        """The 4-byte hint that Rekor v1 puts in front of checkpoint signatures."""
-        return bytes.fromhex(self.log_id)[:4]
-
-    def verify(self, signature: bytes, data: bytes) -> None:
-        """Verify a signature over ``data`` the way Rekor v1 signs (SET, checkpoints).
-
-        ECDSA uses the hash matching the curve (P-256→SHA-256, P-384→SHA-384,
-        P-521→SHA-512); Ed25519 is pure; RSA is PKCS#1 v1.5 with SHA-256.
-        Raises ``InvalidSignature``.
-        """
-        key = self.key
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, data, ec.ECDSA(_EC_HASH[key.curve.name]))
-        elif isinstance(key, ed25519.Ed25519PublicKey):
-            key.verify(signature, data)
-        else:
-            key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
-
-
-_EC_HASH: dict[str, hashes.HashAlgorithm] = {
-    "secp256r1": hashes.SHA256(),
-    "secp384r1": hashes.SHA384(),
-    "secp521r1": hashes.SHA512(),
-}
-
-
-def load_log_key(key: bytes | str) -> LogKey:
-    """Parse a log public key (PEM or DER; ECDSA P-256/P-384/P-521, Ed25519 or RSA)."""
-    der = load_public_key_der(key)
-    pub = serialization.load_der_public_key(der)
-    if isinstance(pub, ec.EllipticCurvePublicKey):
-        if pub.curve.name not in _EC_HASH:
-            raise VerificationError(f"unsupported log key curve {pub.curve.name}")
-    elif not isinstance(pub, ed25519.Ed25519PublicKey | rsa.RSAPublicKey):
-        raise VerificationError(f"unsupported log key type {type(pub).__name__}")
-    return LogKey(key=pub, der=der, log_id=hashlib.sha256(der).hexdigest())
-
 
 # --- the stored receipt -----------------------------------------------------------------------
 
@@ -240,6 +191,21 @@ class VerifiedReceipt(RekorReceipt):
     """
 
 
+#: A stored receipt: Rekor v1's, or Rekor v2's with its RFC 3161 timestamp.
+Receipt = RekorReceipt | RekorV2Receipt
+
+
+def load_receipt(stored: Mapping[str, Any] | str | bytes) -> Receipt:
+    """A stored receipt (``batches.receipt``: JSON text or its parsed object) as its model:
+    :class:`RekorV2Receipt` if its ``api`` is ``"v2"``, else :class:`RekorReceipt` (v1
+    receipts have no ``api``). Malformed data raises ``ValueError`` (pydantic's
+    ``ValidationError`` or a JSON error)."""
+    data = fastjson.loads(stored) if isinstance(stored, str | bytes) else stored
+    if isinstance(data, Mapping) and "api" in data:
+        return RekorV2Receipt.model_validate(data)
+    return RekorReceipt.model_validate(data)
+
+
 def v1_response_from_bundle_entry(tlog_entry: Mapping[str, Any]) -> dict[str, Any]:
     """Convert a Sigstore bundle's ``tlogEntries[i]`` (protobuf JSON) to the v1 answer shape.
 
@@ -315,110 +281,10 @@ def verify_set(receipt: RekorReceipt, log_key: LogKey) -> None:
 # --- checkpoints ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class NoteSignature:
-    name: str
-    key_hint: bytes
-    signature: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """A parsed signed note: the signed text and its signature lines."""
-
-    origin: str
-    size: int
-    root_hash: bytes
-    other_lines: tuple[str, ...]
-    signed_text: bytes
-    signatures: tuple[NoteSignature, ...]
-
-
 #: Rekor v1 entry uuid: optional 16-hex tree id, then the 64-hex leaf hash.
 _UUID = re.compile(r"(?:[0-9a-f]{16})?[0-9a-f]{64}")
 
-_SIG_LINE = re.compile(r"^\u2014 (?P<name>[^ ]+) (?P<sig>[A-Za-z0-9+/=]+)$")
-
-
-def parse_checkpoint(note: str) -> Checkpoint:
-    """Parse a Rekor v1 checkpoint (a signed note). Raises VerificationError if malformed.
-
-    Format: ``origin\\nsize\\nb64(root)\\n[other lines\\n]\\n— name b64(hint ‖ sig)\\n…``;
-    the signature covers everything up to and including the newline before the blank line.
-    """
-    text, sep, sig_block = note.partition("\n\n")
-    if not sep:
-        raise _fail("checkpoint", "no blank line between the note text and its signatures")
-    lines = text.split("\n")
-    if len(lines) < 3:
-        raise _fail("checkpoint", "note text needs origin, size and root hash")
-    origin, size_s, root_b64, *other = lines
-    if not origin:
-        raise _fail("checkpoint", "empty origin")
-    if (not size_s.isascii() or not size_s.isdigit() or len(size_s) > 19
-            or (size_s != "0" and size_s.startswith("0"))):
-        raise _fail("checkpoint", f"bad tree size {size_s[:40]!r}")
-    try:
-        root = base64.b64decode(root_b64, validate=True)
-    except ValueError:  # binascii.Error, or text that is not ASCII
-        raise _fail("checkpoint", "root hash is not valid base64") from None
-    if len(root) != 32:
-        raise _fail("checkpoint", f"root hash has {len(root)} bytes, not 32")
-    if not sig_block.endswith("\n"):
-        raise _fail("checkpoint", "signature block does not end with a newline")
-    signatures = []
-    for line in sig_block[:-1].split("\n"):
-        m = _SIG_LINE.match(line)
-        if m is None:
-            raise _fail("checkpoint", f"malformed signature line {line!r}")
-        try:
-            raw = base64.b64decode(m["sig"], validate=True)
-        except ValueError:  # binascii.Error, or text that is not ASCII
-            raise _fail("checkpoint", "signature is not valid base64") from None
-        if len(raw) < 5:
-            raise _fail("checkpoint", "signature too short")
-        signatures.append(NoteSignature(name=m["name"], key_hint=raw[:4], signature=raw[4:]))
-    return Checkpoint(
-        origin=origin,
-        size=int(size_s),
-        root_hash=root,
-        other_lines=tuple(other),
-        signed_text=(text + "\n").encode(),
-        signatures=tuple(signatures),
-    )
-
-
-def verify_checkpoint(note: str, log_key: LogKey) -> Checkpoint:
-    """Parse a checkpoint and check its signature by ``log_key`` (chosen by key hint)."""
-    cp = parse_checkpoint(note)
-    hint = log_key.key_hint
-    candidates = [s for s in cp.signatures if s.key_hint == hint]
-    if not candidates:
-        raise _fail(
-            "checkpoint",
-            f"no signature line with the log key's hint {hint.hex()} "
-            f"(hints present: {', '.join(s.key_hint.hex() for s in cp.signatures)})",
-        )
-    for sig in candidates:
-        try:
-            log_key.verify(sig.signature, cp.signed_text)
-        except InvalidSignature:
-            continue
-        return cp
-    raise _fail("checkpoint", "signature does not verify with the log key")
-
-
 # --- inclusion --------------------------------------------------------------------------------
-
-
-def _hex32(value: str, what: str, check: Check) -> bytes:
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        raise _fail(check, f"{what} is not hex") from None
-    if len(raw) != 32:
-        raise _fail(check, f"{what} has {len(raw)} bytes, not 32")
-    return raw
 
 
 def verify_inclusion_proof(receipt: RekorReceipt) -> bytes:
@@ -440,22 +306,6 @@ def verify_inclusion_proof(receipt: RekorReceipt) -> bytes:
 
 
 # --- body -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ExpectedEntry:
-    """What we submitted as a hashedrekord: the digest, the DER signature, the public key."""
-
-    digest_hex: str
-    signature: bytes
-    public_key: bytes | str  # PEM or DER
-
-    @classmethod
-    def for_message(
-        cls, message: bytes, signature: bytes, public_key: bytes | str
-    ) -> ExpectedEntry:
-        """The expectation for a signature over ``message`` (hashed here with SHA-256)."""
-        return cls(hashlib.sha256(message).hexdigest(), signature, public_key)
 
 
 def check_body(body: Mapping[str, Any], expected: ExpectedEntry) -> None:
