@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shared.errors import RekorConflict, RekorUnavailable
+from shared.errors import RekorConflict, RekorUnavailable, VerificationError
 from shared.records import BatchRecord
 from shared.verify import (
     Checkpoint,
@@ -41,13 +41,7 @@ from shared.verify import (
     verify_checkpoint,
     verify_receipt,
 )
-from shared.verify_v2 import (
-    RekorV2Receipt,
-    V2Trust,
-    VerifiedV2Receipt,
-    verify_v2_checkpoint,
-    verify_v2_receipt,
-)
+from shared.verify_v2 import RekorV2Receipt, V2Trust, VerifiedV2Receipt, verify_v2_receipt
 
 __all__ = [
     "Head",
@@ -214,9 +208,13 @@ class RekorV2Log:
         return verify_v2_receipt(receipt, self._trust, expected=expected_entry(batch))
 
     async def head(self) -> Head:
+        trust = self._trust
         note = await self._rekor.get_checkpoint()
-        return Head(note=note, checkpoint=verify_v2_checkpoint(note, self._trust),
-                    log_id=self._trust.log_key.log_id)
+        checkpoint = verify_checkpoint(note, trust.log_key, key_hint=trust.key_id[:4])
+        if checkpoint.origin != trust.origin:
+            raise VerificationError(f"checkpoint origin {checkpoint.origin[:100]!r} is not the "
+                                    f"pinned origin {trust.origin!r}")
+        return Head(note=note, checkpoint=checkpoint, log_id=trust.key_id.hex())
 
     async def consistency_proof(self, head: Head, old_size: int) -> list[bytes]:
         return list(await self._rekor.consistency_proof(old_size, head.checkpoint.size))

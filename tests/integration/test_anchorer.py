@@ -606,7 +606,7 @@ async def test_proxy_pass_through_is_transparent(world: World) -> None:
 
 
 #: the process that is the log's write API, per log API: (stack service, process name)
-_LOG_SERVERS = {"v1": ("rekor", "rekor-server"), "v2": ("rekor-v2", "rekor-tiles")}
+_LOG_SERVERS = {"v1": ("rekor", "rekor-server"), "v2": ("rekor_v2", "rekor-v2-server")}
 
 
 def _rekor_server(stack: Any, api: str = "v1") -> Any:

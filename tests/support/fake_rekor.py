@@ -210,6 +210,14 @@ class FakeRekor:
             raise RekorError(f"no entry {uuid}", status=404)
         return self.entries[uuid]
 
+    async def get_log_info(self) -> LogInfo:
+        return await self.log.get_log_info()
+
+    async def get_consistency_proof(
+        self, first_size: int, last_size: int, tree_id: str | None = None
+    ) -> ConsistencyProof:
+        return await self.log.get_consistency_proof(first_size, last_size, tree_id)
+
 
 class PinnedKey:
     """A log-key source that always answers the same key (LogKeySource without Rekor)."""
