@@ -177,17 +177,17 @@ async def test_a_restarted_log_keeps_its_entries_and_a_stopped_one_is_unavailabl
     service.start(lambda _m: None)
     try:
         env = service.endpoints()
-        client = RekorV2Client(env["LEDGER_REKOR_V2_SERVER_URL"],
-                               env["LEDGER_REKOR_V2_TILES_URL"], timeout_s=10,
-                               log_id=log_id_for(ORIGIN, _log_key(env)))
-        async with client:
+        log_id = log_id_for(ORIGIN, _log_key(env))
+        urls = env["LEDGER_REKOR_V2_SERVER_URL"], env["LEDGER_REKOR_V2_TILES_URL"]
+        async with RekorV2Client(*urls, timeout_s=10, log_id=log_id) as client:
             first = await client.create_hashedrekord(
                 signed.digest.hex(), signed.signature, signed.pem)
-            assert first.log_index == 0  # a log of its own
-            pids = [p.pid for p in service.processes()]
-            service.restart()
-            assert service.endpoints() == env
-            assert not {p.pid for p in service.processes()} & set(pids)  # new processes
+        assert first.log_index == 0  # a log of its own
+        pids = [p.pid for p in service.processes()]
+        service.restart()
+        assert service.endpoints() == env
+        assert not {p.pid for p in service.processes()} & set(pids)  # new processes
+        async with RekorV2Client(*urls, timeout_s=10, log_id=log_id) as client:
             with pytest.raises(RekorConflict) as again:  # the anti-spam index survived
                 await client.create_hashedrekord(
                     signed.digest.hex(), signed.signature, signed.pem)
@@ -197,8 +197,7 @@ async def test_a_restarted_log_keeps_its_entries_and_a_stopped_one_is_unavailabl
     finally:
         service.stop()
     assert not list((service.stack_dir / "pids").glob("*.pid"))  # stopped, nothing left
-    async with RekorV2Client(env["LEDGER_REKOR_V2_SERVER_URL"], env["LEDGER_REKOR_V2_TILES_URL"],
-                             timeout_s=5, log_id=b"\0" * 32) as stopped:
+    async with RekorV2Client(*urls, timeout_s=5, log_id=log_id) as stopped:
         with pytest.raises(RekorUnavailable):
             await stopped.create_hashedrekord(signed.digest.hex(), signed.signature, signed.pem)
         with pytest.raises(RekorUnavailable):
