@@ -150,8 +150,12 @@ def _check_response(body: bytes, nonce: int | None, digest: bytes, http_status: 
                        status=http_status)
     if pki_status not in _GRANTED:
         raise TsaUnavailable(f"TSA did not grant a timestamp (status {pki_status})")
-    info = response.tst_info
-    if info.nonce != nonce:
+    try:
+        info = response.tst_info
+        answered = info.nonce, info.message_imprint.message
+    except ValueError as exc:
+        raise TsaUnavailable(f"TSA answer holds no usable token: {exc}") from None
+    if answered[0] != nonce:
         raise TsaUnavailable("TSA answer is for another nonce")
-    if info.message_imprint.message != digest:
+    if answered[1] != digest:
         raise TsaUnavailable("TSA answer is for another digest")

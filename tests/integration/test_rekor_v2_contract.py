@@ -169,22 +169,38 @@ async def test_the_read_url_serves_only_the_log(stack: Stack) -> None:
             assert (await resp.text()).startswith(ORIGIN + "\n")
 
 
-async def test_a_stopped_log_is_unavailable(stack_run_dir: Path) -> None:
-    service = RekorV2(stack_run_dir / "rekor-v2-stopped", default_cache_dir())
+async def test_a_restarted_log_keeps_its_entries_and_a_stopped_one_is_unavailable(
+    stack_run_dir: Path,
+) -> None:
+    service = RekorV2(stack_run_dir / "rekor-v2-private", default_cache_dir())
+    signed = _signed()
     service.start(lambda _m: None)
     try:
         env = service.endpoints()
-        client = RekorV2Client(env["LEDGER_REKOR_V2_SERVER_URL"],
-                               env["LEDGER_REKOR_V2_TILES_URL"], timeout_s=5,
-                               log_id=log_id_for(ORIGIN, _log_key(env)))
-        assert parse_checkpoint(await client.get_checkpoint()).size == 0
+        log_id = log_id_for(ORIGIN, _log_key(env))
+        urls = env["LEDGER_REKOR_V2_SERVER_URL"], env["LEDGER_REKOR_V2_TILES_URL"]
+        async with RekorV2Client(*urls, timeout_s=10, log_id=log_id) as client:
+            first = await client.create_hashedrekord(
+                signed.digest.hex(), signed.signature, signed.pem)
+        assert first.log_index == 0  # a log of its own
+        pids = [p.pid for p in service.processes()]
+        service.restart()
+        assert service.endpoints() == env
+        assert not {p.pid for p in service.processes()} & set(pids)  # new processes
+        async with RekorV2Client(*urls, timeout_s=10, log_id=log_id) as client:
+            with pytest.raises(RekorConflict) as again:  # the anti-spam index survived
+                await client.create_hashedrekord(
+                    signed.digest.hex(), signed.signature, signed.pem)
+            assert again.value.log_index == 0
+            rebuilt = await client.get_entry(0)
+            assert rebuilt.entry["canonicalizedBody"] == first.entry["canonicalizedBody"]
     finally:
         service.stop()
-    signed = _signed()
-    async with client:
+    assert not list((service.stack_dir / "pids").glob("*.pid"))  # stopped, nothing left
+    async with RekorV2Client(*urls, timeout_s=5, log_id=log_id) as stopped:
         with pytest.raises(RekorUnavailable):
-            await client.create_hashedrekord(signed.digest.hex(), signed.signature, signed.pem)
+            await stopped.create_hashedrekord(signed.digest.hex(), signed.signature, signed.pem)
         with pytest.raises(RekorUnavailable):
-            await client.get_checkpoint()
+            await stopped.get_checkpoint()
         with pytest.raises(RekorUnavailable):
-            await client.get_entry(0)
+            await stopped.get_entry(0)
