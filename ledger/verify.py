@@ -1,5 +1,10 @@
 """``ledger verify BUNDLE.json --rekor-key REKOR.pem``: check a proof bundle offline.
 
+A bundle anchored in Rekor v2 also needs ``--rekor-origin ORIGIN`` (the log's checkpoint
+name) and ``--tsa-chain TSA.pem`` (the timestamp authority's certificate chain, leaf first):
+both pinned, like the log key. Given such a bundle without them, the ``receipt`` step fails
+naming the missing option and the command exits 2 (the command line is incomplete).
+
 Prints each step of :func:`shared.bundle.verify_bundle` with ✓, or ✗ and the reason at the
 first failure, then ``VERIFIED: …`` (exit 0) or ``NOT VERIFIED: …`` (exit 1). Whatever the
 bundle holds — and whether or not it can be read at all — the command ends on one of those
@@ -22,6 +27,7 @@ from typing import BinaryIO
 from shared.bundle import (
     MAX_BUNDLE_BYTES,
     UNSIGNED_FIELDS,
+    V2_TRUST_MISSING,
     BundleVerificationError,
     StepResult,
     VerificationReport,
@@ -86,16 +92,30 @@ def _verified(report: VerificationReport, *, pinned_entry_key: bool) -> None:
         _not_checked("payload", "not checked (pass --payload FILE to check the document)")
     _not_checked("unsigned", f"{', '.join(UNSIGNED_FIELDS)}: no signature covers them, so "
                              "they are the bundle's word only and not shown")
+    if report.timestamped_at is not None:
+        when = f"timestamped {report.timestamped_at.isoformat()} by the pinned TSA"
+    else:
+        assert report.integrated_at is not None
+        when = f"integrated {report.integrated_at.isoformat()}"
     _say(f"VERIFIED: entry {report.entry_id} (request {report.request_id}, subject "
          f"{report.subject}) is leaf {report.leaf_index} of batch {report.batch_id}, anchored "
-         f"in Rekor at log index {report.rekor_log_index}, integrated "
-         f"{report.integrated_at.isoformat()}")
+         f"in Rekor{' v2' if report.rekor_api == 'v2' else ''} at log index "
+         f"{report.rekor_log_index}, {when}")
 
 
 def _failed(step: str, detail: str) -> int:
     _say(f"\u2717 {step:<{_WIDTH}} {detail}")
     _say(f"NOT VERIFIED: the {step} step failed")
     return 1
+
+
+def _missing_v2_options(args: argparse.Namespace) -> int:
+    missing = [option for option, value in (("--rekor-origin ORIGIN", args.rekor_origin),
+                                            ("--tsa-chain TSA.pem", args.tsa_chain))
+               if value is None]
+    _failed("receipt", f"the bundle is anchored in Rekor v2: pass {' and '.join(missing)} "
+                       "(pinned, like --rekor-key) to verify its receipt")
+    return 2
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -107,6 +127,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         rekor_key = _config_file(args.rekor_key, "Rekor public key")
         entry_key = _config_file(args.entry_key, "entry public key") if args.entry_key else None
         payload = _config_file(args.payload, "payload", None) if args.payload else None
+        tsa_chain = _config_file(args.tsa_chain, "TSA chain") if args.tsa_chain else None
     except ConfigError as exc:
         print(f"ledger verify: error: {display(exc)}", file=sys.stderr)
         return 2
@@ -116,8 +137,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return _failed("bundle", str(exc))
     try:
         report = verify_bundle(raw, rekor_public_key_pem=rekor_key,
-                               entry_public_key_pem=entry_key, payload=payload, on_step=_show)
+                               entry_public_key_pem=entry_key, payload=payload, on_step=_show,
+                               rekor_origin=args.rekor_origin, tsa_chain_pem=tsa_chain)
     except BundleVerificationError as exc:
+        if exc.step == "receipt" and exc.detail.startswith(V2_TRUST_MISSING):
+            return _missing_v2_options(args)
         return _failed(exc.step, exc.detail)
     _verified(report, pinned_entry_key=entry_key is not None)
     return 0
@@ -133,3 +157,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="the document itself: its SHA-256 must be the entry's payload hash")
     p.add_argument("--entry-key", default=None, metavar="KEY.pem",
                    help="require the entry to be signed with this Ed25519 public key (PEM)")
+    p.add_argument("--rekor-origin", default=None, metavar="ORIGIN",
+                   help="Rekor v2 bundles: the log's origin (checkpoint name) you pin")
+    p.add_argument("--tsa-chain", default=None, metavar="TSA.pem",
+                   help="Rekor v2 bundles: the timestamp authority's certificate chain you "
+                        "pin (PEM, leaf first)")

@@ -28,14 +28,28 @@ from dataclasses import dataclass
 from shared import fastjson
 from shared.errors import VerificationError
 from shared.merkle import MerkleTree
-from shared.messages import AnchoredEntry, ReceiptInfo
+from shared.messages import AnchoredEntry, ReceiptInfo, ReceiptInfoV2
 from shared.records import BatchRecord, EntryRecord, LeafRecord
-from shared.verify import RekorReceipt
+from shared.verify import Receipt, RekorV2Receipt
 
 __all__ = ["AnchoredEvent", "anchored_events", "receipt_info"]
 
 
-def receipt_info(receipt: RekorReceipt) -> ReceiptInfo:
+def receipt_info(receipt: Receipt) -> ReceiptInfo | ReceiptInfoV2:
+    """The event's ``receipt`` part: a v1 receipt's fields as before, or a v2 receipt's with
+    ``"api": "v2"`` and its RFC 3161 timestamp."""
+    if isinstance(receipt, RekorV2Receipt):
+        return ReceiptInfoV2(
+            api="v2",
+            log_index=receipt.log_index,
+            log_id=receipt.log_id,
+            body=receipt.body,
+            tree_size=receipt.tree_size,
+            root_hash=receipt.root_hash,
+            hashes=list(receipt.inclusion_hashes),
+            checkpoint=receipt.checkpoint,
+            timestamp=receipt.timestamp,
+        )
     if receipt.checkpoint is None:
         raise VerificationError("a stored receipt must carry its checkpoint")
     return ReceiptInfo(

@@ -26,7 +26,10 @@ is one of :data:`STEPS`; ``passed`` holds the steps that passed before it):
 ``anchor_signature``  the ECDSA P-256 signature over that digest verifies with the anchor key
 ``receipt``           the Rekor v1 receipt verifies against the pinned log key (log id, uuid,
                       SET, inclusion proof, checkpoint) and its hashedrekord body holds exactly
-                      this digest, anchor signature and anchor key
+                      this digest, anchor signature and anchor key; a Rekor v2 receipt
+                      (``"api": "v2"``) verifies against the pinned log key and origin (log id,
+                      checkpoint, inclusion proof, body) and its RFC 3161 timestamp over the
+                      anchor signature against the pinned TSA chain
 ``payload``           (only with a payload) SHA-256 of the payload is the entry's payload hash
 
 Each step is one small function in :data:`_STEP_TABLE`, run in that order; the checks
@@ -42,7 +45,8 @@ what the bundle merely claims is said to be claimed. No signature covers ``entry
 ``anchored_at``, ``batch.anchor_key_version`` or the tree-id prefix of ``receipt.uuid``
 (:data:`UNSIGNED_FIELDS`): they are not reported.
 
-The Rekor log key is never taken from the bundle: the verifier pins it. Nothing here does
+The Rekor log key is never taken from the bundle: the verifier pins it, and for a v2 receipt
+also the log's origin and the TSA's certificate chain. Nothing here does
 I/O or imports anything that talks to a network.
 """
 
@@ -71,18 +75,21 @@ from shared.checks import (
     read_entry_signature,
     receipt_problems,
     statement_problems,
+    verify_anchor_receipt,
 )
 from shared.errors import VerificationError
-from shared.messages import AnchoredEntry, ReceiptInfo
+from shared.messages import AnchoredEntry, ReceiptInfo, ReceiptInfoV2
 from shared.signatures import load_public_key_der
 from shared.statement import leaf_bytes
 from shared.untrusted import UntrustedInput, check_tree, display, parse_json
-from shared.verify import RekorReceipt, load_log_key
+from shared.verify import LogKey, RekorReceipt, RekorV2Receipt, VerifiedV2Receipt, load_log_key
+from shared.verify_v2 import V2Trust, load_v2_trust
 
 __all__ = [
     "MAX_BUNDLE_BYTES",
     "STEPS",
     "UNSIGNED_FIELDS",
+    "V2_TRUST_MISSING",
     "BundleVerificationError",
     "StepResult",
     "VerificationReport",
@@ -110,6 +117,9 @@ MAX_BUNDLE_BYTES: Final = 1024 * 1024
 #: The bundle's fields that no signature covers: what they say is only the bundle's word.
 UNSIGNED_FIELDS: Final = ("entry.created_at", "anchored_at", "batch.anchor_key_version",
                           "the tree-id prefix of receipt.uuid")
+#: How the ``receipt`` step's detail starts when a Rekor v2 receipt meets a verifier that
+#: pinned no origin or no TSA chain (the detail then names what is missing).
+V2_TRUST_MISSING: Final = "a Rekor v2 receipt, and no pinned "
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +161,15 @@ class VerificationReport:
     rekor_log_index: int
     rekor_log_id: str
     #: Rekor's integration time, signed by the log (the SET): the entry existed by then
-    integrated_at: datetime
+    #: (Rekor v1; None for v2, which signs no time)
+    integrated_at: datetime | None
     payload_checked: bool
     steps: tuple[StepResult, ...]
+    #: which Rekor API anchored the batch
+    rekor_api: Literal["v1", "v2"] = "v1"
+    #: (Rekor v2) the RFC 3161 genTime of the pinned TSA's token over the anchor signature:
+    #: the batch was signed by then
+    timestamped_at: datetime | None = None
 
 
 class _Failed(Exception):
@@ -189,10 +205,13 @@ class _Bundle:
     rekor_key: bytes
     pinned_entry_key: bytes | None
     payload: bytes | None
+    rekor_origin: str | None = None
+    tsa_chain: bytes | None = None
     statement: bytes = b""
     signature: bytes = b""
     manifest: bytes = b""
     anchor_signature: bytes = b""
+    timestamped_at: datetime | None = None
 
 
 # --- the steps, in order ------------------------------------------------------------------------
@@ -340,12 +359,38 @@ def _rekor_receipt(info: ReceiptInfo) -> RekorReceipt:
     return RekorReceipt.model_validate({**fields, "inclusion_hashes": info.hashes})
 
 
-def _step_receipt(b: _Bundle) -> str:
+def _rekor_v2_receipt(info: ReceiptInfoV2) -> RekorV2Receipt:
+    """The receipt in the form :func:`shared.verify_v2.verify_v2_receipt` checks."""
+    fields = info.model_dump(exclude={"hashes"})
+    return RekorV2Receipt.model_validate({**fields, "inclusion_hashes": info.hashes})
+
+
+def _pinned_log_key(b: _Bundle) -> LogKey:
     try:
-        log_key = load_log_key(b.rekor_key)
+        return load_log_key(b.rekor_key)
     except VerificationError as exc:
         raise _Failed(f"the pinned Rekor key: {exc}") from None
-    receipt = _rekor_receipt(b.doc.receipt)
+
+
+def _v2_trust(b: _Bundle) -> V2Trust:
+    missing = [what for what, value in (("log origin", b.rekor_origin),
+                                        ("TSA chain", b.tsa_chain)) if value is None]
+    if missing:
+        raise _Failed(f"{V2_TRUST_MISSING}{' and '.join(missing)} to verify it with")
+    assert b.rekor_origin is not None and b.tsa_chain is not None
+    _pinned_log_key(b)
+    try:
+        return load_v2_trust(b.rekor_key, b.rekor_origin, b.tsa_chain)
+    except VerificationError as exc:
+        raise _Failed(f"the pinned v2 trust: {exc}") from None
+
+
+def _step_receipt(b: _Bundle) -> str:
+    info = b.doc.receipt
+    if isinstance(info, ReceiptInfoV2):
+        return _step_receipt_v2(b, info)
+    log_key = _pinned_log_key(b)
+    receipt = _rekor_receipt(info)
     _first(receipt_problems(receipt, log_key, manifest=b.manifest,
                             anchor_signature=b.anchor_signature,
                             anchor_public_key=b.doc.batch.anchor_public_key))
@@ -353,6 +398,24 @@ def _step_receipt(b: _Bundle) -> str:
     return (f"Rekor entry with leaf hash {receipt.uuid[-64:]} at log index "
             f"{receipt.log_index}, integrated {integrated_at.isoformat()}, verifies with the "
             f"pinned log key {log_key.log_id[:16]}…")
+
+
+def _step_receipt_v2(b: _Bundle, info: ReceiptInfoV2) -> str:
+    trust = _v2_trust(b)
+    receipt = _rekor_v2_receipt(info)
+    try:
+        verified = verify_anchor_receipt(
+            receipt, None, v2_trust=trust, manifest=b.manifest,
+            anchor_signature=b.anchor_signature, anchor_public_key=b.doc.batch.anchor_public_key)
+    except VerificationError as exc:
+        raise _Failed(str(exc)) from None
+    assert isinstance(verified, VerifiedV2Receipt)
+    b.timestamped_at = verified.timestamp_time
+    tsa = trust.tsa_chain[0].subject.rfc4514_string()
+    return (f"Rekor v2 entry with leaf hash {receipt.uuid} at log index {receipt.log_index} "
+            f"of log {trust.origin} verifies with the pinned log key "
+            f"{trust.key_id.hex()[:16]}…; the pinned TSA ({tsa}) timestamped the anchor "
+            f"signature at {verified.timestamp_time.isoformat()}")
 
 
 def _step_payload(b: _Bundle) -> str | None:
@@ -418,6 +481,8 @@ def verify_bundle(
     entry_public_key_pem: bytes | None = None,
     payload: bytes | None = None,
     on_step: Callable[[StepResult], None] | None = None,
+    rekor_origin: str | None = None,
+    tsa_chain_pem: bytes | None = None,
 ) -> VerificationReport:
     """Verify a proof bundle completely and offline; see the module docstring for the steps.
 
@@ -425,7 +490,10 @@ def verify_bundle(
     model. ``rekor_public_key_pem`` is the pinned Rekor log key (PEM or DER) — never the
     bundle's word. ``entry_public_key_pem`` optionally pins the Ed25519 key the entry must be
     signed with; ``payload`` optionally checks the document the entry is about. ``on_step`` is
-    called after each passed step. Raises :class:`BundleVerificationError`, and nothing else,
+    called after each passed step. A bundle anchored in Rekor v2 also needs the log's pinned
+    ``rekor_origin`` (its checkpoint name) and ``tsa_chain_pem``, the pinned TSA certificate
+    chain (PEM, leaf first); without them its ``receipt`` step fails with a detail starting
+    with :data:`V2_TRUST_MISSING`. Raises :class:`BundleVerificationError`, and nothing else,
     whatever ``bundle`` holds.
     """
     run = _Run(on_step)
@@ -436,7 +504,8 @@ def verify_bundle(
         return f"a well-formed ledger.anchored v1 document naming entry {parsed[0].entry.entry_id}"
 
     run.ok("bundle", str(_run_step(run, "bundle", parse)))
-    checked = _Bundle(parsed[0], rekor_public_key_pem, entry_public_key_pem, payload)
+    checked = _Bundle(parsed[0], rekor_public_key_pem, entry_public_key_pem, payload,
+                      rekor_origin, tsa_chain_pem)
     for step, check in _STEP_TABLE:
         detail = _run_step(run, step, functools.partial(check, checked))
         if detail is not None:
@@ -461,7 +530,10 @@ def _report(b: _Bundle, steps: tuple[StepResult, ...]) -> VerificationReport:
         rekor_uuid=receipt.uuid,
         rekor_log_index=receipt.log_index,
         rekor_log_id=receipt.log_id,
-        integrated_at=datetime.fromtimestamp(receipt.integrated_time, tz=UTC),
+        integrated_at=(datetime.fromtimestamp(receipt.integrated_time, tz=UTC)
+                       if isinstance(receipt, ReceiptInfo) else None),
         payload_checked=b.payload is not None,
         steps=steps,
+        rekor_api="v1" if isinstance(receipt, ReceiptInfo) else "v2",
+        timestamped_at=b.timestamped_at,
     )

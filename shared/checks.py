@@ -17,8 +17,9 @@ the check a problem is reported under and decides whether to go on.
 :func:`manifest_problems`      the manifest is the canonical batch manifest naming the batch
 :func:`manifest_digest_problems`  SHA-256 of the manifest is the batch's digest
 :func:`anchor_signature_problems`  the ECDSA P-256 anchor signature over that digest verifies
-:func:`receipt_problems`       the Rekor receipt verifies against the pinned log key and holds
-                               exactly this digest, anchor signature and anchor key
+:func:`receipt_problems`       the Rekor receipt (v1; or v2 with its RFC 3161 timestamp)
+                               verifies against the pinned log key (v2: and origin and TSA
+                               chain) and holds exactly this digest, anchor signature and key
 =============================  ============================================================
 
 Everything here is a function of its arguments: no I/O, and nothing that talks to a network
@@ -54,7 +55,17 @@ from shared.statement import (
     parse_time,
 )
 from shared.untrusted import UntrustedInput, parse_json
-from shared.verify import ExpectedEntry, LogKey, RekorReceipt, verify_receipt
+from shared.verify import (
+    ExpectedEntry,
+    LogKey,
+    Receipt,
+    RekorV2Receipt,
+    V2Trust,
+    VerifiedReceipt,
+    VerifiedV2Receipt,
+    verify_receipt,
+    verify_v2_receipt,
+)
 
 __all__ = [
     "STATEMENT_KEYS",
@@ -69,6 +80,7 @@ __all__ = [
     "receipt_problems",
     "same_json",
     "statement_problems",
+    "verify_anchor_receipt",
 ]
 
 #: The fields of a v1 statement (``shared.statement.statement_bytes``).
@@ -268,23 +280,50 @@ def anchor_signature_problems(
     return []
 
 
-def receipt_problems(
-    receipt: RekorReceipt,
-    log_key: LogKey,
+def verify_anchor_receipt(
+    receipt: Receipt,
+    log_key: LogKey | None,
     *,
+    v2_trust: V2Trust | None = None,
+    manifest: bytes,
+    anchor_signature: bytes,
+    anchor_public_key: bytes | str,
+) -> VerifiedReceipt | VerifiedV2Receipt:
+    """Verify a batch's receipt, of either version, and that its body holds exactly SHA-256
+    of ``manifest``, ``anchor_signature`` and ``anchor_public_key``: a Rekor v1 receipt
+    against the pinned ``log_key`` (:func:`shared.verify.verify_receipt`), a v2 one against
+    ``v2_trust`` (:func:`shared.verify_v2.verify_v2_receipt`, with its RFC 3161 timestamp).
+    Raises :class:`VerificationError`; a receipt check's message starts with its name."""
+    expected = ExpectedEntry(
+        hashlib.sha256(manifest).hexdigest(), anchor_signature, anchor_public_key
+    )
+    if isinstance(receipt, RekorV2Receipt):
+        if v2_trust is None:
+            raise VerificationError(
+                "a Rekor v2 receipt: no pinned v2 trust (log key, origin, TSA chain) to "
+                "verify it with")
+        return verify_v2_receipt(receipt, v2_trust, expected=expected)
+    if log_key is None:
+        raise VerificationError("a Rekor v1 receipt: no pinned Rekor v1 log key to verify "
+                                "it with")
+    return verify_receipt(receipt, log_key, expected=expected)
+
+
+def receipt_problems(
+    receipt: Receipt,
+    log_key: LogKey | None,
+    *,
+    v2_trust: V2Trust | None = None,
     manifest: bytes,
     anchor_signature: bytes,
     anchor_public_key: bytes | str,
 ) -> list[str]:
-    """The receipt must verify against the pinned ``log_key`` (see
-    :func:`shared.verify.verify_receipt`) and its body hold exactly SHA-256 of ``manifest``,
-    ``anchor_signature`` and ``anchor_public_key``. A problem starts with the receipt check
-    that failed (``set: …``, ``body: …``)."""
-    expected = ExpectedEntry(
-        hashlib.sha256(manifest).hexdigest(), anchor_signature, anchor_public_key
-    )
+    """The problem :func:`verify_anchor_receipt` finds, if any. A problem starts with the
+    receipt check that failed (``set: …``, ``timestamp: …``)."""
     try:
-        verify_receipt(receipt, log_key, expected=expected)
+        verify_anchor_receipt(receipt, log_key, v2_trust=v2_trust, manifest=manifest,
+                              anchor_signature=anchor_signature,
+                              anchor_public_key=anchor_public_key)
     except VerificationError as exc:
         return [str(exc)]
     return []

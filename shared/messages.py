@@ -19,20 +19,31 @@ import json
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 from shared import fastjson
 from shared.errors import InvalidMessage
+from shared.merkle import leaf_hash
 
 __all__ = [
     "REQUEST_ID_PATTERN",
     "SUBJECT_PATTERN",
     "AnchoredEntry",
+    "AnyReceiptInfo",
     "AppendRequest",
     "BatchInfo",
     "ReceiptInfo",
+    "ReceiptInfoV2",
     "SignedEntry",
     "append_request_fields",
     "decode",
@@ -124,6 +135,44 @@ class ReceiptInfo(_Message):
     checkpoint: str
 
 
+class ReceiptInfoV2(_Message):
+    """A Rekor v2 receipt with its RFC 3161 timestamp, as verified by the anchorer before it
+    was trusted (:func:`shared.verify_v2.verify_v2_receipt`). Its ``api`` tells it from a
+    :class:`ReceiptInfo` (which has none)."""
+
+    api: Literal["v2"]
+    log_index: int = Field(ge=0, description="the entry's index in the log (one tree)")
+    log_id: str = Field(description="hex key id of the log key (C2SP signed-note key id)")
+    body: str = Field(description="base64 canonical entry body as Rekor returned it")
+    tree_size: int = Field(ge=1)
+    root_hash: str
+    hashes: list[str]
+    checkpoint: str = Field(description="the signed note the inclusion proof is for")
+    timestamp: str = Field(
+        description="base64 DER RFC 3161 TimeStampResp over the batch's anchor signature"
+    )
+
+    @property
+    def uuid(self) -> str:
+        """The entry's leaf hash in hex, if the body is base64 (else empty)."""
+        try:
+            return leaf_hash(base64.b64decode(self.body, validate=True)).hex()
+        except ValueError:
+            return ""
+
+
+def _receipt_form(value: Any) -> str:
+    is_v2 = (isinstance(value, dict) and "api" in value) or isinstance(value, ReceiptInfoV2)
+    return "v2" if is_v2 else "v1"
+
+
+#: ``receipt``: Rekor v1's (no ``api``) or Rekor v2's (``"api": "v2"``).
+AnyReceiptInfo = Annotated[
+    Annotated[ReceiptInfo, Tag("v1")] | Annotated[ReceiptInfoV2, Tag("v2")],
+    Discriminator(_receipt_form),
+]
+
+
 class AnchoredEntry(_Message):
     """``ledger.anchored``: everything needed to verify an entry offline, years later.
 
@@ -139,7 +188,7 @@ class AnchoredEntry(_Message):
     leaf_index: int = Field(ge=0)
     audit_path: list[str] = Field(description="hex sibling hashes, leaf to root (RFC 6962)")
     batch: BatchInfo
-    receipt: ReceiptInfo
+    receipt: AnyReceiptInfo
     anchored_at: datetime
 
 

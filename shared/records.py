@@ -23,7 +23,7 @@ from shared import fastjson
 from shared.merkle import leaf_hash
 from shared.messages import BatchInfo, SignedEntry, signed_entry_fields
 from shared.statement import leaf_bytes
-from shared.verify import RekorReceipt
+from shared.verify import Receipt, load_receipt
 
 __all__ = [
     "BATCH_COLUMNS",
@@ -250,16 +250,14 @@ class BatchRecord:
     anchor_sig: bytes
     anchor_key_version: int
     anchor_pubkey: str
-    receipt: RekorReceipt | None = None
+    #: Rekor v1's receipt, or v2's with its RFC 3161 timestamp (``api`` says which)
+    receipt: Receipt | None = None
     anchored_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> BatchRecord:
         receipt_raw = row["receipt"]
-        receipt = None
-        if receipt_raw is not None:
-            data = fastjson.loads(receipt_raw) if isinstance(receipt_raw, str) else receipt_raw
-            receipt = RekorReceipt.model_validate(data)
+        receipt = None if receipt_raw is None else load_receipt(receipt_raw)
         return cls(
             id=row["id"],
             created_at=row["created_at"],

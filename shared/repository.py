@@ -48,7 +48,7 @@ from shared.records import (
     NewBatch,
     NewEntry,
 )
-from shared.verify import RekorReceipt
+from shared.verify import Receipt, RekorReceipt
 
 __all__ = ["AUDIT_BATCH_COLUMNS", "EntryQuery", "Repository", "StoredCheckpoint"]
 
@@ -297,15 +297,19 @@ class Repository:
 
         await self._db.transaction(tx, isolation="read_committed")
 
-    async def complete(self, batch_id: uuid.UUID, receipt: RekorReceipt) -> datetime | None:
+    async def complete(self, batch_id: uuid.UUID, receipt: Receipt) -> datetime | None:
         """Store the verified receipt (and its checkpoint) and mark the batch and its members
-        anchored. Returns the anchoring time, or None if the batch was already anchored."""
+        anchored. Returns the anchoring time, or None if the batch was already anchored.
+
+        A Rekor v2 receipt has no integrated time: ``integrated_time`` stays NULL (its time
+        is the RFC 3161 token's, inside the stored receipt)."""
         receipt_json = receipt.model_dump_json()
+        integrated_time = receipt.integrated_time if isinstance(receipt, RekorReceipt) else None
 
         async def tx(t: Tx) -> datetime | None:
             anchored_at: datetime | None = await t.fetchval(
                 _COMPLETE_BATCH, batch_id, receipt.uuid, receipt.log_index, receipt.log_id,
-                receipt.integrated_time, receipt_json,
+                integrated_time, receipt_json,
             )
             if anchored_at is None:
                 return None

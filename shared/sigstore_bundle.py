@@ -17,12 +17,20 @@ bundle in the protobuf-specs v0.3 JSON form (``application/vnd.dev.sigstore.bund
   hashes and checkpoint note, and the ``canonicalizedBody`` Rekor returned);
 * ``messageSignature``: the manifest's SHA-256 and the anchor signature.
 
+A batch anchored in Rekor v2 has the same bundle with the v2 entry (``kindVersion``
+hashedrekord 0.0.2, no ``inclusionPromise``, ``integratedTime`` 0, the inclusion proof at the
+global index) and the RFC 3161 token over the anchor signature in
+``verificationMaterial.timestampVerificationData.rfc3161Timestamps[0].signedTimestamp``
+(the DER TimeStampResp).
+
 The protobuf JSON mapping is followed exactly: 64-bit integers are decimal strings, bytes are
 standard base64 (with padding), enum values are their names.
 
 :func:`trusted_root` builds a ``application/vnd.dev.sigstore.trustedroot+json;version=0.1``
-document that trusts one Rekor log key and nothing else (no Fulcio, no CT log, no timestamp
-authority): what ``cosign verify-blob --trusted-root`` needs for a private log.
+document that trusts one Rekor log key and nothing else (no Fulcio, no CT log): what
+``cosign verify-blob --trusted-root`` needs for a private log. For a Rekor v2 log it takes the
+log's origin (the log id is then the checkpoint key id, as the entries carry it) and the
+pinned TSA chain, listed under ``timestampAuthorities``.
 
 Nothing here does I/O.
 """
@@ -34,12 +42,16 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_der_public_key
+from cryptography.hazmat.primitives.serialization import Encoding, load_der_public_key
+from cryptography.x509.oid import NameOID
 
 from shared.errors import VerificationError
 from shared.records import BatchRecord
 from shared.signatures import load_public_key_der
+from shared.verify import RekorV2Receipt, load_log_key
+from shared.verify_v2 import load_tsa_chain, note_key_id
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
@@ -84,6 +96,33 @@ def batch_bundle(batch: BatchRecord) -> dict[str, Any]:
     receipt = batch.receipt
     if receipt is None or not batch.anchored:
         raise VerificationError(f"batch {batch.id} is not anchored: it has no Rekor entry yet")
+    material: dict[str, Any] = {"publicKey": {"hint": key_hint(batch.anchor_pubkey)}}
+    if isinstance(receipt, RekorV2Receipt):
+        try:
+            entry = receipt.to_tlog_entry()
+        except ValueError:
+            raise VerificationError("the receipt's hashes or log id are not hex") from None
+        material["tlogEntries"] = [entry]
+        material["timestampVerificationData"] = {
+            "rfc3161Timestamps": [{"signedTimestamp": receipt.timestamp}]}
+    else:
+        material["tlogEntries"] = [_v1_tlog_entry(batch)]
+    return {
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": material,
+        "messageSignature": {
+            "messageDigest": {
+                "algorithm": "SHA2_256",
+                "digest": _hex_b64(batch.manifest_sha256, "manifest digest"),
+            },
+            "signature": _b64(batch.anchor_sig),
+        },
+    }
+
+
+def _v1_tlog_entry(batch: BatchRecord) -> dict[str, Any]:
+    receipt = batch.receipt
+    assert receipt is not None and not isinstance(receipt, RekorV2Receipt)
     proof: dict[str, Any] = {
         "logIndex": str(receipt.tree_index),
         "rootHash": _hex_b64(receipt.root_hash, "root hash"),
@@ -92,7 +131,7 @@ def batch_bundle(batch: BatchRecord) -> dict[str, Any]:
     }
     if receipt.checkpoint is not None:
         proof["checkpoint"] = {"envelope": receipt.checkpoint}
-    entry = {
+    return {
         "logIndex": str(receipt.log_index),
         "logId": {"keyId": _hex_b64(receipt.log_id, "log id")},
         "kindVersion": {"kind": KIND, "version": KIND_VERSION},
@@ -100,20 +139,6 @@ def batch_bundle(batch: BatchRecord) -> dict[str, Any]:
         "inclusionPromise": {"signedEntryTimestamp": receipt.signed_entry_timestamp},
         "inclusionProof": proof,
         "canonicalizedBody": receipt.body,
-    }
-    return {
-        "mediaType": BUNDLE_MEDIA_TYPE,
-        "verificationMaterial": {
-            "publicKey": {"hint": key_hint(batch.anchor_pubkey)},
-            "tlogEntries": [entry],
-        },
-        "messageSignature": {
-            "messageDigest": {
-                "algorithm": "SHA2_256",
-                "digest": _hex_b64(batch.manifest_sha256, "manifest digest"),
-            },
-            "signature": _b64(batch.anchor_sig),
-        },
     }
 
 
@@ -144,16 +169,25 @@ def _timestamp(when: datetime) -> str:
 
 
 def trusted_root(
-    rekor_public_key: bytes | str, *, base_url: str, valid_from: datetime
+    rekor_public_key: bytes | str,
+    *,
+    base_url: str,
+    valid_from: datetime,
+    rekor_origin: str | None = None,
+    tsa_chain_pem: bytes | str | None = None,
+    tsa_url: str | None = None,
 ) -> dict[str, Any]:
     """A trusted root holding only the Rekor log key ``rekor_public_key`` (PEM or DER).
 
     ``base_url`` is the log's address (informational: verifying a bundle needs no network);
     ``valid_from`` the start of the key's validity (the log's entries must be integrated at
-    or after it).
+    or after it). For a Rekor v2 log, ``rekor_origin`` (its checkpoint name) makes the log id
+    the checkpoint key id its entries carry, and ``tsa_chain_pem`` (PEM, leaf first) adds the
+    pinned TSA as the one timestamp authority (``tsa_url`` is informational too).
     """
     der = load_public_key_der(rekor_public_key)
-    log_id = _b64(hashlib.sha256(der).digest())
+    key_id = (hashlib.sha256(der).digest() if rekor_origin is None
+              else note_key_id(load_log_key(der), rekor_origin))
     return {
         "mediaType": TRUSTED_ROOT_MEDIA_TYPE,
         "tlogs": [{
@@ -164,9 +198,33 @@ def trusted_root(
                 "keyDetails": key_details(der),
                 "validFor": {"start": _timestamp(valid_from)},
             },
-            "logId": {"keyId": log_id},
+            "logId": {"keyId": _b64(key_id)},
         }],
         "certificateAuthorities": [],
         "ctlogs": [],
-        "timestampAuthorities": [],
+        "timestampAuthorities": ([] if tsa_chain_pem is None else
+                                 [_timestamp_authority(tsa_chain_pem, tsa_url, valid_from)]),
     }
+
+
+def _name(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str:
+    values = cert.subject.get_attributes_for_oid(oid)
+    return str(values[0].value) if values else ""
+
+
+def _timestamp_authority(chain_pem: bytes | str, url: str | None,
+                         valid_from: datetime) -> dict[str, Any]:
+    chain = load_tsa_chain(chain_pem)
+    if not chain:
+        raise VerificationError("the TSA chain holds no certificate")
+    leaf = chain[0]
+    authority: dict[str, Any] = {
+        "subject": {"organization": _name(leaf, NameOID.ORGANIZATION_NAME),
+                    "commonName": _name(leaf, NameOID.COMMON_NAME)},
+        "certChain": {"certificates": [{"rawBytes": _b64(c.public_bytes(Encoding.DER))}
+                                       for c in chain]},
+        "validFor": {"start": _timestamp(valid_from)},
+    }
+    if url is not None:
+        authority["uri"] = url
+    return authority

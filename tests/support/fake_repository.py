@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from shared.errors import ClaimRaced, DatabaseUnavailable
 from shared.records import BatchRecord, EntryRecord, LeafRecord, NewBatch, NewEntry
 from shared.repository import EntryQuery, StoredCheckpoint
-from shared.verify import RekorReceipt
+from shared.verify import Receipt
 
 __all__ = ["FakeRepository"]
 
@@ -168,7 +168,7 @@ class FakeRepository:
             anchor_key_version=batch.anchor_key_version, anchor_pubkey=batch.anchor_pubkey,
         )
 
-    async def complete(self, batch_id: uuid.UUID, receipt: RekorReceipt) -> datetime | None:
+    async def complete(self, batch_id: uuid.UUID, receipt: Receipt) -> datetime | None:
         self._call("complete")
         batch = self.batches.get(batch_id)
         if batch is None or batch.state != "pending":

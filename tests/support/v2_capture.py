@@ -4,7 +4,9 @@ Not run by the tests: the files it writes are committed, and ``tests/data/rekor_
 says how to run it again. It starts the real rekor-tiles POSIX server (twice: an Ed25519 and
 an ECDSA P-256 log key) and the real timestamp-authority server (twice: the pinned TSA and an
 unrelated one), submits a hashedrekord v0.0.2 of a manifest signed with an ECDSA P-256 anchor
-key, and asks both TSAs for a token over that signature. The timestamp server listens for
+key, and asks both TSAs for a token over that signature. The batch, its manifest and the anchor
+signature are :mod:`tests.support.v2_receipts`' (deterministic); so is the proof bundle of
+one of its entries, written last. The timestamp server listens for
 metrics on ``:2112`` of every interface, so run this inside a private network namespace::
 
     unshare -rn sh -c 'ip link set lo up && PYTHONPATH=$PWD python -m tests.support.v2_capture BIN'
@@ -35,9 +37,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from rfc3161_client import HashAlgorithm, TimestampRequestBuilder
 
-OUT = Path(__file__).resolve().parents[1] / "data" / "rekor_v2"
-ORIGIN = "ledger-rekor-v2.local"
-MANIFEST = b'{"batch":"fixture","root":"' + b"ab" * 32 + b'","size":3}'
+from shared.signatures import load_public_key_der
+from tests.support import v2_receipts
+from tests.support.malformed_bundles import payload
+
+OUT = v2_receipts.DATA
+ORIGIN = v2_receipts.ORIGIN
 FILLERS = 5
 
 _PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -93,19 +98,19 @@ def _post(url: str, body: bytes, content_type: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def _hashedrekord(digest: bytes, signature: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
+def _hashedrekord(digest: bytes, signature: bytes, key_der: bytes) -> bytes:
     return json.dumps({"hashedRekordRequestV002": {
         "digest": base64.b64encode(digest).decode(),
         "signature": {
             "content": base64.b64encode(signature).decode(),
-            "verifier": {"publicKey": {"rawBytes": base64.b64encode(_der_public(key)).decode()},
+            "verifier": {"publicKey": {"rawBytes": base64.b64encode(key_der).decode()},
                          "keyDetails": "PKIX_ECDSA_P256_SHA_256"},
         },
     }}).encode()
 
 
 def _rekor_entry(bin_dir: Path, work: Path, name: str, log_key: _PrivateKey,
-                 anchor: ec.EllipticCurvePrivateKey, signature: bytes, port: int) -> None:
+                 port: int) -> None:
     """Run a log with ``log_key``, fill it, submit the anchor entry; write its 201 answer."""
     data = work / f"{name}-data"
     key_file = work / f"{name}-log.pem"
@@ -116,17 +121,20 @@ def _rekor_entry(bin_dir: Path, work: Path, name: str, log_key: _PrivateKey,
             f"--storage-dir={data}", f"--signer-filepath={key_file}",
             "--checkpoint-interval=1s", "--persistent-antispam"]
     url = f"http://127.0.0.1:{port}"
+    filler_key = ec.generate_private_key(ec.SECP256R1())
+    anchor_der = load_public_key_der(v2_receipts.anchor_public_key())
     with _server(args, f"{url}/healthz", work / f"{name}.log"):
         for i in range(FILLERS):
             filler = f"filler {i}".encode()
-            sig = anchor.sign(filler, ec.ECDSA(hashes.SHA256()))
+            sig = filler_key.sign(filler, ec.ECDSA(hashes.SHA256()))
             status, _ = _post(f"{url}/api/v2/log/entries",
-                              _hashedrekord(hashlib.sha256(filler).digest(), sig, anchor),
-                              "application/json")
+                              _hashedrekord(hashlib.sha256(filler).digest(), sig,
+                                            _der_public(filler_key)), "application/json")
             assert status == 201, status
         status, answer = _post(f"{url}/api/v2/log/entries",
-                               _hashedrekord(hashlib.sha256(MANIFEST).digest(), signature,
-                                             anchor), "application/json")
+                               _hashedrekord(hashlib.sha256(v2_receipts.manifest()).digest(),
+                                             v2_receipts.anchor_signature(), anchor_der),
+                               "application/json")
         assert status == 201, (status, answer[:300])
     (OUT / f"{name}.entry.json").write_bytes(answer)
     (OUT / f"{name}.checkpoint").write_bytes((data / "checkpoint").read_bytes())
@@ -185,19 +193,19 @@ def _tsa_token(bin_dir: Path, work: Path, name: str, signature: bytes, port: int
 
 def main(bin_dir: Path) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    anchor = ec.generate_private_key(ec.SECP256R1())
-    signature = anchor.sign(MANIFEST, ec.ECDSA(hashes.SHA256()))
-    (OUT / "manifest.json").write_bytes(MANIFEST)
-    (OUT / "anchor.pub.pem").write_bytes(_pem_public(anchor))
+    signature = v2_receipts.anchor_signature()
+    (OUT / "manifest.json").write_bytes(v2_receipts.manifest())
+    (OUT / "anchor.pub.pem").write_text(v2_receipts.anchor_public_key())
     (OUT / "anchor.sig").write_bytes(signature)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        _rekor_entry(bin_dir, work, "log-ed25519", ed25519.Ed25519PrivateKey.generate(),
-                     anchor, signature, 3100)
-        _rekor_entry(bin_dir, work, "log-ecdsa", ec.generate_private_key(ec.SECP256R1()),
-                     anchor, signature, 3200)
+        _rekor_entry(bin_dir, work, "log-ed25519", ed25519.Ed25519PrivateKey.generate(), 3100)
+        _rekor_entry(bin_dir, work, "log-ecdsa", ec.generate_private_key(ec.SECP256R1()), 3200)
         _tsa_token(bin_dir, work, "tsa", signature, 3300)
         _tsa_token(bin_dir, work, "other-tsa", signature, 3400)
+    (OUT / "bundle.json").write_bytes(v2_receipts.bundle())
+    (OUT / "entry.pem").write_bytes(v2_receipts.entry_public_key())
+    (OUT / "payload.bin").write_bytes(payload(v2_receipts.PICK))
 
 
 if __name__ == "__main__":
