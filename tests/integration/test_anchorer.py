@@ -51,12 +51,12 @@ from services.anchorer.checkpoints import ConsistencyMonitor
 from services.anchorer.logs import RekorV1Log, RekorV2Log, TransparencyLog
 from services.anchorer.trust import LogKeySource
 from services.signer.app import run_signer
+from shared.bundle import verify_bundle
 from shared.db import Database, migrate
 from shared.kafka import Producer, make_consumer, make_producer
 from shared.lifecycle import Lifecycle
 from shared.merkle import leaf_hash, verify_inclusion
 from shared.messages import AnchoredEntry, AppendRequest
-from shared.bundle import verify_bundle
 from shared.rekor import RekorClient
 from shared.rekor_v2 import RekorV2Client
 from shared.repository import Repository
@@ -302,10 +302,13 @@ def check_event(world: World, event: AnchoredEntry, keyring: Any, seen: set[str]
     if world.api == "v1":
         verify_event(event, world.log_key, keyring, seen)
         return
+    s = world.settings
     report = verify_bundle(event.model_dump_json().encode(),
-                           rekor_public_key_pem=_read_key(world.settings.rekor_public_key).encode(),
-                           v2_trust=world.trust)
-    assert report.ok
+                           rekor_public_key_pem=_read_key(s.rekor_public_key).encode(),
+                           rekor_origin=s.rekor_origin,
+                           tsa_chain_pem=_read_key(s.tsa_cert_chain).encode())
+    assert "receipt" in [step.step for step in report.steps]
+    assert report.rekor_log_id == event.receipt.log_id
     seen.add(event.receipt.uuid)
 
 

@@ -12,7 +12,7 @@ from services.anchorer.checkpoints import ConsistencyMonitor
 from services.anchorer.logs import RekorV1Log
 from shared.telemetry import Metrics
 from shared.verify import load_log_key
-from tests.support.fake_rekor import FakeLog, PinnedKey, der
+from tests.support.fake_rekor import FakeLog, FakeRekor, PinnedKey, der
 from tests.support.fake_repository import FakeRepository
 
 pytestmark = pytest.mark.unit
@@ -26,7 +26,7 @@ class World:
         self.repo = FakeRepository()
         self.metrics = Metrics()
         self.monitor = ConsistencyMonitor(
-            store=self.repo, log=RekorV1Log(rekor=self.log, keys=PinnedKey(self.key)),
+            store=self.repo, log=RekorV1Log(rekor=FakeRekor(self.log), keys=PinnedKey(self.key)),
             metrics=self.metrics)
 
     def failures(self, check: str) -> float:
