@@ -25,7 +25,7 @@ from shared.checks import (
 from shared.errors import VerificationError
 from shared.merkle import RootAccumulator, leaf_hash
 from shared.records import BatchRecord, EntryRecord
-from shared.verify import LogKey, RekorReceipt
+from shared.verify import LogKey, RekorReceipt, RekorV2Receipt, V2Trust
 
 from .report import Problem, short
 
@@ -97,9 +97,9 @@ class BatchChecker:
                 self._bad("anchor_reference", "marked anchored (anchored_at / rekor_log_id / "
                           "rekor_index set) but its batch is not anchored", row)
             return
-        if (rekor_log_id, rekor_index) != (receipt.uuid, receipt.log_index):
+        if (rekor_log_id, rekor_index) != (_uuid(receipt), receipt.log_index):
             self._bad("anchor_reference", f"names Rekor entry {rekor_log_id} at index "
-                      f"{rekor_index}, the batch's receipt is {receipt.uuid} at index "
+                      f"{rekor_index}, the batch's receipt is {_uuid(receipt)} at index "
                       f"{receipt.log_index}", row)
         if row.anchored_at is None:
             self._bad("anchor_reference", "member of an anchored batch but anchored_at is not "
@@ -149,10 +149,15 @@ class BatchColumns:
 
 
 def check_batch_record(
-    batch: BatchRecord, log_key: LogKey | None, columns: BatchColumns | None = None
+    batch: BatchRecord,
+    log_key: LogKey | None,
+    columns: BatchColumns | None = None,
+    *,
+    v2_trust: V2Trust | None = None,
 ) -> list[Problem]:
     """Manifest ↔ row, manifest digest, anchor signature and (for anchored batches, with a
-    key) the stored receipt against the pinned Rekor key."""
+    key) the stored receipt against the pinned Rekor key; a Rekor v2 receipt against
+    ``v2_trust`` (pinned log key, origin and TSA chain: without it, that is a problem)."""
     problems: list[Problem] = []
 
     def bad(check: str, details: list[str], prefix: str = "") -> None:
@@ -169,21 +174,37 @@ def check_batch_record(
     if receipt is None:
         bad("receipt", ["the batch is marked anchored but has no stored receipt"])
         return problems
-    if log_key is not None:
-        bad("receipt", receipt_problems(receipt, log_key, manifest=batch.manifest,
+    v2 = isinstance(receipt, RekorV2Receipt)
+    if v2 and v2_trust is None:
+        bad("receipt", ["the stored receipt is a Rekor v2 receipt and no v2 trust is pinned "
+                        "(pass --rekor-origin and --tsa-chain)"])
+    elif log_key is not None or v2:
+        bad("receipt", receipt_problems(receipt, log_key, v2_trust=v2_trust,
+                                        manifest=batch.manifest,
                                         anchor_signature=batch.anchor_sig,
                                         anchor_public_key=batch.anchor_pubkey),
             prefix="the stored Rekor receipt does not verify: ")
     if columns is not None:
         copies = _differing(
-            ("rekor_uuid", columns.rekor_uuid, receipt.uuid),
+            ("rekor_uuid", columns.rekor_uuid, _uuid(receipt)),
             ("rekor_log_index", columns.rekor_log_index, receipt.log_index),
             ("rekor_log_id", columns.rekor_log_id, receipt.log_id),
-            ("integrated_time", columns.integrated_time, receipt.integrated_time),
+            # a v2 receipt has no integrated time: the column stays NULL
+            ("integrated_time", columns.integrated_time,
+             receipt.integrated_time if isinstance(receipt, RekorReceipt) else None),
         )
         bad("receipt_columns", [f"column {name} {value!r} is not the receipt's {original!r}"
                                 for name, value, original in copies])
     return problems
+
+
+def _uuid(receipt: RekorReceipt | RekorV2Receipt) -> str | None:
+    """The receipt's uuid (a v2 one's is its body's leaf hash: None if the body is not
+    base64, which the receipt check reports)."""
+    try:
+        return receipt.uuid
+    except VerificationError:
+        return None
 
 
 def check_online_entry(
@@ -199,6 +220,9 @@ def check_online_entry(
     stored = batch.receipt
     if stored is None:
         return [Problem("rekor_online", "no stored receipt to compare", batch.id)]
+    if isinstance(stored, RekorV2Receipt):
+        return [Problem("rekor_online", "the stored receipt is a Rekor v2 receipt: the online "
+                        "comparison is for Rekor v1 entries", batch.id)]
     try:
         live = RekorReceipt.from_v1_response(fetched)
     except VerificationError as exc:

@@ -1,5 +1,10 @@
 """The ``ledger audit`` command: its options, the pinned Rekor key, and the exit status.
 
+Batches anchored in Rekor v2 are verified against the pinned v2 trust: the log key
+(``--rekor-v2-key``, default the pinned Rekor key above), the log's origin (``--rekor-origin``,
+default ``LEDGER_REKOR_ORIGIN``) and the TSA chain (``--tsa-chain``, default the file
+``LEDGER_TSA_CERT_CHAIN`` names). Without origin and chain, every v2 batch is a problem.
+
 Exit status: 0 clean, 1 when any problem was found, 2 when the audit could not run (usage,
 configuration, no pinned Rekor key, database or Rekor unreachable). The only module of the
 audit that connects to anything: the database, and Rekor with ``--online``. It never takes
@@ -11,20 +16,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import uuid
+from collections.abc import Mapping
 from typing import Protocol, TextIO
 
 from shared.errors import ConfigError, LedgerError, VerificationError
 from shared.trust import load_configured_key
-from shared.verify import LogKey, load_log_key
+from shared.verify import LogKey, V2Trust, load_log_key
+from shared.verify_v2 import load_v2_trust
 
 from .progress import LineProgress, Progress, RichProgress
 from .report import AuditReport, Problem
 from .scan import run_audit
 
 __all__ = ["EXIT_CLEAN", "EXIT_ERROR", "EXIT_PROBLEMS", "cmd_audit", "configure",
-           "resolve_log_key"]
+           "resolve_log_key", "resolve_v2_trust"]
 
 EXIT_CLEAN, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
 
@@ -70,15 +78,61 @@ async def resolve_log_key(
                           f"{exc}") from None
 
 
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+
+
+def resolve_v2_trust(
+    log_key: LogKey,
+    *,
+    v2_key_file: str | None,
+    origin: str | None,
+    tsa_chain_file: str | None,
+    environ: Mapping[str, str] = os.environ,
+) -> V2Trust | None:
+    """The pinned Rekor v2 trust, or None when no origin and no TSA chain are given: the
+    key is ``--rekor-v2-key`` or else ``log_key``; the origin ``--rekor-origin`` or else
+    ``LEDGER_REKOR_ORIGIN``; the chain the file ``--tsa-chain`` or ``LEDGER_TSA_CERT_CHAIN``
+    names. Only one of origin and chain is a ConfigError naming the other."""
+    origin = origin or environ.get("LEDGER_REKOR_ORIGIN") or None
+    chain_file = tsa_chain_file or environ.get("LEDGER_TSA_CERT_CHAIN") or None
+    if origin is None and chain_file is None:
+        return None
+    if origin is None:
+        raise ConfigError("a TSA chain without a Rekor v2 origin: pass --rekor-origin ORIGIN "
+                          "(or set LEDGER_REKOR_ORIGIN)")
+    if chain_file is None:
+        raise ConfigError("a Rekor v2 origin without a TSA chain: pass --tsa-chain TSA.pem "
+                          "(or set LEDGER_TSA_CERT_CHAIN)")
+    key = _read_file(v2_key_file, "Rekor v2 key") if v2_key_file else log_key.der
+    try:
+        return load_v2_trust(key, origin, _read_file(chain_file, "TSA chain"))
+    except VerificationError as exc:
+        raise ConfigError(f"the Rekor v2 trust: {exc}") from None
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=uuid.UUID, default=None, metavar="ID",
                    help="audit only this batch (default: every batch and every other row)")
     p.add_argument("--online", action="store_true",
                    help="also fetch each batch's entry from Rekor (REKOR_SERVER_URL) and compare "
-                        "it with the stored receipt")
+                        "it with the stored receipt (Rekor v1 batches)")
     p.add_argument("--rekor-key", default=None, metavar="PEM",
                    help="the Rekor log public key you pin (default: LEDGER_REKOR_PUBLIC_KEY, "
                         "else the pin in ledger.rekor_pins)")
+    p.add_argument("--rekor-v2-key", default=None, metavar="PEM",
+                   help="Rekor v2 batches: the v2 log's public key you pin (default: the "
+                        "Rekor key above)")
+    p.add_argument("--rekor-origin", default=None, metavar="ORIGIN",
+                   help="Rekor v2 batches: the log's origin you pin (default: "
+                        "LEDGER_REKOR_ORIGIN)")
+    p.add_argument("--tsa-chain", default=None, metavar="PEM",
+                   help="Rekor v2 batches: the TSA certificate chain you pin, leaf first "
+                        "(default: the file LEDGER_TSA_CERT_CHAIN names)")
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
     p.add_argument("--chunk-size", type=int, default=500, metavar="N",
                    help="rows read per query (default 500)")
@@ -97,6 +151,8 @@ async def _main(args: argparse.Namespace, out: TextIO | None, err: TextIO) -> Au
         log_key, source = await resolve_log_key(
             repo, rekor_key_file=args.rekor_key, configured=settings.rekor_public_key,
             rekor_url=settings.rekor_server_url)
+        v2_trust = resolve_v2_trust(log_key, v2_key_file=args.rekor_v2_key,
+                                    origin=args.rekor_origin, tsa_chain_file=args.tsa_chain)
         progress: Progress = RichProgress(err) if err.isatty() else LineProgress(err)
 
         def show(problem: Problem) -> None:
@@ -108,7 +164,8 @@ async def _main(args: argparse.Namespace, out: TextIO | None, err: TextIO) -> Au
         rekor = RekorClient.from_settings(settings) if args.online else None
         try:
             report = await run_audit(repo, log_key, batch_id=args.batch, rekor=rekor,
-                                     chunk=args.chunk_size, on_problem=show, progress=progress)
+                                     chunk=args.chunk_size, on_problem=show, progress=progress,
+                                     v2_trust=v2_trust)
         finally:
             if rekor is not None:
                 await rekor.close()

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from shared.errors import ConfigError, RekorError
 from shared.records import BatchRecord, EntryRecord
-from shared.verify import LogKey
+from shared.verify import LogKey, RekorReceipt, V2Trust
 
 from .batches import BatchChecker, BatchColumns, check_batch_record, check_online_entry
 from .entries import EntryChecker
@@ -77,8 +77,10 @@ class _Scan:
         report: AuditReport,
         emit: Callable[[Problem], None],
         progress: Progress,
+        v2_trust: V2Trust | None = None,
     ) -> None:
         self.db, self.log_key, self.rekor, self.chunk = db, log_key, rekor, chunk
+        self.v2_trust = v2_trust
         self.report, self.emit, self.progress = report, emit, progress
         self.entries = EntryChecker()
 
@@ -108,7 +110,7 @@ class _Scan:
         anchored = batch.state == "anchored"
         if unreadable:
             self.emit(Problem("receipt", unreadable, batch.id))
-        for p in check_batch_record(batch, self.log_key, columns):
+        for p in check_batch_record(batch, self.log_key, columns, v2_trust=self.v2_trust):
             self.emit(p)
         checker = BatchChecker(batch, anchored=anchored and batch.receipt is not None)
         for r in await self.db.unindexed_member_rows(batch.id):
@@ -122,7 +124,8 @@ class _Scan:
         if anchored:
             self.report.batches_checked += 1
             self.report.entries_checked += checker.rows
-            if self.rekor is not None and batch.receipt is not None:
+            # --online looks entries up in Rekor v1; a v2 receipt is verified offline only
+            if self.rekor is not None and isinstance(batch.receipt, RekorReceipt):
                 for p in await self._online(self.rekor, batch):
                     self.emit(p)
         else:
@@ -207,8 +210,10 @@ async def run_audit(
     chunk: int = 500,
     on_problem: Callable[[Problem], None] | None = None,
     progress: Progress | None = None,
+    v2_trust: V2Trust | None = None,
 ) -> AuditReport:
     """Audit the ledger (or one batch) in ``db`` against ``log_key``; see the package doc.
+    Batches anchored in Rekor v2 are checked against ``v2_trust``.
 
     ``rekor`` enables the online comparison. Problems are passed to ``on_problem`` as they
     are found and collected in the report. Raises ConfigError for an unknown ``batch_id``.
@@ -224,7 +229,7 @@ async def run_audit(
             on_problem(problem)
 
     scan = _Scan(db, log_key, rekor=rekor, chunk=chunk, report=report, emit=emit,
-                 progress=progress)
+                 progress=progress, v2_trust=v2_trust)
     try:
         if batch_id is not None:
             await scan.one_batch(batch_id)

@@ -56,7 +56,7 @@ from shared.db import Database, migrate
 from shared.kafka import Producer, make_consumer, make_producer
 from shared.lifecycle import Lifecycle
 from shared.merkle import leaf_hash, verify_inclusion
-from shared.messages import AnchoredEntry, AppendRequest
+from shared.messages import AnchoredEntry, AppendRequest, ReceiptInfo
 from shared.rekor import RekorClient
 from shared.rekor_v2 import RekorV2Client
 from shared.repository import Repository
@@ -288,6 +288,7 @@ def sigstore_keyring(log_key: LogKey) -> Any:
 
 def receipt_of(event: AnchoredEntry) -> RekorReceipt:
     r = event.receipt
+    assert isinstance(r, ReceiptInfo), "a Rekor v1 receipt"
     return RekorReceipt(
         uuid=r.uuid, log_index=r.log_index, tree_index=r.tree_index, log_id=r.log_id,
         integrated_time=r.integrated_time, body=r.body,

@@ -26,8 +26,9 @@ from shared.records import LEGACY_KEY_NAME, EntryRecord, NewBatch, NewEntry
 from shared.repository import EntryQuery, Repository
 from shared.settings import Settings
 from shared.statement import entry_id_for
-from shared.verify import RekorReceipt
+from shared.verify import RekorReceipt, RekorV2Receipt, verify_v2_receipt
 from tests.integration.conftest import fresh_database, optional_stack
+from tests.support import v2_receipts as v2
 from tests.support.fake_repository import FakeRepository
 
 pytestmark = pytest.mark.integration
@@ -198,6 +199,32 @@ async def test_complete_once_marks_members_and_keeps_the_checkpoint(repo: Any):
     assert checkpoint is not None
     assert (checkpoint.tree_size, checkpoint.root_hash) == (7, "ab" * 32)
     assert await repo.latest_checkpoint(r.log_id, "another origin") is None
+
+
+async def test_complete_stores_a_rekor_v2_receipt_and_reads_it_back(repo: Any):
+    entries = [new_entry(f"v2-{i}") for i in range(2)]
+    await repo.insert_entries(entries)
+    batch = new_batch([e.id for e in entries], {e.id: e.leaf_hash() for e in entries})
+    await repo.claim(batch)
+    r = verify_v2_receipt(v2.receipt(), v2.trust())  # what the anchorer stores: verified
+
+    anchored_at = await repo.complete(batch.id, r)
+    assert anchored_at is not None
+    stored = await repo.batch(batch.id)
+    assert stored is not None and stored.anchored
+    assert isinstance(stored.receipt, RekorV2Receipt)
+    assert stored.receipt.model_dump() == v2.receipt().model_dump()
+    for member in await repo.members(batch.id):
+        assert (member.rekor_log_id, member.rekor_index) == (r.uuid, r.log_index)
+    checkpoint = await repo.latest_checkpoint(r.log_id, v2.ORIGIN)
+    assert checkpoint is not None and checkpoint.checkpoint == r.checkpoint
+    assert (checkpoint.tree_size, checkpoint.root_hash) == (r.tree_size, r.root_hash)
+    if isinstance(repo, Repository):  # the columns the audit compares with the receipt
+        row = await repo.batch_row(batch.id)
+        assert row is not None
+        assert (row["rekor_uuid"], row["rekor_log_index"], row["rekor_log_id"]) == (
+            r.uuid, r.log_index, r.log_id)
+        assert row["integrated_time"] is None, "a v2 receipt has no integrated time"
 
 
 async def test_checkpoints_keep_the_largest_per_origin(repo: Any):

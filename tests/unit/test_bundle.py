@@ -31,7 +31,7 @@ from services.anchorer.building import plan_batch
 from shared.anchored import anchored_events
 from shared.bundle import STEPS, BundleVerificationError, StepResult, verify_bundle
 from shared.errors import VerificationError
-from shared.messages import AnchoredEntry
+from shared.messages import AnchoredEntry, ReceiptInfo
 from shared.records import BatchRecord, EntryRecord
 from shared.statement import entry_id_for, format_time, statement_bytes
 from shared.verify import RekorReceipt
@@ -146,7 +146,9 @@ def test_a_genuine_bundle_verifies_every_step(world: World) -> None:
     assert (report.batch_id, report.batch_size) == (event.batch.batch_id, SIZE)
     assert report.rekor_uuid == event.receipt.uuid
     assert report.rekor_log_index == event.receipt.log_index
+    assert isinstance(event.receipt, ReceiptInfo)
     assert report.integrated_at == datetime.fromtimestamp(event.receipt.integrated_time, UTC)
+    assert report.rekor_api == "v1" and report.timestamped_at is None
     assert report.payload_checked
 
 

@@ -15,6 +15,7 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -193,7 +194,7 @@ def test_receipt_problems_name_the_receipt_check() -> None:
     log_key = load_log_key(_pem(log.priv))
     receipt = RekorReceipt.from_v1_response(log.add(_hashedrekord(
         hashlib.sha256(MANIFEST).hexdigest(), signature, _pem(anchor))))
-    kwargs = {"anchor_signature": signature, "anchor_public_key": _pem(anchor)}
+    kwargs: dict[str, Any] = {"anchor_signature": signature, "anchor_public_key": _pem(anchor)}
     assert checks.receipt_problems(receipt, log_key, manifest=MANIFEST, **kwargs) == []
     (problem,) = checks.receipt_problems(receipt, log_key, manifest=MANIFEST + b" ", **kwargs)
     assert problem.startswith("body: data hash ")

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from sigstore.errors import Error as SigstoreError
 from sigstore.models import Bundle as SigstoreBundle
+from sigstore.models import TimestampVerificationData
+from sigstore.models import TrustedRoot as SigstoreTrustedRoot
 from sigstore_models.bundle.v1 import Bundle as BundleModel
 from sigstore_models.trustroot.v1 import TrustedRoot as TrustedRootModel
 
@@ -34,7 +36,15 @@ from shared.sigstore_bundle import (
     key_details,
     trusted_root,
 )
-from shared.verify import ExpectedEntry, v1_response_from_bundle_entry, verify_receipt
+from shared.verify import (
+    ExpectedEntry,
+    RekorReceipt,
+    RekorV2Receipt,
+    v1_response_from_bundle_entry,
+    verify_receipt,
+    verify_v2_receipt,
+)
+from tests.support import v2_receipts as v2
 from tests.support.recipe import recipe_blocks
 from tests.unit.test_bundle import World
 
@@ -66,7 +76,7 @@ def test_the_bundle_is_a_protobuf_specs_v03_message_signature_bundle(
     assert model.media_type == BUNDLE_MEDIA_TYPE == bundle["mediaType"]
     assert model.to_dict() == bundle  # nothing dropped, nothing re-encoded
     receipt = world.batch.receipt
-    assert receipt is not None
+    assert isinstance(receipt, RekorReceipt)
     (entry,) = model.verification_material.tlog_entries
     assert entry.log_index == receipt.log_index
     assert entry.inclusion_proof.log_index == receipt.tree_index
@@ -171,3 +181,66 @@ def test_the_cosign_section_builds_the_tested_cosign_and_uses_no_project_code() 
         assert command in text, command
     for project in ("ledger ", "shared", "PYTHONPATH", ".venv", "python"):
         assert project not in text, project
+
+
+# --- a batch anchored in Rekor v2 ------------------------------------------------------------
+
+
+def test_a_v2_batch_exports_its_v2_entry_and_its_rfc3161_token() -> None:
+    batch, _ = v2.batch()
+    receipt = batch.receipt
+    assert isinstance(receipt, RekorV2Receipt)
+    doc = batch_bundle(batch)
+    model = BundleModel.from_json(json.dumps(doc))  # strict protobuf JSON
+    assert model.to_dict() == doc
+    (tlog,) = doc["verificationMaterial"]["tlogEntries"]
+    answer = v2.entry()
+    answer.pop("inclusionPromise")  # null in the log's answer
+    assert tlog == answer  # the entry exactly as the log returned it
+    assert "inclusionPromise" not in tlog and tlog["kindVersion"]["version"] == "0.0.2"
+    (stamp,) = doc["verificationMaterial"]["timestampVerificationData"]["rfc3161Timestamps"]
+    assert stamp == {"signedTimestamp": receipt.timestamp}
+    # sigstore-python reads the token as a TimeStampResponse
+    (token,) = TimestampVerificationData.from_json(json.dumps(
+        doc["verificationMaterial"]["timestampVerificationData"])).rfc3161_timestamps
+    assert token.tst_info.message_imprint.message == hashlib.sha256(batch.anchor_sig).digest()
+    # what the bundle carries verifies as a v2 receipt against the pinned v2 trust
+    again = RekorV2Receipt.from_entry(tlog, base64.b64decode(stamp["signedTimestamp"]))
+    verified = verify_v2_receipt(again, v2.trust(), expected=v2.expected())
+    assert verified.model_dump() == receipt.model_dump()
+    assert doc["messageSignature"]["signature"] == base64.b64encode(batch.anchor_sig).decode()
+
+
+def test_a_v1_batch_has_no_timestamp_verification_data(bundle: dict[str, Any]) -> None:
+    assert "timestampVerificationData" not in bundle["verificationMaterial"]
+
+
+def test_the_v2_trusted_root_names_the_checkpoint_key_id_and_the_pinned_tsa() -> None:
+    chain_pem = (v2.DATA / "tsa.chain.pem").read_bytes()
+    doc = trusted_root((v2.DATA / "log-ed25519.pub.pem").read_bytes(),
+                       base_url="http://127.0.0.1:3100", valid_from=SINCE,
+                       rekor_origin=v2.ORIGIN, tsa_chain_pem=chain_pem,
+                       tsa_url="http://127.0.0.1:3300/api/v1/timestamp")
+    model = TrustedRootModel.from_json(json.dumps(doc))
+    assert model.to_dict() == doc
+    (tlog,) = model.tlogs
+    assert tlog.log_id.key_id == v2.trust().key_id
+    assert tlog.log_id.key_id.hex() == v2.receipt().log_id  # what the entries carry
+    assert tlog.public_key.key_details.value == "PKIX_ED25519"
+    (tsa,) = model.timestamp_authorities
+    pinned = v2.trust().tsa_chain
+    assert [c.raw_bytes for c in tsa.cert_chain.certificates] == [
+        c.public_bytes(serialization.Encoding.DER) for c in pinned]
+    assert tsa.subject.common_name == "tsa leaf" and tsa.subject.organization == "ledger test TSA"
+    assert tsa.uri == "http://127.0.0.1:3300/api/v1/timestamp"
+    # sigstore-python takes it as a trusted root with one timestamp authority
+    root = SigstoreTrustedRoot(model)
+    assert len(root.get_timestamp_authorities()) == 1
+
+
+def test_a_tsa_chain_that_is_not_leaf_first_gives_no_trusted_root() -> None:
+    certs = v2.trust().tsa_chain
+    reversed_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in reversed(certs))
+    with pytest.raises(VerificationError, match="not leaf first"):
+        trusted_root((v2.DATA / "log-ed25519.pub.pem").read_bytes(), base_url="http://x",
+                     valid_from=SINCE, rekor_origin=v2.ORIGIN, tsa_chain_pem=reversed_pem)
