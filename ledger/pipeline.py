@@ -194,7 +194,7 @@ def rekor_v2_env(endpoints: Mapping[str, str]) -> dict[str, str]:
     service is not running)."""
     missing = sorted(v for v in REKOR_V2_ENV.values() if not endpoints.get(v))
     if missing:
-        raise ConfigError(f"LEDGER_REKOR_API=v2 needs the stack's rekor-v2 and tsa services; "
+        raise ConfigError(f"LEDGER_REKOR_API=v2 needs the stack's rekor_v2 and tsa services; "
                          f"it exports no {', '.join(missing)}")
     return {"LEDGER_REKOR_API": "v2", **{k: endpoints[v] for k, v in REKOR_V2_ENV.items()}}
 
