@@ -12,6 +12,10 @@ into otherwise genuine answers of the real server:
 ``flip_timestamp``       flip the last byte of an RFC 3161 answer (in its signature), in
                          front of a timestamp authority
 
+In front of a Rekor v2 log's read URL (tlog-tiles), ``corrupt_inclusion`` flips a bit of
+every hash in the hash tiles it serves and ``foreign_checkpoint`` forges ``/checkpoint`` the
+same way, so an entry rebuilt from the tiles (after a 409) lies as a 201 answer did.
+
 Tampering applies to entry answers (Rekor v1: ``POST /api/v1/log/entries`` 201 and
 ``GET /api/v1/log/entries/...`` 200; Rekor v2: ``POST /api/v2/log/entries`` 201, whose
 TransparencyLogEntry carries base64 hashes and the checkpoint in ``checkpoint.envelope``) and
@@ -78,8 +82,12 @@ def tamper_v2_entry(body: dict[str, Any], mode: Mode) -> dict[str, Any]:
     """A Rekor v2 TransparencyLogEntry (protobuf JSON) with the fault of ``mode``."""
     out: dict[str, Any] = json.loads(json.dumps(body))
     proof = out.get("inclusionProof") or {}
-    if mode == "corrupt_inclusion" and proof.get("hashes"):
-        proof["hashes"][0] = _flip_b64(proof["hashes"][0], 0)
+    if mode == "corrupt_inclusion":
+        hashes = proof.setdefault("hashes", [])
+        if hashes:
+            hashes[0] = _flip_b64(hashes[0], 0)
+        else:  # a tree of one: a path where there is none
+            hashes.append(base64.b64encode(bytes(32)).decode())
     elif mode == "foreign_checkpoint":
         key_id = base64.b64decode(out["logId"]["keyId"]).hex()
         envelope = proof["checkpoint"]["envelope"]
@@ -163,6 +171,15 @@ class RekorProxy:
             out[-1] ^= 0x01
             self.tampered += 1
             return bytes(out)
+        if route == "/checkpoint" and self.mode == "foreign_checkpoint":
+            self.tampered += 1
+            note = payload.decode()
+            hint = base64.b64decode(note.rstrip("\n").rsplit(" ", 1)[1])[:4]
+            return forged_checkpoint(note, hint.hex()).encode()
+        if (route.startswith("/tile/") and not route.startswith("/tile/entries/")
+                and self.mode == "corrupt_inclusion"):
+            self.tampered += 1
+            return bytes(b ^ 0x01 if i % 32 == 0 else b for i, b in enumerate(payload))
         if route == "/api/v2/log/entries":
             self.tampered += 1
             return json.dumps(tamper_v2_entry(json.loads(payload), self.mode)).encode()
