@@ -444,4 +444,5 @@ def test_workflows_pass_actionlint(actionlint: Path, tmp_path: Path) -> None:
     broken.write_text(workflows[0].read_text().replace("${{ github.sha }}",
                                                        "${{ github.shaa }}", 1))
     assert broken.read_text() != workflows[0].read_text()
-    assert run_tool([actionlint, "-no-color", broken], expect_ok=False).returncode != 0
+    refused = run_tool([actionlint, "-no-color", broken], expect_ok=False)
+    assert refused.returncode != 0 and '"shaa" is not defined' in refused.stdout
