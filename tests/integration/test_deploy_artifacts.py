@@ -53,8 +53,10 @@ OBSERVABILITY = ROOT / "deploy" / "observability"
 RULES = OBSERVABILITY / "ledger-alerts.yaml"
 DASHBOARD = OBSERVABILITY / "ledger-dashboard.json"
 RUNBOOK = ROOT / "docs" / "operations.md"
-#: the Kubernetes version the manifests are rendered for and validated against
-KUBE_VERSION = "1.33.0"
+#: the Kubernetes versions the manifests are rendered for and validated against: the
+#: oldest the chart supports (Chart.yaml's kubeVersion) and a current one
+KUBE_VERSIONS = ("1.29.0", "1.33.0")
+KUBE_VERSION = KUBE_VERSIONS[-1]
 STAGES = ("ingest", "signer", "anchorer")
 CRD_MODELS: dict[str, type[pydantic.BaseModel]] = {
     "ScaledObject": ScaledObject,
@@ -90,9 +92,9 @@ def actionlint() -> Path:
     return tool(ACTIONLINT)
 
 
-def render(helm: Path, *args: str) -> list[dict[str, Any]]:
+def render(helm: Path, *args: str, kube_version: str = KUBE_VERSION) -> list[dict[str, Any]]:
     out = run_tool([helm, "template", "ledger", CHART, "--namespace", "ledger",
-                    "--kube-version", KUBE_VERSION, *args])
+                    "--kube-version", kube_version, *args])
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
@@ -116,7 +118,7 @@ def _dropped(given: Any, kept: Any, path: str = "") -> Iterator[str]:
             yield from _dropped(a, b, f"{path}[{n}]")
 
 
-def schema_problems(doc: dict[str, Any]) -> list[str]:
+def schema_problems(doc: dict[str, Any], kube_version: str = KUBE_VERSION) -> list[str]:
     """Why ``doc`` does not validate against its kind's schema (empty: it does)."""
     kind = doc.get("kind", "?")
     model = CRD_MODELS.get(kind)
@@ -128,7 +130,7 @@ def schema_problems(doc: dict[str, Any]) -> list[str]:
         kept = parsed.model_dump(mode="json", by_alias=True, exclude_unset=True)
         return [f"{kind}: unknown field {p}" for p in _dropped(doc, kept)]
     try:
-        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        kubernetes_validate.validate(doc, kube_version, strict=True)
     except kubernetes_validate.SchemaNotFoundError:
         return [f"{kind}: no schema to validate it against"]
     except kubernetes_validate.ValidationError as exc:
@@ -145,12 +147,27 @@ def test_chart_lints_strictly(helm: Path) -> None:
 
 
 @pytest.mark.timeout(1800)
+def test_chart_refuses_values_that_make_no_sense(helm: Path) -> None:
+    """values.schema.json: helm refuses these before rendering anything."""
+    for setting, complaint in (("vault.auth=kerberos", "/vault/auth"),
+                               ("kafka.partitions=0", "/kafka/partitions"),
+                               ("image.digest=latest", "/image/digest"),
+                               ("database.existingSecret=", "/database/existingSecret")):
+        out = run_tool([helm, "template", "ledger", CHART, "--kube-version", KUBE_VERSION,
+                        "--set", setting], expect_ok=False)
+        assert out.returncode != 0 and complaint in out.stderr, (setting, out.stderr)
+
+
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 @pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
-def test_rendered_manifests_validate_against_the_api_schemas(helm: Path, value_set: str) -> None:
-    docs = render(helm, *VALUE_SETS[value_set])
+def test_rendered_manifests_validate_against_the_api_schemas(
+    helm: Path, value_set: str, kube_version: str
+) -> None:
+    docs = render(helm, *VALUE_SETS[value_set], kube_version=kube_version)
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "Service", "PodDisruptionBudget", "ConfigMap"} <= kinds
-    problems = [p for doc in docs for p in schema_problems(doc)]
+    problems = [p for doc in docs for p in schema_problems(doc, kube_version)]
     assert problems == []
     assert "Secret" not in kinds, "secrets are referenced, never rendered"
 
