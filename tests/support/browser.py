@@ -8,6 +8,7 @@ request the page makes shows up in :func:`requests_made`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import shutil
@@ -23,7 +24,7 @@ from selenium.webdriver.chrome.service import Service
 
 from services.ingest.verify_page import PAGE_PATH
 
-__all__ = ["CHROMEDRIVER", "CHROMIUM", "PAGE_PATH", "chromium", "page_verify", "requests_made",
+__all__ = ["CHROMEDRIVER", "CHROMIUM", "PAGE_PATH", "chromium", "network_log", "page_verify", "requests_made",
            "serve_in_thread"]
 
 CHROMIUM = "/usr/bin/chromium"
@@ -51,26 +52,40 @@ def chromium(width: int = 1100, height: int = 1400) -> Iterator[webdriver.Chrome
         driver.quit()
 
 
-def requests_made(driver: webdriver.Chrome) -> list[str]:
-    """The URLs the browser requested since the last call (the performance log drains)."""
-    urls = []
+def network_log(driver: webdriver.Chrome) -> dict[str, str]:
+    """Every URL the browser tried to request since the last call (the performance log
+    drains), with what became of it: ``sent``, or ``blocked:<reason>`` (``blocked:csp``)
+    when the browser refused it before it left."""
+    sent: dict[str, str] = {}
+    outcome: dict[str, str] = {}
     for entry in driver.get_log("performance"):  # type: ignore[no-untyped-call]
         message = json.loads(entry["message"])["message"]
+        params = message.get("params", {})
         if message["method"] == "Network.requestWillBeSent":
-            urls.append(message["params"]["request"]["url"])
-    return urls
+            sent[params["requestId"]] = params["request"]["url"]
+        elif message["method"] == "Network.loadingFailed" and params.get("blockedReason"):
+            outcome[params["requestId"]] = f"blocked:{params['blockedReason']}"
+    return {url: outcome.get(rid, "sent") for rid, url in sent.items()}
+
+
+def requests_made(driver: webdriver.Chrome) -> list[str]:
+    """The URLs requested since the last call that the browser did not block."""
+    return [url for url, what in network_log(driver).items() if what == "sent"]
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
 
 
 def page_verify(driver: webdriver.Chrome, bundle: bytes, rekor_pem: bytes,
                 entry_pem: bytes | None = None, payload: bytes | None = None) -> dict[str, Any]:
     """Run the page's verifier (``window.ledgerVerify``) on ``bundle``; its result object."""
-    b64 = lambda data: None if data is None else base64.b64encode(data).decode()  # noqa: E731
     result: dict[str, Any] = driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
         "window.ledgerVerify.verifyBase64(arguments[0], arguments[1], arguments[2], arguments[3])"
         ".then(done, (e) => done({crashed: String(e)}));",
-        b64(bundle), rekor_pem.decode(), None if entry_pem is None else entry_pem.decode(),
-        b64(payload))
+        _b64(bundle), rekor_pem.decode(), None if entry_pem is None else entry_pem.decode(),
+        _b64(payload))
     assert "crashed" not in result, result
     return result
 
@@ -78,8 +93,6 @@ def page_verify(driver: webdriver.Chrome, bundle: bytes, rekor_pem: bytes,
 @contextmanager
 def serve_in_thread(app: web.Application) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 from a thread of its own (Selenium's calls block); its URL."""
-    import asyncio
-
     started = threading.Event()
     box: dict[str, Any] = {}
 
