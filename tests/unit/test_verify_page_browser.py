@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from selenium import webdriver
@@ -265,3 +267,118 @@ def test_the_policy_refuses_a_request_even_if_the_page_tried(tmp_path, where):
         log = network_log(driver)
         assert [u for u, what in log.items() if what == "sent"] == [page], log
         assert log.get(url + "/pixel.png", "blocked:csp") == "blocked:csp", log
+
+
+# --- generated mutations ---------------------------------------------------------------------------
+
+
+def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        items = [(k, v) for k, v in node.items()]
+    elif isinstance(node, list):
+        items = [(str(i), v) for i, v in enumerate(node)]
+    else:
+        return [prefix]
+    paths = [prefix] if prefix else []
+    for key, value in items:
+        paths += _leaf_paths(value, f"{prefix}.{key}" if prefix else key)
+    return paths
+
+
+PATHS = _leaf_paths(json.loads(VALID))
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=5)
+
+
+KEYS = malformed_bundles.build()
+
+
+def _mutated_json(draw: st.DrawFn, text: str) -> str:
+    """``text`` (JSON) with one character replaced, or one of its values replaced."""
+    if draw(st.booleans()):
+        at = draw(st.integers(0, len(text) - 1))
+        return text[:at] + draw(st.characters(codec="utf-8")) + text[at + 1:]
+    doc = json.loads(text)
+    key = draw(st.sampled_from(sorted(doc)))
+    doc[key] = draw(JSON_VALUES)
+    return json.dumps(doc, separators=(",", ":"), sort_keys=draw(st.booleans()))
+
+
+@st.composite
+def resigned_statements(draw: st.DrawFn) -> bytes:
+    """A statement changed and really signed with the entry key: it passes entry_signature,
+    and statement_fields must decide."""
+    doc = json.loads(VALID)
+    statement = _mutated_json(draw, base64.b64decode(doc["entry"]["statement"]).decode()).encode()
+    doc["entry"]["statement"] = base64.b64encode(statement).decode()
+    signature = base64.b64encode(KEYS.entry_key.sign(statement)).decode()
+    doc["entry"]["signature"] = f"vault:v1:{signature}"
+    return json.dumps(doc).encode()
+
+
+@st.composite
+def changed_manifests(draw: st.DrawFn) -> bytes:
+    manifest = base64.b64decode(_valid("batch.manifest")).decode()
+    return _edit("batch.manifest", base64.b64encode(_mutated_json(draw, manifest).encode()).decode())
+
+
+@st.composite
+def mutated_bundles(draw: st.DrawFn) -> bytes:
+    """The valid bundle with one value replaced (by a near miss or anything JSON), or one
+    character of its text replaced."""
+    text = VALID.decode()
+    if draw(st.booleans()):
+        at = draw(st.integers(0, len(text) - 1))
+        return (text[:at] + draw(st.characters(codec="utf-8")) + text[at + 1:]).encode()
+    path = draw(st.sampled_from(PATHS))
+    old = _valid(path)
+    near = [old + 1, old - 1, -old, str(old)] if isinstance(old, int) else (
+        [old.upper(), old[1:], old + "=", " " + old, old.replace("a", "b", 1)]
+        if isinstance(old, str) else [])
+    value = draw(st.sampled_from(near) | JSON_VALUES if near else JSON_VALUES)
+    return _edit(path, value)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(bundle=mutated_bundles() | resigned_statements() | changed_manifests())
+def test_generated_mutations_get_the_same_verdict_from_both(browser, bundle):
+    assert_agree(browser, bundle)
+
+
+#: forms of a PEM public key, some of which the Python verifier reads (and so must the page)
+PEM_FORMS = {
+    "as is": lambda k, o: k,
+    "trailing text": lambda k, o: k + "junk",
+    "another block after": lambda k, o: k + o,
+    "another block first": lambda k, o: o + k,
+    "leading whitespace": lambda k, o: " \n" + k,
+    "CRLF": lambda k, o: k.replace("\n", "\r\n"),
+    "base64 split and spaced": lambda k, o: k.replace("\nMC", "\nM C\t"),
+    "an RFC 1421 header": lambda k, o: k.replace("-----\n", "-----\nProc-Type: 4,X\n\n", 1),
+    "text before the base64": lambda k, o: k.replace("-----\n", "-----\njunk\n", 1),
+    "END label differs": lambda k, o: k.replace("END PUBLIC", "END PRIVATE"),
+    "another label": lambda k, o: k.replace("PUBLIC KEY", "CERTIFICATE"),
+    "padding dropped": lambda k, o: k.replace("=\n", "\n"),
+    "lower-case BEGIN": lambda k, o: k.replace("BEGIN", "begin"),
+    "not a key": lambda k, o: "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+}
+
+
+@pytest.mark.parametrize("form", list(PEM_FORMS))
+def test_the_page_reads_a_public_key_as_the_python_verifier_does(browser, form):
+    from shared.errors import VerificationError
+    from shared.signatures import load_public_key_der
+
+    for key, other in ((ENTRY_PEM.decode(), REKOR_PEM.decode()), (REKOR_PEM.decode(), ENTRY_PEM.decode())):
+        text = PEM_FORMS[form](key, other)
+        try:
+            expected: str | None = load_public_key_der(text).hex()
+        except VerificationError:
+            expected = None
+        page = browser.execute_async_script(
+            "window.ledgerVerify.publicKeyDer(arguments[0]).then(arguments[1])", text)
+        assert page == expected
