@@ -11,21 +11,24 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from shared.bundle import STEPS, BundleVerificationError, verify_bundle
+from shared.errors import VerificationError
+from shared.signatures import load_public_key_der
+from shared.verify import RekorReceipt
 from tests.support import malformed_bundles
 from tests.support.browser import (
     chromium,
@@ -325,6 +328,43 @@ def changed_manifests(draw: st.DrawFn) -> bytes:
     return _edit("batch.manifest", base64.b64encode(_mutated_json(draw, manifest).encode()).decode())
 
 
+def _anchor_key_forms() -> list[str]:
+    key = KEYS.anchor_key.public_key()
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return [base64.b64encode(form).decode() for form in (pem, der, pem.replace(b"\n", b"\r\n"),
+                                                          pem + b"trailing", REKOR_PEM, b"")]
+
+
+@st.composite
+def logged_bodies(draw: st.DrawFn) -> bytes:
+    """The receipt of another body, really logged (a valid SET, proof and checkpoint): the
+    body's hashedrekord is changed in one place, so that only the receipt's body check can
+    refuse it."""
+    doc = json.loads(VALID)
+    body: Any = json.loads(base64.b64decode(doc["receipt"]["body"]))
+    path = draw(st.sampled_from(_leaf_paths(body)))
+    *parents, last = path.split(".")
+    node = body
+    for p in parents:
+        node = node[p]
+    old = node[last]
+    choices: list[Any] = [None, "drop"]
+    if isinstance(old, str):
+        choices += [old.upper(), old[1:], old + "=", " " + old]
+    if last == "content" and parents[-1] == "publicKey":
+        choices += _anchor_key_forms()
+    value = draw(st.sampled_from(choices) | JSON_VALUES)
+    if value == "drop":
+        del node[last]
+    else:
+        node[last] = value
+    receipt = RekorReceipt.from_v1_response(KEYS.log.add(body, filler=draw(st.integers(0, 3))))
+    doc["receipt"] = {**receipt.model_dump(exclude={"inclusion_hashes"}),
+                      "hashes": list(receipt.inclusion_hashes)}
+    return json.dumps(doc).encode()
+
+
 @st.composite
 def mutated_bundles(draw: st.DrawFn) -> bytes:
     """The valid bundle with one value replaced (by a near miss or anything JSON), or one
@@ -332,7 +372,9 @@ def mutated_bundles(draw: st.DrawFn) -> bytes:
     text = VALID.decode()
     if draw(st.booleans()):
         at = draw(st.integers(0, len(text) - 1))
-        return (text[:at] + draw(st.characters(codec="utf-8")) + text[at + 1:]).encode()
+        char: str = draw(st.characters(codec="utf-8"))
+        mutated: bytes = (text[:at] + char + text[at + 1:]).encode()
+        return mutated
     path = draw(st.sampled_from(PATHS))
     old = _valid(path)
     near = [old + 1, old - 1, -old, str(old)] if isinstance(old, int) else (
@@ -344,13 +386,13 @@ def mutated_bundles(draw: st.DrawFn) -> bytes:
 
 @settings(max_examples=400, deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))
-@given(bundle=mutated_bundles() | resigned_statements() | changed_manifests())
+@given(bundle=mutated_bundles() | resigned_statements() | changed_manifests() | logged_bodies())
 def test_generated_mutations_get_the_same_verdict_from_both(browser, bundle):
     assert_agree(browser, bundle)
 
 
 #: forms of a PEM public key, some of which the Python verifier reads (and so must the page)
-PEM_FORMS = {
+PEM_FORMS: dict[str, Callable[[str, str], str]] = {
     "as is": lambda k, o: k,
     "trailing text": lambda k, o: k + "junk",
     "another block after": lambda k, o: k + o,
@@ -370,9 +412,6 @@ PEM_FORMS = {
 
 @pytest.mark.parametrize("form", list(PEM_FORMS))
 def test_the_page_reads_a_public_key_as_the_python_verifier_does(browser, form):
-    from shared.errors import VerificationError
-    from shared.signatures import load_public_key_der
-
     for key, other in ((ENTRY_PEM.decode(), REKOR_PEM.decode()), (REKOR_PEM.decode(), ENTRY_PEM.decode())):
         text = PEM_FORMS[form](key, other)
         try:
