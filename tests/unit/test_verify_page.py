@@ -84,3 +84,12 @@ def test_the_page_runs_the_steps_of_ledger_verify_in_order():
     assert re.findall(r'"(\w+)"', declared) == list(STEPS)
     table = re.findall(r'^  \["(\w+)", async', SCRIPT, re.MULTILINE)
     assert table == list(STEPS[1:])  # the bundle step runs first, then the table in order
+
+
+def test_the_docs_show_the_page_passing_and_failing():
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    for name in ("verify-page-passed.png", "verify-page-failed.png"):
+        data = (docs / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, name
+        for page in (docs / "verification.md", docs.parent / "README.md"):
+            assert name in page.read_text(), (name, page)

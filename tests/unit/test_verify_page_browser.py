@@ -248,6 +248,42 @@ def test_served_by_ingest_a_failure_is_named_in_words_and_nothing_is_requested(t
         assert requests_made(driver) == [url + "/verify"]
 
 
+DROP = """
+const [id, name, b64] = arguments;
+const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+const data = new DataTransfer();
+data.items.add(new File([bytes], name));
+document.getElementById(id).dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
+"""
+
+
+def test_a_dropped_bundle_and_document_are_verified_and_bundle_text_is_never_markup():
+    hostile = _edit("entry.meta", {"<img src=x onerror=alert(1)>": 1})
+    hostile = hostile.replace(b'"leaf_index"', b'"<b>x</b>": 1, "leaf_index"', 1)
+    with chromium() as driver:
+        driver.get(file_url())
+        labelled = driver.execute_script(
+            "return [...document.querySelectorAll('input, textarea')]"
+            ".map((e) => e.labels.length > 0 && e.labels[0].textContent.trim().length > 0)")
+        assert labelled and all(labelled)  # every control has a visible label
+        driver.find_element(By.ID, "rekor-key").send_keys(REKOR_PEM.decode())
+        for name, data in (("bundle", VALID), ("payload", PAYLOAD)):
+            driver.execute_script(DROP, f"{name}-drop", f"{name}.bin", base64.b64encode(data).decode())
+        driver.find_element(By.ID, "verify").click()
+        assert _summary(driver, "VERIFIED").startswith("VERIFIED: entry ")
+        assert driver.find_element(By.CSS_SELECTOR, "#steps li[data-step=payload]").text.startswith(
+            "\u2713 PASSED payload")
+        # a bundle with markup in a member name, pasted: shown as text, never as markup
+        driver.refresh()
+        driver.find_element(By.ID, "rekor-key").send_keys(REKOR_PEM.decode())
+        driver.execute_script("arguments[0].value = arguments[1]",
+                              driver.find_element(By.ID, "bundle-text"), hostile.decode())
+        driver.find_element(By.ID, "verify").click()
+        text = _summary(driver, "NOT VERIFIED")
+        assert text.startswith("NOT VERIFIED: the bundle step failed.") and "<b>x</b>" in text
+        assert driver.execute_script("return document.querySelectorAll('main img, main b').length") == 0
+
+
 BLOCKED_FETCH = """
 const done = arguments[arguments.length - 1];
 const seen = [];
