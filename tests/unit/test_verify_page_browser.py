@@ -143,6 +143,14 @@ MUTATIONS = {
     "submitted-at-other-zone": lambda: _edit("entry.submitted_at", "2026-03-04T06:05:59.891011+01:00"),
     "submitted-at-a-second-off": lambda: _edit("entry.submitted_at", "2026-03-04T05:06:00.891011Z"),
     "submitted-at-unix-seconds": lambda: _edit("entry.submitted_at", "1772600759.891011"),
+    "submitted-at-unix-milliseconds": lambda: _edit("entry.submitted_at", "1772600759891.011"),
+    "submitted-at-space-and-comma": lambda: _edit("entry.submitted_at", "2026-03-04 05:05:59,891011Z"),
+    "submitted-at-nanoseconds": lambda: _edit("entry.submitted_at", "2026-03-04T05:05:59.8910119Z"),
+    "submitted-at-not-a-day": lambda: _edit("entry.submitted_at", "2026-02-29T00:00:00Z"),
+    "anchored-at-before-1970": lambda: _edit("anchored_at", "1969-12-31T23:59:59.5Z"),
+    "anchored-at-year-1": lambda: _edit("anchored_at", "-62135596800"),
+    "manifest-created-before-1970": lambda: _edit("batch.manifest", base64.b64encode(
+        base64.b64decode(_valid("batch.manifest")).replace(b"2026-03-04", b"1969-12-31")).decode()),
     "audit-path-spaced-hex": lambda: _edit("audit_path.0", " ".join(
         _valid("audit_path.0")[i:i + 2] for i in range(0, 64, 2))),
     "audit-path-upper-case": lambda: _edit("audit_path.0", _valid("audit_path.0").upper()),
