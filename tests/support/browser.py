@@ -78,14 +78,15 @@ def _b64(data: bytes | None) -> str | None:
 
 
 def page_verify(driver: webdriver.Chrome, bundle: bytes, rekor_pem: bytes,
-                entry_pem: bytes | None = None, payload: bytes | None = None) -> dict[str, Any]:
+                entry_pem: bytes | None = None, payload: bytes | None = None,
+                anchor_pem: bytes | None = None) -> dict[str, Any]:
     """Run the page's verifier (``window.ledgerVerify``) on ``bundle``; its result object."""
     result: dict[str, Any] = driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
-        "window.ledgerVerify.verifyBase64(arguments[0], arguments[1], arguments[2], arguments[3])"
-        ".then(done, (e) => done({crashed: String(e)}));",
+        "window.ledgerVerify.verifyBase64(arguments[0], arguments[1], arguments[2], arguments[3],"
+        " arguments[4]).then(done, (e) => done({crashed: String(e)}));",
         _b64(bundle), rekor_pem.decode(), None if entry_pem is None else entry_pem.decode(),
-        _b64(payload))
+        _b64(payload), None if anchor_pem is None else anchor_pem.decode())
     assert "crashed" not in result, result
     return result
 

@@ -117,6 +117,22 @@ def test_a_wrong_pinned_entry_key_or_document_fails_where_ledger_verify_fails(br
     assert assert_agree(browser, VALID, entry_public_key_pem=REKOR_PEM)[0] == "entry_key"
 
 
+def test_an_anchor_key_pinned_in_the_page_must_be_the_batch_s(browser):
+    """ledger verify has no anchor key pin (the page's is an addition: without it, the two
+    agree): with the right key the step says it is pinned; with another it fails."""
+    anchor_pem = serialization.load_pem_public_key(
+        _valid("batch.anchor_public_key").encode()).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    result = page_verify(browser, VALID, REKOR_PEM, anchor_pem=anchor_pem)
+    assert result["verified"]
+    step = next(s for s in result["steps"] if s["step"] == "anchor_signature")
+    assert "verifies with the pinned anchor key" in step["detail"]
+    for other in (REKOR_PEM, b"not a key"):
+        result = page_verify(browser, VALID, REKOR_PEM, anchor_pem=other)
+        assert result["failed"] == "anchor_signature"
+        assert "pinned anchor key" in result["steps"][-1]["detail"]
+
+
 def _edit(path: str, value: Any) -> bytes:
     doc = json.loads(VALID)
     *parents, last = path.split(".")
@@ -218,11 +234,11 @@ def _verify_with_the_keyboard(driver: webdriver.Chrome, files: dict[str, Path]) 
             "-----BEGIN"))
     driver.execute_script("document.activeElement.blur(); document.body.focus();")
     order = []
-    for _ in range(8):
+    for _ in range(10):
         webdriver.ActionChains(driver).send_keys(Keys.TAB).perform()
         order.append(driver.switch_to.active_element.get_attribute("id"))
     assert order == ["bundle-file", "bundle-text", "rekor-key", "rekor-key-file", "entry-key",
-                     "entry-key-file", "payload-file", "verify"]
+                     "entry-key-file", "anchor-key", "anchor-key-file", "payload-file", "verify"]
     driver.switch_to.active_element.send_keys(Keys.ENTER)
 
 
