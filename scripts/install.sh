@@ -2,7 +2,8 @@
 # Set up this checkout for development and CI. Idempotent: run it as often as you like.
 #
 #  1. system packages, only what is missing (needs root or sudo): PostgreSQL 15, Maven,
-#     a JRE (only if there is no `java`), Python 3.11 with venv, and Go if there is none;
+#     a JRE (only if there is no `java`), Python 3.11 with venv, Go if there is none, and
+#     Chromium with its WebDriver (the verification page's tests drive it headless);
 #  2. .venv with Python 3.11: pip install -c constraints.txt -e '.[test,stack]'
 #     (redone only when pyproject.toml or constraints.txt changed);
 #  3. `ledger stack install`: Kafka's classpath (Maven), OpenBao (from the venv), and the
@@ -49,6 +50,12 @@ if ! command -v go >/dev/null 2>&1 && [ ! -x /usr/local/go/bin/go ] && [ ! -x /u
     want_pkg golang-go
 fi
 
+# The verification page (services/ingest/verify.html) is tested in a real browser: Debian's
+# Chromium (recent enough for Ed25519 in WebCrypto) and the matching chromedriver, which
+# Selenium is pointed at by path (tests/support/browser.py).
+[ -x /usr/bin/chromium ] || want_pkg chromium
+[ -x /usr/bin/chromedriver ] || want_pkg chromium-driver
+
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "${LEDGER_SKIP_APT:-0}" = 1 ]; then
         log "missing system packages: ${missing[*]} (LEDGER_SKIP_APT=1: not installing)"
@@ -62,7 +69,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
         "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
 else
-    log "system packages present (postgresql-15, maven, java, $PYTHON, go)"
+    log "system packages present (postgresql-15, maven, java, $PYTHON, go, chromium)"
 fi
 
 GO=$(command -v go || true)

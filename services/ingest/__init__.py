@@ -2,7 +2,8 @@
 
 Validates append requests, hashes the payload and drops it, publishes the hash to
 ``ledger.append`` with ``acks=all`` and answers 201 once the signer stored the entry (or 202
-with a status URL), and serves reads, health, metrics and the OpenAPI document.
+with a status URL), and serves reads, health, metrics, the OpenAPI document and the
+verification page.
 
 * :mod:`.app` — routes, middlewares (metrics, errors, bearer auth), the append flow;
 * :mod:`.validation` — body checks, payload hashing (no I/O);
@@ -14,6 +15,8 @@ with a status URL), and serves reads, health, metrics and the OpenAPI document.
 * :mod:`.waiter` — the per-process ``ledger.signed`` tail that wakes waiting requests;
 * :mod:`.store` — read queries and the entry's JSON shape;
 * :mod:`.health` — ``/health``, ``/livez``, ``/readyz`` and the Rekor probe;
+* :mod:`.verify_page` — ``/verify``: ``verify.html``, which verifies a proof bundle in the
+  browser, offline, and its Content-Security-Policy;
 * :mod:`.service` — :func:`run_ingest`: wiring and graceful shutdown.
 
 It must never forward, store or log a payload or a token.

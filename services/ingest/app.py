@@ -15,6 +15,7 @@ Routes (documented in ``openapi.json`` next to this file, served at ``GET /opena
 ``GET /readyz``                            open      200 while appends are accepted, else 503
 ``GET /metrics``                           open      Prometheus exposition
 ``GET /openapi.json``                      open      this API's OpenAPI 3.1 document
+``GET /verify``                            open      the verification page (``verify_page``)
 =========================================  ========  ==========================================
 
 How ``POST /append`` answers
@@ -122,6 +123,7 @@ from .validation import (
     parse_append_batch,
     resolve_request_id,
 )
+from .verify_page import add_verify_page
 from .waiter import SignedWaiter
 
 __all__ = ["OPENAPI_PATH", "IngestDeps", "Publisher", "build_app", "check_auth_config"]
@@ -130,7 +132,7 @@ log = logging.getLogger("ledger.ingest")
 
 OPENAPI_PATH: Final = Path(__file__).with_name("openapi.json")
 #: routes that neither count towards nor are refused at ``max_in_flight``
-_UNCOUNTED: Final = frozenset({"health", "livez", "readyz", "metrics", "openapi"})
+_UNCOUNTED: Final = frozenset({"health", "livez", "readyz", "metrics", "openapi", "verify_page"})
 _READ_CHUNK: Final = 64 * 1024
 _JSON_HEADER: Final = ("content-type", b"application/json")
 _JSON_TYPE_RE: Final = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
@@ -559,5 +561,6 @@ def build_app(settings: Settings, deps: IngestDeps) -> web.Application:
     r.add_get("/readyz", api.health.readyz, name="readyz", allow_head=False)
     r.add_get("/metrics", api.metrics_endpoint, name="metrics", allow_head=False)
     r.add_get("/openapi.json", api.openapi_endpoint, name="openapi", allow_head=False)
+    add_verify_page(app)
     return app
 

@@ -154,8 +154,16 @@ def test_dockerfile_entrypoint_is_the_ledger_console_script() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert "ledger" in scripts
     text = (ROOT / "deploy" / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim\s*$", text, re.M)
-    assert "pip install -c constraints.txt ." in text
+    # two stages from one base, pinned by digest; the pinned dependencies build the wheels
+    base = re.search(r"^ARG PYTHON_IMAGE=(python:3\.11-slim\S*@sha256:[0-9a-f]{64})$", text, re.M)
+    assert base is not None
+    assert re.findall(r"^FROM (\S+) AS (\w+)$", text, re.M) == [
+        ("${PYTHON_IMAGE}", "build"), ("${PYTHON_IMAGE}", "runtime")]
+    assert "pip wheel --wheel-dir /wheels -c constraints.txt ." in text
+    assert "pip install --no-index --find-links /wheels signed-ledger" in text
+    # the runtime runs as a numeric, non-root user
+    users = re.findall(r"^USER\s+(\d+)(?::(\d+))?$", text, re.M)
+    assert len(users) == 1 and int(users[0][0]) != 0
     entrypoints = re.findall(r"^ENTRYPOINT\s+(.+)$", text, re.M)
     assert len(entrypoints) == 1
     assert json.loads(entrypoints[0]) == ["ledger"]
