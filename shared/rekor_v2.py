@@ -43,6 +43,7 @@ from shared.errors import ConfigError, RekorConflict, RekorError, RekorUnavailab
 from shared.settings import Settings
 from shared.tiles import Checkpoint, TileReader, parse_checkpoint
 from shared.trust import load_configured_key
+from shared.untrusted import read_bounded
 
 __all__ = ["RekorV2Client", "RekorV2Entry", "b64", "key_details", "log_id_for"]
 
@@ -284,7 +285,7 @@ class RekorV2Client:
             async with self._get_session().request(
                 method, url, json=payload, timeout=self._timeout
             ) as resp:
-                body = await resp.content.read(_MAX_TILE_BYTES + 1)
+                body = await read_bounded(resp.content, _MAX_TILE_BYTES)
                 status, headers = resp.status, resp.headers
         except TimeoutError:
             raise RekorUnavailable(f"{what} timed out after {self._timeout.total} s") from None

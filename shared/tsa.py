@@ -36,6 +36,7 @@ from rfc3161_client import (
 
 from shared.errors import TsaError, TsaUnavailable
 from shared.settings import Settings
+from shared.untrusted import read_bounded
 
 __all__ = ["TIMESTAMP_PATH", "TsaClient"]
 
@@ -126,7 +127,7 @@ class TsaClient:
                 self._url + TIMESTAMP_PATH, data=der, timeout=self._timeout,
                 headers={"Content-Type": "application/timestamp-query"},
             ) as resp:
-                body = await resp.content.read(_MAX_RESPONSE + 1)
+                body = await read_bounded(resp.content, _MAX_RESPONSE)
                 status = resp.status
         except TimeoutError:
             raise TsaUnavailable(

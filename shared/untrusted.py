@@ -29,7 +29,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 __all__ = [
     "MAX_DEPTH",
@@ -38,6 +38,7 @@ __all__ = [
     "check_tree",
     "display",
     "parse_json",
+    "read_bounded",
 ]
 
 #: I-JSON's interoperable integer range (RFC 7493 §2.2), which RFC 8785 also requires.
@@ -229,3 +230,24 @@ def check_tree(value: Any, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> Non
             raise UntrustedInput(f"a value is a {type(node).__name__}, not JSON data")
         if budget < 0:
             raise UntrustedInput(f"more than the limit of {max_bytes} bytes")
+
+
+class _Stream(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+async def read_bounded(stream: _Stream, limit: int) -> bytes:
+    """All of ``stream`` (an HTTP body), or its first ``limit + 1`` bytes if it is longer:
+    the caller refuses a result longer than ``limit`` without ever holding more.
+
+    A stream's ``read(n)`` returns what has arrived, up to ``n`` bytes, not ``n`` bytes:
+    one call reads only the first chunk of a large body.
+    """
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = await stream.read(limit + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
+

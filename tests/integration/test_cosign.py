@@ -9,6 +9,9 @@ section's own ``go install`` then finds it up to date). ``ledger proof --sigstor
 the same bundle and manifest, which cosign verifies too. Then the manifest with one byte
 changed, the bundle with one byte of its signature changed, another anchor key and a trusted
 root of another log key must each make the verify step fail.
+
+A batch anchored in Rekor v2 (with the stack's timestamp authority) is verified by cosign
+too, with the RFC 3161 token in the bundle and the TSA in the trusted root.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import base64
 import json
 import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -160,3 +164,86 @@ async def test_cosign_verifies_a_batch_bundle_and_refuses_one_byte_changed(
         assert run.returncode != 0, (name, run.explain())
         assert run.failed_block == verify_block(blocks), (name, run.explain())
         assert "Verified OK" not in run.stderr and why in run.stderr, (name, run.explain())
+
+
+@pytest.mark.timeout(900)
+async def test_cosign_verifies_a_rekor_v2_bundle_with_its_rfc3161_timestamp(
+    stack: Any, settings_v2: Settings, tmp_path: Path
+) -> None:
+    """A batch anchored in Rekor v2: its Sigstore bundle carries the v2 entry and the TSA
+    token, and cosign verifies both against a trusted root naming the v2 log (by origin)
+    and the pinned TSA; a changed token, or a trusted root without the TSA, is refused."""
+    s = await verification_lane(stack, settings_v2, tmp_path)
+    cosign = await asyncio.to_thread(ensure_go_tool, COSIGN, stack.cache_dir, print)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    async with ingest_running(s) as api, signer_running(s):
+        status, entry, _ = await api.append(
+            {"subject": "invoice:8", "payload": base64.b64encode(b"v2 doc\n").decode(),
+             "meta": {"source": "test_cosign"}, "request_id": api.rid("cosign-v2")})
+        assert status == 201, entry
+        entry_id = uuid.UUID(entry["id"])
+        async with running(run_anchorer, s, "anchorer"):
+            record = await anchored_event(s, entry_id, limit_s=120)
+    doc = json.loads(record.value or b"")
+    assert doc["receipt"]["api"] == "v2"
+    code, _, stderr = await ledger_cli(s, "proof", str(entry_id), "--sigstore",
+                                       "--out", str(inputs))
+    assert code == 0, stderr
+    batch_id = doc["batch"]["batch_id"]
+    bundle = json.loads((inputs / f"{batch_id}.sigstore.json").read_bytes())
+    material = bundle["verificationMaterial"]
+    (token,) = material["timestampVerificationData"]["rfc3161Timestamps"]
+    assert base64.b64decode(token["signedTimestamp"])
+    assert material["tlogEntries"][0]["kindVersion"]["version"] == "0.0.2"
+    (inputs / "anchor.pem").write_bytes(
+        await anchor_key_pem(s, doc["batch"]["anchor_key_version"]))
+    tsa_chain = await asyncio.to_thread(Path(s.tsa_cert_chain).read_bytes)
+    rekor_key = rekor_key_file(s, inputs).read_bytes()
+
+    # ledger verify checks the same event, given the v2 pins; without them it says which
+    (inputs / "event.json").write_bytes(record.value or b"")
+    pins = ["--rekor-key", str(rekor_key_file(s, inputs)), "--rekor-origin", s.rekor_origin]
+    code, out, err = await ledger_cli(s, "verify", str(inputs / "event.json"), *pins,
+                                      "--tsa-chain", s.tsa_cert_chain)
+    assert code == 0, out + err
+    code, out, err = await ledger_cli(s, "verify", str(inputs / "event.json"), *pins)
+    assert code == 2 and "--tsa-chain" in out + err, out + err
+
+    def root(**tsa: Any) -> bytes:
+        # cosign names a v2 log by its origin: the trusted root's URL is https://<origin>
+        return json.dumps(trusted_root(rekor_key, base_url=f"https://{s.rekor_origin}",
+                                       valid_from=VALID_FROM, rekor_origin=s.rekor_origin,
+                                       **tsa)).encode()
+
+    def verify(name: str, files: dict[str, bytes]) -> tuple[int, str]:
+        workdir = tmp_path / name
+        workdir.mkdir()
+        for file, data in files.items():
+            (workdir / file).write_bytes(data)
+        proc = subprocess.run(
+            [str(cosign), "verify-blob", "--bundle", "bundle.json",
+             "--key", str(inputs / "anchor.pem"), "--trusted-root", "trusted_root.json",
+             "--use-signed-timestamps", "manifest.bin"],
+            cwd=workdir, capture_output=True, text=True, timeout=120, check=False)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    good = {"bundle.json": (inputs / f"{batch_id}.sigstore.json").read_bytes(),
+            "manifest.bin": (inputs / f"{batch_id}.manifest").read_bytes(),
+            "trusted_root.json": root(tsa_chain_pem=tsa_chain)}
+    code, out = await asyncio.to_thread(verify, "good", good)
+    assert code == 0 and "Verified OK" in out, out
+
+    changed_token = json.loads(good["bundle.json"])
+    stamps = changed_token["verificationMaterial"]["timestampVerificationData"]
+    raw = bytearray(base64.b64decode(stamps["rfc3161Timestamps"][0]["signedTimestamp"]))
+    raw[-1] ^= 0x01  # inside the TSA's signature
+    stamps["rfc3161Timestamps"][0]["signedTimestamp"] = base64.b64encode(bytes(raw)).decode()
+    for name, files in [
+        ("token", {**good, "bundle.json": json.dumps(changed_token).encode()}),
+        ("no-tsa", {**good, "trusted_root.json": root()}),
+        ("manifest", {**good, "manifest.bin": flip_one_byte(good["manifest.bin"],
+                                                             b'"batch_id":"')}),
+    ]:
+        code, out = await asyncio.to_thread(verify, name, files)
+        assert code != 0 and "Verified OK" not in out, (name, out)
