@@ -419,7 +419,8 @@ def test_dashboard_covers_the_runbook_signals() -> None:
                    "ledger_entries_anchored_total", "ledger_vault_request_seconds_bucket",
                    "ledger_batches_anchored_total", "ledger_anchor_batch_size_bucket",
                    "ledger_pending_batches", "ledger_consumer_lag", "ledger_dlq_messages_total",
-                   "ledger_receipt_verification_failures_total"):
+                   "ledger_receipt_verification_failures_total",
+                   "ledger_unanchored_oldest_age_seconds"):
         assert series in text, series
     titles = {t.lower() for t, _ in queries}
     for words in ("entry rate per stage", "vault latency", "batches anchored",
