@@ -205,13 +205,19 @@ def headers_of(span: Span) -> list[tuple[str, bytes]]:
     return headers
 
 
-@contextlib.contextmanager
-def ended(spans: Span | Sequence[Span] | None) -> Iterator[None]:
-    """End ``spans`` when the block ends; an exception marks them failed (its type only)."""
+_NOTHING: Final = contextlib.nullcontext()
+
+
+def ended(spans: Span | Sequence[Span] | None) -> contextlib.AbstractContextManager[object]:
+    """End ``spans`` when the block ends; an exception marks them failed (its type only).
+    No span (tracing off, not sampled): a shared no-op, nothing allocated."""
     if not spans:
-        yield
-        return
-    many = spans if isinstance(spans, Sequence) else [spans]
+        return _NOTHING
+    return _ending(spans if isinstance(spans, Sequence) else [spans])
+
+
+@contextlib.contextmanager
+def _ending(many: Sequence[Span]) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
