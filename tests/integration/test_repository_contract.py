@@ -239,7 +239,9 @@ async def test_the_age_of_the_oldest_unanchored_entry(repo: Any):
     assert await repo.unanchored_oldest_age_s() >= later, "claimed is not anchored yet"
     await repo.complete(batch.id, receipt())
     assert 0.0 <= await repo.unanchored_oldest_age_s() < 60, "the younger one is left"
-    batch = new_batch([entries[1].id], {entries[1].id: entries[1].leaf_hash()})
+    batch = dataclasses.replace(  # batches are unique by manifest
+        new_batch([entries[1].id], {entries[1].id: entries[1].leaf_hash()}),
+        manifest=b"second", manifest_sha256=hashlib.sha256(b"second").digest())
     await repo.claim(batch)
     await repo.complete(batch.id, receipt())
     assert await repo.unanchored_oldest_age_s() == 0.0, "everything anchored: no age"
