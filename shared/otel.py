@@ -250,6 +250,9 @@ class SpanCarrier(TraceCarrier):
         span, emitted = self._tracer.start_from(ANCHORER_SPAN, headers or (), entry_id=entry_id)
         if span is not None:
             self._open[entry_id] = span
+            if len(self._open) > self._capacity:  # a poll cancelled before it settled
+                oldest = next(iter(self._open))
+                self._open.pop(oldest).end()
         super().remember(entry_id, emitted)
 
     def published(self, events: Iterable[tuple[uuid.UUID, uuid.UUID | None, int]]) -> None:

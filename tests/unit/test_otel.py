@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -11,8 +12,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from shared.errors import ConfigError
+from shared.messages import AppendRequest, decode
 from shared.otel import (
     ANCHORER_SPAN,
+    INGEST_SPAN,
     SIGNER_SPAN,
     EntryTracer,
     SpanCarrier,
@@ -20,6 +23,7 @@ from shared.otel import (
     make_sampler,
 )
 from shared.settings import Settings
+from shared.statement import entry_id_for
 from shared.tracing import parse_traceparent
 
 pytestmark = pytest.mark.unit
@@ -165,3 +169,43 @@ def test_a_failed_poll_ends_its_spans_failed() -> None:
     carrier.settle([ENTRY], [RuntimeError("rekor down")])
     (done,) = exporter.get_finished_spans()
     assert done.status.status_code is StatusCode.ERROR
+
+
+def test_spans_a_cancelled_poll_left_open_are_bounded() -> None:
+    t, exporter = tracer("anchorer")
+    carrier = SpanCarrier(t, capacity=2)
+    for n in range(3):
+        carrier.remember(uuid.UUID(int=n), [("traceparent", SAMPLED.encode())])
+    (oldest,) = exporter.get_finished_spans()
+    assert oldest.attributes is not None
+    assert oldest.attributes["ledger.entry_id"] == str(uuid.UUID(int=0))
+
+
+# --- ingest with a tracer: the app's own wiring, on fakes (tests/unit/test_ingest_api.py) ------
+
+
+async def test_ingest_opens_a_span_per_entry_and_publishes_its_context(tmp_path: Any) -> None:
+    from tests.unit.test_ingest_api import GOOD, Harness, b64  # noqa: PLC0415 - its fakes
+
+    t, exporter = tracer("ingest")
+    h = Harness(tmp_path)
+    h.deps = dataclasses.replace(h.deps, tracer=t)
+    async with h:
+        single = await h.post(GOOD, headers={"Prefer": "respond-async", "traceparent": SAMPLED})
+        assert single.status == 202
+        entries = [{"subject": f"orders/{i}", "payload": b64(f"doc {i}".encode())}
+                   for i in range(3)]
+        batch = await h.post_batch(entries, headers={"Prefer": "respond-async",
+                                                     "traceparent": SAMPLED})
+        assert batch.status == 200
+        results = (await batch.json())["results"]
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 4 and {s.name for s in spans} == {INGEST_SPAN}
+    by_entry = {s.attributes["ledger.entry_id"]: s for s in spans if s.attributes}
+    assert set(by_entry) >= {r["id"] for r in results}, "one span per entry of the batch"
+    for (_, _, value, headers), span in zip(h.publisher.sent, spans, strict=True):
+        entry_id = str(entry_id_for(decode(AppendRequest, value).request_id))
+        parsed = parse_traceparent(dict(headers)["traceparent"])
+        assert parsed is not None and parsed[0] == TRACE
+        assert parsed[1] == f"{by_entry[entry_id].context.span_id:016x}", "names its span"
+        assert span.parent is not None and f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
