@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
@@ -113,6 +114,9 @@ class EntryTracer:
         # a parent-based sampler drops every child of an unsampled parent: decided here,
         # without the SDK (the common case at a low ratio)
         self._follows_parent = follows_parent
+        # the API logs a malformed tracestate member verbatim, at WARNING: a client's header
+        # (dropped, as a new trace would be) must not write a log line per request
+        logging.getLogger("opentelemetry.trace.span").setLevel(logging.ERROR)
 
     @classmethod
     def from_settings(

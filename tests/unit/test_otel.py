@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from typing import Any
 
@@ -209,3 +210,17 @@ async def test_ingest_opens_a_span_per_entry_and_publishes_its_context(tmp_path:
         assert parsed is not None and parsed[0] == TRACE
         assert parsed[1] == f"{by_entry[entry_id].context.span_id:016x}", "names its span"
         assert span.parent is not None and f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
+
+
+def test_a_malformed_client_tracestate_is_dropped_without_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    t, exporter = tracer("ingest")
+    with caplog.at_level(logging.DEBUG):
+        span, headers = t.ingest(SAMPLED, "not a valid member SECRET-ish", entry_id=ENTRY)
+    assert span is not None
+    span.end()
+    assert "tracestate" not in dict(headers)
+    assert not [r for r in caplog.records if "SECRET-ish" in r.getMessage()]
+    (done,) = exporter.get_finished_spans()
+    assert f"{done.context.trace_id:032x}" == TRACE, "the trace still continues"
