@@ -277,6 +277,16 @@ class Repository:
             await self._db.fetchval("SELECT count(*) FROM ledger.batches WHERE state = 'pending'")
         )
 
+    async def unanchored_oldest_age_s(self) -> float:
+        """Seconds since the oldest entry not yet anchored was stored (0: there is none).
+
+        One row from the partial index ``entries_unanchored_idx``: cheap at any backlog."""
+        age = await self._db.fetchval(
+            "SELECT GREATEST(COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0), 0)"
+            "::float8 FROM ledger.entries WHERE anchored_at IS NULL"
+        )
+        return float(age)
+
     async def claim(self, batch: NewBatch) -> None:
         """Claim every member of ``batch`` and persist it as pending, atomically.
 
