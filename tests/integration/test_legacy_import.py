@@ -33,6 +33,7 @@ from shared.db import Database, migrate
 from shared.settings import Settings
 from shared.statement import legacy_entry_id
 from shared.vault import TransitSigner
+from shared.vault_token import VaultToken
 from tests.integration.test_anchorer import running
 from tests.support.lanes import lane_topics
 from tests.support.waiting import wait_for
@@ -73,7 +74,7 @@ class Legacy:
 
 async def _fill_like_the_runbook(db: Database, s: Settings, payloads: Path) -> None:
     """Rows as the runbook's service writes them: Vault signs the raw payload."""
-    signer = TransitSigner(s)
+    signer = TransitSigner(s, token=VaultToken.for_stage(s, "signer"))
     try:
         key = s.vault_transit_key
         for i in range(1, BAD + 1):
