@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from shared.errors import ConfigError, LedgerError
+from shared.settings import Settings
 from shared.signatures import ed25519_key
 
 from .importer import ImportProgress, ImportReport, import_legacy, index_payloads
@@ -35,8 +36,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=500, metavar="N",
                    help="rows checked and stored per transaction (default 500)")
     p.add_argument("--anchor-failing", action="store_true",
-                   help="also anchor rows that fail a check, as they are now (default: leave "
-                        "them out and report them)")
+                   help="also anchor rows that fail a check, as they are now, except rows "
+                        "whose signature is malformed (default: leave them out and report "
+                        "them)")
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
 
 
@@ -81,7 +83,7 @@ class _RichProgress:
         self._progress.stop()
 
 
-async def vault_ed25519_keys(settings: Any, key_name: str) -> dict[int, bytes]:
+async def vault_ed25519_keys(settings: Settings, key_name: str) -> dict[int, bytes]:
     """Version → raw public key of the Transit key ``key_name``, as Vault serves them."""
     from shared.vault import TransitSigner  # noqa: PLC0415
 
@@ -101,7 +103,6 @@ async def vault_ed25519_keys(settings: Any, key_name: str) -> dict[int, bytes]:
 
 async def _main(args: argparse.Namespace, progress: ImportProgress) -> tuple[ImportReport, str]:
     from shared.db import Database  # noqa: PLC0415
-    from shared.settings import Settings  # noqa: PLC0415
 
     settings = Settings.from_env()
     key_name = args.key or settings.vault_transit_key

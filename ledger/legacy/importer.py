@@ -11,8 +11,8 @@ verified Rekor batch, and ``ledger audit`` recomputes their leaves.
 Its state is the database itself: a row with a leaf hash is imported, and the update only
 touches rows that still have none. So an interrupted import resumes where it stopped, a
 second run finds nothing left to do, and two runs at once never write a row twice. Rows that
-fail a check are left out (and reported) unless ``anchor_failing``; every later run checks
-them again.
+fail a check are left out (and reported) unless ``anchor_failing`` (never a row whose
+signature is malformed); every later run checks them again.
 
 The SQL is here rather than in :mod:`shared.repository`: only this command reads or writes
 the legacy columns.
@@ -166,7 +166,8 @@ async def import_legacy(
             check = check_row(record, vault_keys, key_name,
                               _payload(payloads, record.payload_hash))
             report.add(record.legacy_id, check)
-            if check.outcome == "failed" and not anchor_failing:
+            # a signature that is not even vault:vN: names no key version: never anchored
+            if check.outcome == "failed" and (not anchor_failing or check.key_version is None):
                 report.left_out += 1
                 continue
             named = dataclasses.replace(record, key_name=key_name)

@@ -234,3 +234,11 @@ async def test_a_runbook_database_is_upgraded_imported_anchored_and_audited(
     named = [line for line in out.splitlines() if str(legacy_entry_id(4)) in line]
     assert any("legacy_leaf" in line for line in named), out
     assert any(": root: " in line for line in out.splitlines()), out
+
+    # --anchor-failing takes the row that failed its check as it is, and still reports it
+    code, out, _ = await lg.cli("import-legacy", "--payloads", str(lg.payloads),
+                                "--anchor-failing", "--json")
+    forced = json.loads(out)
+    assert code == 1 and forced["imported"] == 1 and forced["failed_checks"] == 1
+    assert forced["left_out"] == 0
+    assert await lg.count(f"legacy_id = {BAD} AND leaf_hash IS NOT NULL") == 1
