@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from ledger.audit.entries import EntryChecker
 from ledger.legacy import check_row, raw_public_key
 from services.anchorer.building import refusal
+from services.ingest.store import EntryView
 from shared.db import MIGRATIONS_DIR, RUNBOOK_UPGRADE, load_migrations
 from shared.merkle import leaf_hash
 from shared.records import EntryRecord
@@ -198,3 +199,20 @@ def test_the_anchorer_takes_an_imported_legacy_row_and_refuses_a_changed_one() -
     assert changed is not None and changed.reason == "leaf"
     not_imported = refusal(legacy_row(stored_leaf_hash=None))
     assert not_imported is not None and not_imported.reason == "leaf"
+
+
+# --- the API ---------------------------------------------------------------------------------
+
+
+def test_the_api_shows_a_legacy_rows_integer_id_as_its_document_describes() -> None:
+    from tests.unit.test_ingest_openapi_agreement import _validator  # noqa: PLC0415
+
+    entry = _validator({"$ref": "#/components/schemas/Entry"})
+    legacy = EntryView.from_record(legacy_row(12)).to_json()
+    assert legacy["legacy_id"] == 12 and legacy["request_id"] == "runbook:12"
+    entry.validate(legacy)
+    ordinary = EntryView.from_record(dataclasses.replace(legacy_row(), legacy_id=None))
+    assert "legacy_id" not in ordinary.to_json()
+    entry.validate(ordinary.to_json())
+    # the document's schema would refuse a wrong type: the check above can fail
+    assert not entry.is_valid({**legacy, "legacy_id": "12"})
