@@ -111,7 +111,8 @@ def index_payloads(directory: Path | None) -> dict[str, Path]:
         return found
     for path in sorted(directory.rglob("*")):
         if path.is_file():
-            found[hashlib.sha256(path.read_bytes()).hexdigest()] = path
+            with path.open("rb") as f:  # streamed: documents may be large
+                found[hashlib.file_digest(f, "sha256").hexdigest()] = path
     return found
 
 
