@@ -337,7 +337,8 @@ async def test_list_filters_and_pagination_walk_every_entry_once(lane_settings, 
             assert pages == 4
 
         # time range: [created_at of the 5th, created_at of the 10th) in ascending order
-        status, page = await ing.get("/entries", {"subject": subj_a, "limit": "1000"})
+        status, page = await ing.get("/entries", {"subject": subj_a, "limit": "1000",
+                                                  "order": "asc"})
         entries = page["entries"]
         lo, hi = entries[4]["created_at"], entries[9]["created_at"]
         status, ranged = await ing.get("/entries", {"subject": subj_a, "from": lo, "to": hi})
