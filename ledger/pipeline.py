@@ -11,6 +11,8 @@
   not, 2 when the command line or the verifier's own key files are wrong;
 * ``ledger audit``: recompute every leaf and root from the database and compare them with
   what was anchored (``ledger.audit``); exit 0 clean, 1 problems, 2 could not run.
+* ``ledger import-legacy``: bring the rows of the runbook's service under anchoring
+  (``ledger.legacy``, ``docs/upgrading.md``).
 
 ``ledger dev`` runs ``migrate`` and then the three stages next to the local stack; see
 :func:`dev_processes`.
@@ -144,6 +146,12 @@ def register(register_command: Callable[..., None]) -> None:
 
     register_command("audit", "recompute every leaf and root from the database and compare "
                      "with what was anchored", audit.configure, audit.cmd_audit)
+
+    from ledger import legacy  # noqa: PLC0415 - keeps the module list above readable
+
+    register_command("import-legacy", "bring the rows of the runbook's service under "
+                     "anchoring (after ledger migrate)", legacy.configure,
+                     legacy.cmd_import_legacy)
 
 
 # --- ledger dev ----------------------------------------------------------------------------

@@ -76,6 +76,8 @@ class AnchoredEvent:
     subject: str
     leaf_index: int
     value: bytes
+    #: the batch it belongs to (a span attribute when tracing is on; not in ``value`` twice)
+    batch_id: uuid.UUID | None = None
 
     def model(self) -> AnchoredEntry:
         return AnchoredEntry.model_validate_json(self.value)
@@ -138,5 +140,6 @@ def anchored_events(
             shared_part, fastjson.dumps(anchored_at), b"}",
         ))
         events.append(AnchoredEvent(entry_id=member.id, request_id=member.request_id,
-                                    subject=member.subject, leaf_index=index, value=value))
+                                    subject=member.subject, leaf_index=index, value=value,
+                                    batch_id=batch.id))
     return events

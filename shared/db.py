@@ -49,6 +49,7 @@ from shared.settings import Settings
 
 __all__ = [
     "MIGRATIONS_DIR",
+    "RUNBOOK_UPGRADE",
     "Database",
     "Isolation",
     "Migration",
@@ -68,6 +69,8 @@ Row = Mapping[str, Any]
 Isolation = Literal["serializable", "read_committed"]
 
 MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
+#: the in-place upgrade of the runbook's ``ledger.entries`` (version 0, before 0001)
+RUNBOOK_UPGRADE: Final = MIGRATIONS_DIR / "legacy" / "0000_runbook_upgrade.sql"
 _MIGRATION_NAME: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Any constant bigint will do; derived from the table name so it is recognisable.
 _ADVISORY_LOCK_ID: Final = int.from_bytes(
@@ -391,7 +394,9 @@ async def migrate(
     """Apply pending migrations in order; return the versions this call applied.
 
     Idempotent, and safe when several processes call it at the same time. A file changed
-    after it was applied raises :class:`ConfigError`.
+    after it was applied raises :class:`ConfigError`. A database whose ``ledger.entries`` is
+    still the runbook's table is first upgraded in place (:data:`RUNBOOK_UPGRADE`, recorded
+    as version 0; ``docs/upgrading.md``).
     """
     todo = list(migrations) if migrations is not None else load_migrations()
     try:
@@ -404,6 +409,8 @@ async def migrate(
                     locked = True
                 await _bootstrap(tx, db)
                 applied = []
+                if await _runbook_table(tx) and await _apply(conn, db, _runbook_upgrade()):
+                    applied.append(0)
                 for migration in todo:
                     if await _apply(conn, db, migration):
                         applied.append(migration.version)
@@ -413,6 +420,22 @@ async def migrate(
                     await tx.execute("SELECT pg_advisory_unlock($1)", _ADVISORY_LOCK_ID)
     except _TRANSLATED as exc:
         raise _translate(exc) from None
+
+
+def _runbook_upgrade() -> Migration:
+    data = RUNBOOK_UPGRADE.read_bytes()
+    return Migration(version=0, name="runbook_upgrade", sql=data.decode("utf-8"),
+                     checksum=hashlib.sha256(data).hexdigest())
+
+
+async def _runbook_table(tx: Tx) -> bool:
+    """Whether ``ledger.entries`` is still the runbook's table (an integer ``id``): 0001
+    would skip creating it and then fail on the columns it lacks."""
+    kind = await tx.fetchval(
+        "SELECT data_type FROM information_schema.columns WHERE table_schema = 'ledger'"
+        " AND table_name = 'entries' AND column_name = 'id'"
+    )
+    return kind in ("bigint", "integer", "smallint")
 
 
 async def _advisory_lock(tx: Tx, db: Database, timeout_s: float) -> None:

@@ -8,6 +8,10 @@ claims. The SQL that reads and writes them lives in :mod:`shared.repository` onl
 
 Rows written before ``key_name`` was stored (the runbook's, nullable column) were signed
 with the runbook's default key; every reader maps them to :data:`LEGACY_KEY_NAME`.
+
+Rows that come from the runbook's own service (``legacy_id``, the runbook's integer id, is
+set: see ``docs/upgrading.md``) have no signed statement; their leaf is the distinct legacy
+leaf of :func:`shared.statement.legacy_leaf_bytes`, which :meth:`EntryRecord.leaf` returns.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 from shared import fastjson
 from shared.merkle import leaf_hash
 from shared.messages import BatchInfo, SignedEntry, signed_entry_fields
-from shared.statement import leaf_bytes
+from shared.statement import leaf_bytes, legacy_leaf_bytes
 from shared.verify import Receipt, load_receipt
 
 __all__ = [
@@ -44,7 +48,7 @@ LEGACY_KEY_NAME = "ledger-ed25519"
 ENTRY_COLUMNS = (
     "id, request_id, subject, payload_hash, meta::text AS meta, submitted_at, created_at, "
     "statement, sig, key_name, key_version, pubkey, content_sha256, leaf_hash, batch_id, "
-    "leaf_index, rekor_log_id, rekor_index, anchored_at"
+    "leaf_index, rekor_log_id, rekor_index, anchored_at, legacy_id"
 )
 #: the ``ledger.entries`` columns :meth:`LeafRecord.from_row` reads: what a tree needs. The
 #: leaf's inputs come along only for rows without a stored leaf hash.
@@ -120,6 +124,8 @@ class EntryRecord:
     rekor_log_id: str | None = None
     rekor_index: int | None = None
     anchored_at: datetime | None = None
+    #: the runbook's integer id of a row imported from its service (None for the ledger's own)
+    legacy_id: int | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> EntryRecord:
@@ -147,10 +153,17 @@ class EntryRecord:
             rekor_log_id=row["rekor_log_id"],
             rekor_index=row["rekor_index"],
             anchored_at=row["anchored_at"],
+            legacy_id=row.get("legacy_id"),
         )
 
     def leaf(self) -> bytes:
-        """The Merkle leaf data (``shared.statement.leaf_bytes``) of this row."""
+        """The Merkle leaf data of this row: ``shared.statement.leaf_bytes``, or for a row of
+        the runbook's service ``legacy_leaf_bytes``."""
+        if self.legacy_id is not None:
+            return legacy_leaf_bytes(
+                entry_id=self.id, legacy_id=self.legacy_id, subject=self.subject,
+                payload_sha256=self.payload_hash, meta=self.meta, created_at=self.created_at,
+                signature=self.sig, public_key=self.pubkey, key_name=self.key_name)
         return leaf_bytes(entry_id=self.id, statement=self.statement, signature=self.sig,
                           key_name=self.key_name, key_version=self.key_version)
 

@@ -245,6 +245,8 @@ class Repository:
         """Ids of rows without a batch, oldest first, other than those in ``skip``."""
         rows = await self._db.fetch(
             "SELECT id FROM ledger.entries WHERE batch_id IS NULL"
+            # a row of the runbook's service waits for `ledger import-legacy`'s leaf hash
+            " AND (legacy_id IS NULL OR leaf_hash IS NOT NULL)"
             " AND created_at < now() - $1 * INTERVAL '1 second'"
             " AND id <> ALL($3::uuid[])"
             " ORDER BY created_at, id LIMIT $2",
@@ -276,6 +278,16 @@ class Repository:
         return int(
             await self._db.fetchval("SELECT count(*) FROM ledger.batches WHERE state = 'pending'")
         )
+
+    async def unanchored_oldest_age_s(self) -> float:
+        """Seconds since the oldest entry not yet anchored was stored (0: there is none).
+
+        One row from the partial index ``entries_unanchored_idx``: cheap at any backlog."""
+        age = await self._db.fetchval(
+            "SELECT GREATEST(COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0), 0)"
+            "::float8 FROM ledger.entries WHERE anchored_at IS NULL"
+        )
+        return float(age)
 
     async def claim(self, batch: NewBatch) -> None:
         """Claim every member of ``batch`` and persist it as pending, atomically.

@@ -178,6 +178,23 @@ class Settings(BaseModel):
     #: the most one dependency probe of ``/health`` may take
     health_timeout_s: float = Field(default=2.0, gt=0, le=30)
 
+    # --- tracing (shared/otel.py; docs/design.md#tracing) -----------------------------------
+    #: one OpenTelemetry span per entry per stage, exported over OTLP/HTTP; off by default
+    otel_enabled: bool = False
+    #: the collector's base URL (``/v1/traces`` is appended), as the OTLP specification
+    #: defines ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    otel_exporter_otlp_endpoint: str = "http://localhost:4318"
+    #: the specification's sampler names; the decision is ingest's, the stages after it
+    #: follow the ``sampled`` flag of the trace context they receive
+    otel_traces_sampler: Literal[
+        "always_on", "always_off", "traceidratio", "parentbased_always_on",
+        "parentbased_always_off", "parentbased_traceidratio",
+    ] = "parentbased_traceidratio"
+    #: the ratio of traces a ``traceidratio`` sampler keeps
+    otel_traces_sampler_arg: float = Field(default=0.01, ge=0, le=1)
+    #: ``service.name`` of the spans (empty: ``ledger-ingest``, ``ledger-signer``, ...)
+    otel_service_name: str = ""
+
     @model_validator(mode="after")
     def _heartbeat_within_session(self) -> Settings:
         if self.consumer_heartbeat_interval_ms * 3 > self.consumer_session_timeout_ms:
@@ -317,6 +334,10 @@ ENV_NAMES.update(
         "vault_cacert": "VAULT_CACERT",
         "vault_transit_key": "VAULT_TRANSIT_KEY",
         "rekor_server_url": "REKOR_SERVER_URL",
+        "otel_exporter_otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "otel_traces_sampler": "OTEL_TRACES_SAMPLER",
+        "otel_traces_sampler_arg": "OTEL_TRACES_SAMPLER_ARG",
+        "otel_service_name": "OTEL_SERVICE_NAME",
     }
 )
 

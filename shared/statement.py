@@ -10,6 +10,13 @@
   is signed with the ECDSA P-256 anchor key and that is what goes to Rekor.
 * The **content hash** is what idempotency compares: the same request id with the same
   subject, payload hash and meta is the same request, whatever its submission time.
+* A **legacy leaf** commits to a row imported from the runbook's service (``ledger
+  import-legacy``, ``docs/upgrading.md``). Such a row has no statement: the runbook signed the
+  raw payload, which the ledger never held. Its leaf data is :data:`LEGACY_LEAF_PREFIX`
+  followed by canonical JSON of every column the runbook wrote (original integer id,
+  subject, payload hash, meta, creation time, signature, public key) and the key name.
+  Ordinary leaf data is a canonical JSON object and so always starts with ``{``; legacy leaf
+  data never does, so neither kind can ever pass for the other.
 
 Nothing here does I/O; auditors use it offline.
 """
@@ -25,12 +32,16 @@ from shared import fastjson
 
 __all__ = [
     "ENTRY_ID_NAMESPACE",
+    "LEGACY_ID_NAMESPACE",
+    "LEGACY_LEAF_PREFIX",
     "STATEMENT_VERSION",
     "canonical_json",
     "content_sha256",
     "entry_id_for",
     "format_time",
     "leaf_bytes",
+    "legacy_entry_id",
+    "legacy_leaf_bytes",
     "manifest_bytes",
     "parse_time",
     "statement_bytes",
@@ -40,6 +51,12 @@ STATEMENT_VERSION = 1
 #: entry ids are UUIDv5 of the request id in this namespace, so every stage (and the client)
 #: can name an entry before it is stored, and a replay can never mint a second id.
 ENTRY_ID_NAMESPACE = uuid.UUID("6f1c2b1e-0c57-4b7e-9c55-2f3b8f4c1a10")
+#: a row of the runbook's service gets the UUIDv3 of its integer id in this namespace: MD5,
+#: because the upgrade migration computes it in SQL and PostgreSQL and CockroachDB have MD5
+#: built in but not SHA-1. The ids only need to be distinct and reproducible.
+LEGACY_ID_NAMESPACE = uuid.UUID("0b9e5d52-7c1f-4e0a-9a55-3d6a1c2e8f01")
+#: what legacy leaf data starts with (never ``{``, the first byte of every ordinary leaf)
+LEGACY_LEAF_PREFIX = b"signed-ledger/legacy-runbook-entry/v1\n"
 
 
 def canonical_json(value: Any) -> bytes:
@@ -100,6 +117,40 @@ def leaf_bytes(
             "signature": signature,
             "key": key_name,
             "key_version": key_version,
+        }
+    )
+
+
+def legacy_entry_id(legacy_id: int) -> uuid.UUID:
+    """The id of the runbook's row ``legacy_id`` (what the upgrade migration computes)."""
+    return uuid.uuid3(LEGACY_ID_NAMESPACE, str(legacy_id))
+
+
+def legacy_leaf_bytes(
+    *,
+    entry_id: uuid.UUID,
+    legacy_id: int,
+    subject: str,
+    payload_sha256: str,
+    meta: dict[str, Any],
+    created_at: datetime,
+    signature: str,
+    public_key: str,
+    key_name: str,
+) -> bytes:
+    """The Merkle leaf data of a row imported from the runbook's service (see above)."""
+    return LEGACY_LEAF_PREFIX + canonical_json(
+        {
+            "v": 1,
+            "entry_id": str(entry_id),
+            "legacy_id": str(legacy_id),  # a string: CockroachDB's ids exceed 2**53
+            "subject": subject,
+            "payload_sha256": payload_sha256,
+            "meta": meta,
+            "created_at": format_time(created_at),
+            "signature": signature,
+            "public_key": public_key,
+            "key": key_name,
         }
     )
 

@@ -163,6 +163,11 @@ class Metrics:
         self.pending_batches = Gauge(
             "ledger_pending_batches", "batches persisted but not yet anchored", registry=r
         )
+        self.unanchored_oldest_age = Gauge(
+            "ledger_unanchored_oldest_age_seconds",
+            "age of the oldest stored entry not yet anchored (0: none), by the database's "
+            "clock; refreshed by the anchorer's sweeper every round", registry=r,
+        )
         self.sweeper_redriven = Counter(
             "ledger_sweeper_redriven", "work re-driven by the sweeper (batch|entry)",
             ["kind"], registry=r,

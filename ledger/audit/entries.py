@@ -3,7 +3,11 @@
 The row's statement, signature and key are checked with :mod:`shared.checks`, the checks a
 proof bundle's entry gets from ``ledger verify``; what only a database has is checked here:
 the id is the UUIDv5 of the request id, the stored content hash is the row's, and all rows
-claiming one key version carry the same public key. Pure: no I/O.
+claiming one key version carry the same public key. A row imported from the runbook's
+service (``legacy_id`` set) has no statement to check: its id must be the one its integer id
+gives and its signature must be readable; its legacy leaf (every column the runbook wrote) is
+what the batch check compares with the anchored root, and a legacy leaf that is no longer
+the one stored at import names the changed row. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from shared.checks import (
 )
 from shared.records import EntryRecord
 from shared.signatures import load_public_key_der
-from shared.statement import content_sha256, entry_id_for
+from shared.statement import content_sha256, entry_id_for, legacy_entry_id
 
 from .report import Problem, short
 
@@ -67,6 +71,9 @@ class EntryChecker:
         def bad(check: str, detail: str) -> None:
             problems.append(Problem(check, detail, batch, row.id, row.leaf_index))
 
+        if row.legacy_id is not None:
+            self._check_legacy(row, row.legacy_id, bad)
+            return problems
         if row.id != entry_id_for(row.request_id):
             bad("entry_id", f"the id is not the UUIDv5 of request id {row.request_id!r} "
                 f"({entry_id_for(row.request_id)})")
@@ -83,6 +90,26 @@ class EntryChecker:
                     "payload hash and meta")
         self._check_signature(row, bad)
         return problems
+
+    @staticmethod
+    def _check_legacy(row: EntryRecord, legacy_id: int, bad: Callable[[str, str], None]) -> None:
+        """A row of the runbook's service: the runbook signed a payload the ledger never held,
+        so only what does not need it is checked here (``docs/upgrading.md``)."""
+        if row.id != legacy_entry_id(legacy_id):
+            bad("entry_id", f"the id is not the UUIDv3 of the runbook's id {legacy_id} "
+                f"({legacy_entry_id(legacy_id)})")
+        if row.request_id != f"runbook:{legacy_id}":
+            bad("entry_id", f"the request id of the runbook's row {legacy_id} is not "
+                f"'runbook:{legacy_id}'")
+        _raw, problems = read_entry_signature(row.sig, row.key_version)
+        for detail in problems:
+            bad("signature", detail)
+        # the batch root finds any change; this names the row (unless the leaf hash was
+        # rewritten too, which the root still finds)
+        if row.stored_leaf_hash is not None and row.stored_leaf_hash != row.content_leaf_hash():
+            bad("legacy_leaf", "the row's legacy leaf (runbook id, subject, payload hash, meta, "
+                "creation time, signature or key) is not the one stored when it was imported: "
+                "the row was changed")
 
     def _check_statement(self, row: EntryRecord, bad: Callable[[str, str], None]) -> None:
         claimed = StatementFields(row.request_id, row.subject, row.payload_hash, row.meta,

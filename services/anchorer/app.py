@@ -40,6 +40,7 @@ from shared.kafka import Producer, Record
 from shared.lifecycle import Lifecycle
 from shared.messages import decode_object
 from shared.ops import open_ops_server, register_stage_kafka
+from shared.otel import EntryTracer, SpanCarrier
 from shared.rekor import RekorClient
 from shared.rekor_v2 import RekorV2Client
 from shared.repository import Repository
@@ -101,6 +102,8 @@ class KafkaAnchoredPublisher:
                 )
                 for e in chunk
             )
+            if isinstance(self._traces, SpanCarrier):  # tracing on: these entries' spans end
+                self._traces.published((e.entry_id, e.batch_id, e.leaf_index) for e in chunk)
 
 
 def decode_signed(record: Record) -> uuid.UUID:
@@ -164,6 +167,8 @@ class AnchorerStage:
             outcomes = await asyncio.gather(
                 *(self._anchorer.anchor(chunk) for chunk in chunks), return_exceptions=True
             )
+        if isinstance(self._traces, SpanCarrier):  # tracing on: end what was not emitted
+            self._traces.settle(ids, outcomes)
         unknown: set[uuid.UUID] = set()
         refused: dict[uuid.UUID, Refusal] = {}
         for outcome in outcomes:
@@ -195,10 +200,15 @@ class AnchorerProcess:
     anchorer, the log key source and the consistency monitor all use what it opens.
     """
 
-    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, metrics: Metrics | None = None,
+        tracer: EntryTracer | None = None,
+    ) -> None:
         settings = settings.for_stage(STAGE)  # its own Kafka principal, if configured
         self.settings = settings
         self.metrics = metrics or Metrics()
+        # LEDGER_OTEL_ENABLED: one span per entry (shared.otel); None: off
+        self.tracer = tracer or EntryTracer.from_settings(settings, STAGE)
         self.service = Service(STAGE, grace_s=settings.shutdown_grace_s)
         self.anchorer: Anchorer | None = None
         self.loop: ConsumerLoop[Any] | None = None
@@ -263,7 +273,9 @@ class AnchorerProcess:
     async def work(self, lc: Lifecycle) -> None:
         """Anchor ``ledger.signed`` (and sweep) until a stop is requested."""
         settings = self.settings
-        traces = TraceCarrier()
+        traces = TraceCarrier() if self.tracer is None else SpanCarrier(self.tracer)
+        if self.tracer is not None:
+            lc.on_close("tracing", self.tracer.aclose)
         anchorer, sweeper = self._anchorer(traces)
         self.anchorer = anchorer
         per_poll = settings.anchor_batch_max * parallel_batches(settings.anchor_batch_max)
@@ -352,9 +364,10 @@ async def run_anchorer(
     lifecycle: Lifecycle | None = None,
     metrics: Metrics | None = None,
     install_signals: bool = True,
+    tracer: EntryTracer | None = None,
 ) -> None:
     """Run the anchorer until SIGTERM/SIGINT (or ``lifecycle.request_stop``), then drain."""
-    await AnchorerProcess(settings, metrics=metrics).run(
+    await AnchorerProcess(settings, metrics=metrics, tracer=tracer).run(
         lifecycle=lifecycle, install_signals=install_signals
     )
 

@@ -120,6 +120,14 @@ def _hidden(_value: object) -> str:
     return "(value not shown)"
 
 
+def _legacy_refusal(row: EntryRecord) -> Refusal | None:
+    """A row of the runbook's service (``ledger import-legacy``) signed a payload the ledger
+    never held: it joins a batch when its leaf is still the one stored at import."""
+    if row.stored_leaf_hash is None or row.stored_leaf_hash != row.content_leaf_hash():
+        return Refusal("leaf", "the legacy row is not the one imported (its legacy leaf differs)")
+    return None
+
+
 def refusal(row: EntryRecord) -> Refusal | None:
     """None when ``row`` is anchorable; else what is wrong with it, most basic first.
 
@@ -127,6 +135,8 @@ def refusal(row: EntryRecord) -> Refusal | None:
     ``statement_fields``), run on the row, and its stored leaf hash against its content: a
     batch built over the row then yields a bundle that ``ledger verify`` accepts.
     """
+    if row.legacy_id is not None:  # the runbook's row: nothing signed to check here
+        return _legacy_refusal(row)
     raw, problems = read_entry_signature(row.sig, row.key_version)
     if raw is None or problems:
         return Refusal("signature", problems[0])

@@ -11,7 +11,8 @@ Every ``sweeper_interval_s`` (and once at start) it
    neither fill every round nor are logged again each round;
 3. checks that Rekor's log is consistent with the last checkpoint stored
    (:mod:`services.anchorer.checkpoints`);
-4. refreshes ``ledger_pending_batches``.
+4. refreshes ``ledger_pending_batches`` and ``ledger_unanchored_oldest_age_seconds`` (the
+   age of the oldest entry stored but not anchored: one row of a partial index).
 
 Safe with several anchorer processes: claims are atomic and completing an anchored batch only
 re-emits identical events. A failing dependency ends the round early; the next round retries.
@@ -50,6 +51,7 @@ class SweepStore(Protocol):
         self, *, older_than_s: float, limit: int, skip: Sequence[uuid.UUID] = ()
     ) -> list[uuid.UUID]: ...
     async def pending_count(self) -> int: ...
+    async def unanchored_oldest_age_s(self) -> float: ...
 
 
 class Anchored(Protocol):
@@ -130,6 +132,7 @@ class Sweeper:
             log.exception("sweep round failed")
         with contextlib.suppress(DependencyError, QueryError):
             self._metrics.pending_batches.set(await self._store.pending_count())
+            self._metrics.unanchored_oldest_age.set(await self._store.unanchored_oldest_age_s())
         self.rounds += 1
         if report.batches_redriven or report.entries_batched:
             log.info(

@@ -76,6 +76,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from aiohttp import web
+from opentelemetry.trace import Span
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared import fastjson
@@ -88,6 +89,7 @@ from shared.errors import (
 )
 from shared.health import Probe
 from shared.messages import append_request_fields
+from shared.otel import EntryTracer, ended
 from shared.settings import Settings
 from shared.statement import content_sha256, entry_id_for
 from shared.telemetry import Metrics, log_context
@@ -170,6 +172,8 @@ class IngestDeps:
     proofs: ProofStore | None = None
     #: set when the process is shutting down: ``/health`` and ``/readyz`` say so (503)
     stopping: asyncio.Event | None = None
+    #: one span per append when tracing is on (:mod:`shared.otel`); None: off
+    tracer: EntryTracer | None = None
 
 
 def _route_label(request: web.Request) -> str:
@@ -332,12 +336,10 @@ class _Api:
         content = content_sha256(
             subject=valid.subject, payload_sha256=valid.payload_sha256, meta=valid.meta
         )
-        trace = continue_trace(
-            request.headers.get("traceparent"), request.headers.get("tracestate")
-        )
+        span, trace = self._trace(request, entry_id)
         with log_context(
             request_id=request_id, entry_id=str(entry_id), trace_id=trace_id_of(trace)
-        ):
+        ), ended(span):
             if client_id is not None:
                 existing = await self._existing(request_id)
                 if existing is not None:
@@ -361,6 +363,15 @@ class _Api:
                 return self._conflict(view)
             log.debug("append stored", extra={"payload_sha256": view.payload_hash})
             return created(view, replayed=False)
+
+    def _trace(
+        self, request: web.Request, entry_id: uuid.UUID
+    ) -> tuple[Span | None, list[tuple[str, bytes]]]:
+        """(this append's span or None, the trace headers for ``ledger.append``)."""
+        parent, state = request.headers.get("traceparent"), request.headers.get("tracestate")
+        if self.deps.tracer is None:
+            return None, continue_trace(parent, state)
+        return self.deps.tracer.ingest(parent, state, entry_id=entry_id)
 
     async def append_batch(self, request: web.Request) -> web.Response:
         """``POST /append/batch``: one result per entry (see the module docstring)."""
@@ -411,14 +422,18 @@ class _Api:
                 else:
                     results[index] = item_created(index, view, replayed=True)
             todo = kept
+        # tracing on: a span (and trace headers) per entry; off: the request's headers
+        traced = [self._trace(request, entry_id) for _, _, _, entry_id, _ in todo] \
+            if self.deps.tracer is not None else []
         records = [
             (self.settings.topic_append, item.subject, self._message(item, request_id),
-             [_JSON_HEADER, *trace])
-            for _, item, request_id, _, _ in todo
+             [_JSON_HEADER, *(traced[k][1] if traced else trace)])
+            for k, (_, item, request_id, _, _) in enumerate(todo)
         ]
         ids = [request_id for _, _, request_id, _, _ in todo]
         waiting = not respond_async and wait_s > 0
         with contextlib.ExitStack() as stack:
+            stack.enter_context(ended([span for span, _ in traced if span is not None]))
             signed = [stack.enter_context(self.deps.waiter.expect(entry_id))
                       for _, _, _, entry_id, _ in todo] if waiting else []
             if records:

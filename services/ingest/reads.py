@@ -193,7 +193,8 @@ def _entry_filter(q: Any) -> EntryFilter:
         raise RequestRejected(400, "limit", "must be an integer") from None
     if not 1 <= limit <= _MAX_LIMIT:
         raise RequestRejected(400, "limit", f"must be between 1 and {_MAX_LIMIT}")
-    order = q.get("order", "asc")
+    # newest first unless asked otherwise: the runbook's clients read the recent entries
+    order = q.get("order", "desc")
     if order not in ("asc", "desc"):
         raise RequestRejected(400, "order", "must be asc or desc")
     cursor = None

@@ -31,6 +31,7 @@ from shared.db import Database
 from shared.errors import KafkaUnavailable
 from shared.health import VaultProbe
 from shared.lifecycle import Lifecycle
+from shared.otel import EntryTracer
 from shared.service import Service
 from shared.settings import Settings
 from shared.telemetry import Metrics
@@ -61,6 +62,7 @@ class IngestProcess:
         *,
         metrics: Metrics | None = None,
         on_listening: Callable[[str], None] | None = None,
+        tracer: EntryTracer | None = None,
     ) -> None:
         check_auth_config(settings)
         settings = settings.for_stage("ingest")  # its own Kafka principal, if configured
@@ -68,6 +70,8 @@ class IngestProcess:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.on_listening = on_listening
+        # LEDGER_OTEL_ENABLED: one span per append (shared.otel); None: off
+        self.tracer = tracer or EntryTracer.from_settings(settings, "ingest")
         self.tokens = None if settings.auth_disabled else TokenStore(settings.tokens_file)
         service = self.service = Service("ingest", grace_s=settings.shutdown_grace_s)
         self.database = service.register(
@@ -128,7 +132,10 @@ class IngestProcess:
             proofs=store,
             health_checks=self.service.health_checks(),
             stopping=lc.stopping,
+            tracer=self.tracer,
         )
+        if self.tracer is not None:
+            lc.on_close("tracing", self.tracer.aclose)
         runner = web.AppRunner(
             build_app(settings, deps), access_log=None,
             shutdown_timeout=settings.shutdown_grace_s, handle_signals=False,
@@ -162,13 +169,14 @@ async def run_ingest(
     lifecycle: Lifecycle | None = None,
     metrics: Metrics | None = None,
     on_listening: Callable[[str], None] | None = None,
+    tracer: EntryTracer | None = None,
 ) -> None:
     """Run the ingest service until SIGTERM/SIGINT (or ``lifecycle.request_stop``).
 
     When ``lifecycle`` is given, signal handling is the caller's business. ``on_listening``
     receives the base URL once the port is bound (useful with ``http_port=0``).
     """
-    process = IngestProcess(settings, metrics=metrics, on_listening=on_listening)
+    process = IngestProcess(settings, metrics=metrics, on_listening=on_listening, tracer=tracer)
     await process.run(lifecycle=lifecycle, install_signals=lifecycle is None)
 
 

@@ -62,9 +62,11 @@ class EntryView:
     submitted_at: datetime
     anchored_at: datetime | None
     content_sha256: str | None = None
+    #: the runbook's integer id of a row from its service (docs/upgrading.md)
+    legacy_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "id": str(self.id),
             "subject": self.subject,
             "payload_hash": self.payload_hash,
@@ -79,6 +81,9 @@ class EntryView:
             "submitted_at": format_time(self.submitted_at),
             "anchored_at": format_time(self.anchored_at) if self.anchored_at else None,
         }
+        if self.legacy_id is not None:
+            body["legacy_id"] = self.legacy_id
+        return body
 
     @classmethod
     def from_signed(cls, event: SignedEntry) -> EntryView:
@@ -115,6 +120,7 @@ class EntryView:
             submitted_at=entry.submitted_at,
             anchored_at=entry.anchored_at,
             content_sha256=entry.content_sha256,
+            legacy_id=entry.legacy_id,
         )
 
 

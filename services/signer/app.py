@@ -26,6 +26,7 @@ from shared.db import Database
 from shared.health import VaultProbe
 from shared.lifecycle import Lifecycle
 from shared.ops import open_ops_server, register_stage_kafka
+from shared.otel import EntryTracer
 from shared.repository import Repository
 from shared.service import Service, at_once
 from shared.settings import Settings
@@ -45,10 +46,15 @@ log = logging.getLogger("ledger.signer")
 class SignerProcess:
     """The signer's dependencies, registered once, and its work."""
 
-    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, metrics: Metrics | None = None,
+        tracer: EntryTracer | None = None,
+    ) -> None:
         settings = settings.for_stage(STAGE)  # its own Kafka principal, if configured
         self.settings = settings
         self.metrics = metrics or Metrics()
+        # LEDGER_OTEL_ENABLED: one span per entry (shared.otel); None: off
+        self.tracer = tracer or EntryTracer.from_settings(settings, STAGE)
         self.service = Service(STAGE, grace_s=settings.shutdown_grace_s)
         self.loop: ConsumerLoop[Any] | None = None
         self._rebalance = RebalanceHooks()
@@ -94,7 +100,10 @@ class SignerProcess:
             batch_max=settings.signer_batch_max,
             metrics=self.metrics,
             max_meta_bytes=settings.max_meta_bytes,
+            tracer=self.tracer,
         )
+        if self.tracer is not None:
+            lc.on_close("tracing", self.tracer.aclose)
         self.loop = ConsumerLoop(
             stage,
             self.consumer.client,
@@ -124,8 +133,9 @@ async def run_signer(
     lifecycle: Lifecycle | None = None,
     metrics: Metrics | None = None,
     install_signals: bool = True,
+    tracer: EntryTracer | None = None,
 ) -> None:
     """Run the signer until SIGTERM/SIGINT (or ``lifecycle.request_stop``), then drain."""
-    await SignerProcess(settings, metrics=metrics).run(
+    await SignerProcess(settings, metrics=metrics, tracer=tracer).run(
         lifecycle=lifecycle, install_signals=install_signals
     )

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from opentelemetry.trace import Span
+
 from shared import fastjson
 from shared.errors import (
     IdempotencyConflict,
@@ -51,6 +53,7 @@ from shared.errors import (
 )
 from shared.kafka import Record
 from shared.messages import AppendRequest, decode
+from shared.otel import SIGNER_SPAN, EntryTracer, ended
 from shared.records import EntryRecord, NewEntry
 from shared.stage import Message, Rejection, Turn
 from shared.statement import content_sha256, entry_id_for, statement_bytes
@@ -195,6 +198,7 @@ class _Resolution:
     to_sign: dict[str, SignRequest]  # request id → first message with that id
     rejected: list[Rejection]
     outcome: dict[str, str]  # request id → "new" | "existing"
+    started_ns: int = 0  # when the batch's work began (tracing on only: the spans' start)
 
 
 class SignerStage:
@@ -212,8 +216,10 @@ class SignerStage:
         batch_max: int,
         metrics: Metrics,
         max_meta_bytes: int = DEFAULT_MAX_META_BYTES,
+        tracer: EntryTracer | None = None,
     ) -> None:
         self._max_meta_bytes = max_meta_bytes
+        self._tracer = tracer
         self._store = store
         self._vault = vault
         self._publisher = publisher
@@ -232,7 +238,8 @@ class SignerStage:
         and other content, the earlier one is stored and the later one refused."""
         ids = list(dict.fromkeys(m.value.request.request_id for m in messages))
         stored = await self._store.entries_by_request_id(ids)
-        res = _Resolution(publish={}, to_sign={}, rejected=[], outcome={})
+        res = _Resolution(publish={}, to_sign={}, rejected=[], outcome={},
+                          started_ns=time.time_ns() if self._tracer is not None else 0)
         for m in messages:
             self._resolve(res, m, stored.get(m.value.request.request_id))
         new_rows = await self._sign(list(res.to_sign.values())) if res.to_sign else []
@@ -358,17 +365,27 @@ class SignerStage:
 
     async def _publish(self, res: _Resolution) -> None:
         events: list[SignedEvent] = []
+        spans: list[Span] = []
         debug = log.isEnabledFor(logging.DEBUG)
         for rid, (value, req) in res.publish.items():
             entry_id = str(req.entry_id)
+            trace: Sequence[tuple[str, bytes]] = req.trace_headers
+            if self._tracer is not None:  # the event then names this entry's signer span
+                span, trace = self._tracer.start_from(
+                    SIGNER_SPAN, req.trace_headers, entry_id=req.entry_id,
+                    start_ns=res.started_ns)
+                if span is not None:
+                    span.set_attribute("ledger.outcome", res.outcome.get(rid, ""))
+                    spans.append(span)
             headers = [
                 ("entry_id", entry_id.encode()),
                 ("request_id", rid.encode()),
-                *req.trace_headers,
+                *trace,
             ]
             events.append((req.request.subject, value, headers))
             if debug:
                 with log_context(request_id=rid, entry_id=entry_id):
                     log.debug("entry stored", extra={"outcome": res.outcome.get(rid)})
         if events:
-            await self._publisher.publish_signed(events)
+            with ended(spans):
+                await self._publisher.publish_signed(events)

@@ -189,12 +189,12 @@ def v2_trust(settings: Settings) -> Any:
 
 @contextlib.asynccontextmanager
 async def running(
-    fn: Callable[..., Coroutine[Any, Any, None]], settings: Settings, name: str
+    fn: Callable[..., Coroutine[Any, Any, None]], settings: Settings, name: str, **more: Any
 ) -> AsyncIterator[Metrics]:
     metrics = Metrics()
     lc = Lifecycle(name=name, grace_s=settings.shutdown_grace_s)
     task = asyncio.create_task(
-        fn(settings, lifecycle=lc, metrics=metrics, install_signals=False), name=name
+        fn(settings, lifecycle=lc, metrics=metrics, install_signals=False, **more), name=name
     )
     try:
         yield metrics

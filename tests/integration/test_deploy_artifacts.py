@@ -74,6 +74,10 @@ VALUE_SETS: dict[str, list[str]] = {
         "--set", "image.digest=sha256:" + "ab" * 32,
     ],
     "twelve-partitions": ["--set", "kafka.partitions=12"],
+    "tracing-to-a-collector": [
+        "--set", "extraEnv[0].name=LEDGER_OTEL_ENABLED", "--set-string", "extraEnv[0].value=true",
+        "--set-json", 'networkPolicy.egress.otlp={"ports": [{"port": 4318}]}',
+    ],
 }
 
 
@@ -355,6 +359,14 @@ def test_migrations_hook_pdbs_network_policies_and_service_monitor(helm: Path) -
         spec = policies[f"ledger-signed-ledger-{component}"]["spec"]
         allowed = {p["port"] for rule in spec["ingress"] for p in rule["ports"]}
         assert allowed == ports  # only the ports the stage serves
+    # another egress key (a trace collector) opens for every stage, not for the migrations
+    traced = of_kind(render(helm, *VALUE_SETS["tracing-to-a-collector"]), "NetworkPolicy")
+    for component in (*STAGES, "migrate"):
+        egress = traced[f"ledger-signed-ledger-{component}"]["spec"]["egress"]
+        ports = {p["port"] for rule in egress for p in rule["ports"]}
+        assert (4318 in ports) is (component != "migrate"), (component, ports)
+        before = policies[f"ledger-signed-ledger-{component}"]["spec"]["egress"]
+        assert 4318 not in {p["port"] for rule in before for p in rule["ports"]}
     (monitor,) = of_kind(docs, "ServiceMonitor").values()
     endpoints = {e["port"] for e in monitor["spec"]["endpoints"]}
     service_ports = {p["name"] for s in of_kind(docs, "Service").values()
@@ -419,7 +431,8 @@ def test_dashboard_covers_the_runbook_signals() -> None:
                    "ledger_entries_anchored_total", "ledger_vault_request_seconds_bucket",
                    "ledger_batches_anchored_total", "ledger_anchor_batch_size_bucket",
                    "ledger_pending_batches", "ledger_consumer_lag", "ledger_dlq_messages_total",
-                   "ledger_receipt_verification_failures_total"):
+                   "ledger_receipt_verification_failures_total",
+                   "ledger_unanchored_oldest_age_seconds"):
         assert series in text, series
     titles = {t.lower() for t, _ in queries}
     for words in ("entry rate per stage", "vault latency", "batches anchored",

@@ -112,14 +112,15 @@ async def lane_settings(settings: Settings, tmp_path: Path) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def ingest_running(s: Settings) -> AsyncIterator[Ingest]:
+async def ingest_running(s: Settings, *, tracer: Any = None) -> AsyncIterator[Ingest]:
     writer = create_token(s.tokens_file, "writer", ["append"])
     reader = create_token(s.tokens_file, "reader", ["read"])
     lc = Lifecycle(name="ingest", grace_s=s.shutdown_grace_s)
     metrics = Metrics()
     bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
-        run_ingest(s, lifecycle=lc, metrics=metrics, on_listening=bound.set_result)
+        run_ingest(s, lifecycle=lc, metrics=metrics, on_listening=bound.set_result,
+                   tracer=tracer)
     )
     waitables: set[asyncio.Future[Any]] = {bound, task}
     done, _ = await asyncio.wait(waitables, timeout=60, return_when=asyncio.FIRST_COMPLETED)
@@ -138,9 +139,10 @@ async def ingest_running(s: Settings) -> AsyncIterator[Ingest]:
 
 
 @contextlib.asynccontextmanager
-async def signer_running(s: Settings) -> AsyncIterator[None]:
+async def signer_running(s: Settings, *, tracer: Any = None) -> AsyncIterator[None]:
     lc = Lifecycle(name="signer", grace_s=s.shutdown_grace_s)
-    task = asyncio.create_task(run_signer(s, lifecycle=lc, metrics=Metrics(), install_signals=False))
+    task = asyncio.create_task(run_signer(s, lifecycle=lc, metrics=Metrics(), install_signals=False,
+                                          tracer=tracer))
     try:
         yield
     finally:
@@ -335,7 +337,8 @@ async def test_list_filters_and_pagination_walk_every_entry_once(lane_settings, 
             assert pages == 4
 
         # time range: [created_at of the 5th, created_at of the 10th) in ascending order
-        status, page = await ing.get("/entries", {"subject": subj_a, "limit": "1000"})
+        status, page = await ing.get("/entries", {"subject": subj_a, "limit": "1000",
+                                                  "order": "asc"})
         entries = page["entries"]
         lo, hi = entries[4]["created_at"], entries[9]["created_at"]
         status, ranged = await ing.get("/entries", {"subject": subj_a, "from": lo, "to": hi})

@@ -253,6 +253,27 @@ async def test_old_unbatched_entries_and_pending_batches(repo: Any):
     assert await repo.pending_batches(older_than_s=3600, limit=10) == []
 
 
+async def test_the_age_of_the_oldest_unanchored_entry(repo: Any):
+    assert await repo.unanchored_oldest_age_s() == 0.0, "nothing stored: no age"
+    entries = [new_entry(f"a{i}") for i in range(2)]
+    await repo.insert_entries(entries[:1])
+    first = await repo.unanchored_oldest_age_s()
+    await repo.insert_entries(entries[1:])
+    later = await repo.unanchored_oldest_age_s()
+    assert 0.0 <= first <= later < 60, (first, later)
+    batch = new_batch([entries[0].id], {entries[0].id: entries[0].leaf_hash()})
+    await repo.claim(batch)
+    assert await repo.unanchored_oldest_age_s() >= later, "claimed is not anchored yet"
+    await repo.complete(batch.id, receipt())
+    assert 0.0 <= await repo.unanchored_oldest_age_s() < 60, "the younger one is left"
+    batch = dataclasses.replace(  # batches are unique by manifest
+        new_batch([entries[1].id], {entries[1].id: entries[1].leaf_hash()}),
+        manifest=b"second", manifest_sha256=hashlib.sha256(b"second").digest())
+    await repo.claim(batch)
+    await repo.complete(batch.id, receipt())
+    assert await repo.unanchored_oldest_age_s() == 0.0, "everything anchored: no age"
+
+
 async def test_the_first_pin_wins(repo: Any):
     assert await repo.pinned_log_key("http://rekor") is None
     assert await repo.pin_log_key(rekor_url="http://rekor", pem="A", log_id="1") == "A"

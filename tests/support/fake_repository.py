@@ -152,6 +152,12 @@ class FakeRepository:
         self._call("pending_count")
         return sum(1 for b in self.batches.values() if b.state == "pending")
 
+    async def unanchored_oldest_age_s(self) -> float:
+        self._call("unanchored_oldest_age_s")
+        oldest = min((e.created_at for e in self.entries_by_id.values()
+                      if e.anchored_at is None), default=None)
+        return 0.0 if oldest is None else max(0.0, (self.clock() - oldest).total_seconds())
+
     async def claim(self, batch: NewBatch) -> None:
         self._call("claim")
         free = [i for i in batch.member_ids

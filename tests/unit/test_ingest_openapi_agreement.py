@@ -208,6 +208,12 @@ def test_patterns_in_the_document_match_the_server():
 # --- GET /entries ------------------------------------------------------------------------------
 
 
+def test_entries_are_listed_newest_first_unless_asked_otherwise():
+    params = {p["name"]: p["schema"] for p in DOC["paths"]["/entries"]["get"]["parameters"]}
+    assert params["order"]["default"] == _entry_filter(MultiDict({})).order == "desc"
+    assert _entry_filter(MultiDict({"order": "asc"})).order == "asc"
+
+
 def server_accepts_query(query: dict[str, str]) -> bool:
     try:
         _entry_filter(MultiDict(query))

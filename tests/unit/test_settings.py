@@ -29,7 +29,10 @@ def test_other_settings_use_the_ledger_prefix_and_are_typed() -> None:
     assert all(name.startswith("LEDGER_") or name in {
         "KAFKA_BOOTSTRAP_SERVERS", "CRDB_DSN", "VAULT_ADDR", "VAULT_TOKEN", "VAULT_TRANSIT_KEY",
         "REKOR_SERVER_URL", "VAULT_TOKEN_FILE", "VAULT_CACERT", "KAFKA_SECURITY_PROTOCOL",
-        "KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"} for name in ENV_NAMES.values())
+        "KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE",
+        # OpenTelemetry's own variables, as its specification names them
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
+        "OTEL_SERVICE_NAME"} for name in ENV_NAMES.values())
 
 
 def test_empty_values_mean_the_default() -> None:

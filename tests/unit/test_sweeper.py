@@ -16,6 +16,7 @@ from services.anchorer.sweeper import Sweeper, SweepReport
 from shared.errors import ConfigError, RekorUnavailable
 from shared.records import EntryRecord, NewBatch
 from shared.telemetry import Metrics
+from shared.verify import RekorReceipt
 from tests.support.fake_repository import FakeRepository
 
 pytestmark = pytest.mark.unit
@@ -196,3 +197,24 @@ async def test_run_sweeps_at_once_then_every_interval_until_stopped() -> None:
     w.sweeper.sweep_once = counted  # type: ignore[method-assign]
     await asyncio.wait_for(w.sweeper.run(stopping), timeout=5)
     assert rounds == [1], "the first round runs at start; a stop ends the wait at once"
+
+
+async def test_every_round_sets_the_age_of_the_oldest_unanchored_entry() -> None:
+    w = World()
+    await w.sweeper.sweep_once()
+    assert w.metric("ledger_unanchored_oldest_age_seconds") == 0, "nothing stored: 0"
+    w.repo.add_entry(entry(1, age_s=5))
+    w.repo.add_entry(entry(2, age_s=AGE_S * 2))  # never batched: the sweeper batches it
+    await w.sweeper.sweep_once()
+    assert w.metric("ledger_unanchored_oldest_age_seconds") == AGE_S * 2, (
+        "batched (pending) is not anchored: the oldest entry still counts")
+    (batch_id,) = w.repo.batches  # the old entry's batch is anchored: the young one is left
+    await w.repo.complete(batch_id, RekorReceipt(
+        uuid="ab" * 40, log_index=1, tree_index=0, log_id="cd" * 32, integrated_time=1,
+        body="e30=", signed_entry_timestamp="c2V0", inclusion_hashes=(), root_hash="ef" * 32,
+        tree_size=1))
+    await w.sweeper.sweep_once()
+    assert w.metric("ledger_unanchored_oldest_age_seconds") == 5
+    w.repo.down = True
+    await w.sweeper.sweep_once()
+    assert w.metric("ledger_unanchored_oldest_age_seconds") == 5, "kept while unreadable"
