@@ -2,13 +2,13 @@
 restores them from its retained ``ledger.anchored`` events.
 
 A private database and lane are filled by the real signer and anchorer (OpenBao, the
-session's Rekor v1); ``pg_dump`` backs the database up; more entries are appended and
-anchored; the older backup is restored with ``pg_restore``. The offline audit cannot tell
+session's Rekor v1); two entries are signed but not yet batched when ``pg_dump`` backs the
+database up; they and more entries are then anchored; the older backup is restored with ``pg_restore``. The offline audit cannot tell
 (the backup is consistent); ``ledger audit --online --events-topic`` names exactly the
 batches the backup lacks and exits 1. ``ledger restore`` refuses them against a Rekor key
 that is not the log's, writing nothing, then restores them verified against the pinned one;
-a second run restores nothing more; the final audit is clean and every entry is there
-exactly once, every batch complete.
+the rows that survived unbatched are attached to their batch; a second run restores nothing
+more; the final audit is clean and every entry is there exactly once, every batch complete.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-OLD, NEW = 6, 7
+OLD, MID, NEW = 6, 2, 7
 _LOST_RE = re.compile(r"^\u2717 batch ([0-9a-f-]{36}) entry -: lost_batch: Rekor holds it")
 
 
@@ -126,6 +126,10 @@ async def lane(stack: Any, settings: Settings) -> AsyncIterator[Lane]:
     yield Lane(settings=s, dsn=dsn, env=env)
 
 
+async def _has(s: Settings, sql: str, n: int) -> bool:
+    return await _count(s, sql) == n
+
+
 async def _anchored(s: Settings, n: int) -> None:
     async def done() -> bool:
         return await _count(s, "SELECT count(*) FROM ledger.entries"
@@ -163,15 +167,21 @@ async def test_lost_batches_are_found_and_restored_from_events(
 ) -> None:
     s = lane.settings
     backup = tmp_path / "ledger.dump"
-    async with running(run_signer, s, "signer"), running(run_anchorer, s, "anchorer"):
-        await _publish(s, "old", OLD)
-        await _anchored(s, OLD)
+    async with running(run_signer, s, "signer"):
+        async with running(run_anchorer, s, "anchorer"):
+            await _publish(s, "old", OLD)
+            await _anchored(s, OLD)
+        # signed, not yet batched when the backup is taken: the backup has them unbatched
+        await _publish(s, "mid", MID)
+        await wait_for(lambda: _has(s, "SELECT count(*) FROM ledger.entries", OLD + MID),
+                       within=120, what="the entries signed before the backup")
         kept = await _batch_ids(s)
         _pg("pg_dump", "--format=custom", f"--file={backup}", f"--dbname={lane.dsn}")
-        await _publish(s, "new", NEW)
-        await _anchored(s, OLD + NEW)
-        await wait_for(lambda: _events_hold(s, OLD + NEW), within=120, every=1.0,
-                       what="every entry's ledger.anchored event")
+        async with running(run_anchorer, s, "anchorer"):
+            await _publish(s, "new", NEW)
+            await _anchored(s, OLD + MID + NEW)
+            await wait_for(lambda: _events_hold(s, OLD + MID + NEW), within=120, every=1.0,
+                           what="every entry's ledger.anchored event")
     lost = await _batch_ids(s) - kept
     assert kept and lost, (kept, lost)
 
@@ -179,8 +189,10 @@ async def test_lost_batches_are_found_and_restored_from_events(
     _pg("pg_restore", "--clean", "--if-exists", "--single-transaction", "--no-owner",
         f"--dbname={lane.dsn}", str(backup))
     assert await _batch_ids(s) == kept
+    assert await _count(s, "SELECT count(*) FROM ledger.entries WHERE batch_id IS NULL") == MID
     code, out = await lane.ledger("audit")
     assert code == 0, out  # consistent in itself: only the log and the events know better
+    assert f"unanchored entries: {MID}" in out, out
 
     code, out = await lane.audit()
     assert code == 1, out
@@ -211,10 +223,13 @@ async def test_lost_batches_are_found_and_restored_from_events(
     code, out = await lane.audit()
     assert code == 0, out
     assert "lost batches: 0" in out and "AUDIT CLEAN" in out
-    assert f"entries checked: {OLD + NEW} anchored" in out, out
+    assert f"entries checked: {OLD + MID + NEW} anchored" in out, out
     assert await _batch_ids(s) == kept | lost
-    assert await _count(s, "SELECT count(*) FROM ledger.entries") == OLD + NEW
-    assert await _count(s, "SELECT count(DISTINCT request_id) FROM ledger.entries") == OLD + NEW
+    total = OLD + MID + NEW
+    assert await _count(s, "SELECT count(*) FROM ledger.entries") == total
+    assert await _count(s, "SELECT count(DISTINCT request_id) FROM ledger.entries") == total
+    assert await _count(s, "SELECT count(*) FROM ledger.entries WHERE batch_id IS NULL"
+                           " OR anchored_at IS NULL") == 0  # the unbatched rows were attached
     assert await _count(
         s, "SELECT count(*) FROM ledger.batches b WHERE b.size <> (SELECT count(*) FROM"
            " ledger.entries e WHERE e.batch_id = b.id)") == 0
