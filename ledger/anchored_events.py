@@ -39,6 +39,10 @@ __all__ = ["EventBatch", "EventScan", "batch_record", "check_batch", "entry_reco
            "rekor_problems"]
 
 
+#: how long the scan waits to be given the topic's partitions before it gives up
+_ASSIGN_S = 60.0
+
+
 @dataclass
 class EventBatch:
     """The events of one batch found in the topic, by leaf index (the first of each)."""
@@ -91,9 +95,13 @@ async def read_lost_batches(
     consumer = await make_consumer(
         settings, group_id=f"ledger-events-scan-{uuid.uuid4().hex[:12]}", topics=[topic],
         client_id="ledger-events-scan")
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     try:
         while True:
+            if not consumer.assignment() and time.monotonic() > started + _ASSIGN_S:
+                raise ConfigError(f"no partition of {topic} was assigned within "
+                                  f"{_ASSIGN_S:.0f}s: does the topic exist?")
             if time.monotonic() > deadline:
                 raise ConfigError(f"{topic} was not read to its end within {timeout_s:.0f}s "
                                   "(does the topic exist?)")
