@@ -77,3 +77,21 @@ def test_another_log_key_refuses_every_event(world: World) -> None:
     other = _pem(ec.generate_private_key(ec.SECP256R1()))
     problems = check_batch(_batch(world.events), other)
     assert sum("does not verify" in p for p in problems) == SIZE, problems
+
+
+def test_the_event_search_needs_online(capsys: pytest.CaptureFixture[str]) -> None:
+    from ledger.cli import build_parser  # noqa: PLC0415
+
+    args = build_parser().parse_args(["audit", "--events-topic", "ledger.anchored"])
+    assert args.func(args) == 2
+    assert "--events-topic needs --online" in capsys.readouterr().err
+
+
+def test_restore_needs_a_topic() -> None:
+    from ledger.cli import build_parser  # noqa: PLC0415
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["restore"])
+    args = build_parser().parse_args(["restore", "--from-topic", "t", "--batch",
+                                      "00000000-0000-0000-0000-000000000001", "--dry-run"])
+    assert args.from_topic == "t" and args.dry_run and len(args.batch) == 1
