@@ -153,6 +153,10 @@ def register(register_command: Callable[..., None]) -> None:
                      "anchoring (after ledger migrate)", legacy.configure,
                      legacy.cmd_import_legacy)
 
+    from ledger import restore  # noqa: PLC0415 - keeps the module list above readable
+
+    restore.register(register_command)
+
 
 # --- ledger dev ----------------------------------------------------------------------------
 

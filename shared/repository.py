@@ -103,6 +103,35 @@ AUDIT_BATCH_COLUMNS = (
     f"{BATCH_COLUMNS}, rekor_uuid, rekor_log_index, rekor_log_id, integrated_time"
 )
 _PINNED_KEY = "SELECT public_key FROM ledger.rekor_pins WHERE rekor_url = $1"
+# ``ledger restore``: an anchored batch and its members written back from their events
+_RESTORE_ENTRIES = """
+INSERT INTO ledger.entries
+    (id, subject, payload_hash, sig, pubkey, meta, request_id, key_name, key_version,
+     statement, submitted_at, content_sha256, leaf_hash, created_at, batch_id, leaf_index,
+     rekor_log_id, rekor_index, anchored_at)
+SELECT u.id, u.subject, u.payload_hash, u.sig, u.pubkey, u.meta::jsonb, u.request_id,
+       u.key_name, u.key_version, u.statement, u.submitted_at, u.content_sha256, u.leaf_hash,
+       u.created_at, $1, u.leaf_index, $2, $3, u.anchored_at
+FROM unnest($4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+            $10::text[], $11::text[], $12::int[], $13::bytea[], $14::timestamptz[],
+            $15::text[], $16::bytea[], $17::timestamptz[], $18::int[], $19::timestamptz[])
+     AS u(id, subject, payload_hash, sig, pubkey, meta, request_id, key_name, key_version,
+          statement, submitted_at, content_sha256, leaf_hash, created_at, leaf_index,
+          anchored_at)
+"""
+_RESTORE_ATTACH = (
+    "UPDATE ledger.entries AS e SET batch_id = $1, leaf_index = u.idx, rekor_log_id = $2,"
+    " rekor_index = $3, anchored_at = u.at"
+    " FROM unnest($4::uuid[], $5::int[], $6::timestamptz[]) AS u(id, idx, at)"
+    " WHERE e.id = u.id AND (e.batch_id IS NULL OR e.batch_id = $1)"
+)
+_RESTORE_BATCH = (
+    "INSERT INTO ledger.batches (id, created_at, state, size, root_hash, manifest,"
+    " manifest_sha256, anchor_sig, anchor_key_version, anchor_pubkey, rekor_uuid,"
+    " rekor_log_index, rekor_log_id, integrated_time, receipt, anchored_at)"
+    " VALUES ($1, $2, 'anchored', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb,"
+    " $15)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +470,71 @@ class Repository:
             " ORDER BY e.id LIMIT $2",
             after, limit,
         )
+
+
+    # --- ``ledger restore`` -------------------------------------------------------------
+
+    async def restore_batch(
+        self, batch: BatchRecord, members: Sequence[EntryRecord]
+    ) -> Literal["restored", "present"]:
+        """Write back an anchored batch lost by the database, with all its members, in one
+        transaction (``ledger restore``, after the caller verified them).
+
+        ``present`` (nothing written) when a batch with this id or manifest exists. A member
+        row that exists unbatched (or claiming this batch) with the same leaf is attached to
+        the batch; any other existing row is a conflict: :class:`ClaimRaced`, nothing written.
+        """
+        if batch.receipt is None or len(members) != batch.size:
+            raise ValueError("restore_batch needs an anchored batch and all its members")
+        receipt = batch.receipt
+        ids = [m.id for m in members]
+
+        async def tx(t: Tx) -> Literal["restored", "present"]:
+            if await t.fetchval(
+                "SELECT count(*) FROM ledger.batches WHERE id = $1 OR manifest_sha256 = $2",
+                batch.id, batch.manifest_sha256,
+            ):
+                return "present"
+            rows = await t.fetch(
+                f"SELECT {ENTRY_COLUMNS} FROM ledger.entries WHERE id = ANY($1::uuid[])"  # noqa: S608
+                " FOR UPDATE", ids)
+            existing = {r["id"]: EntryRecord.from_row(r) for r in rows}
+            attach = [m for m in members if m.id in existing]
+            for m in attach:
+                row = existing[m.id]
+                if row.batch_id not in (None, batch.id) or (
+                        row.content_leaf_hash() != m.content_leaf_hash()):
+                    raise ClaimRaced(f"entry {m.id} is in the database as another row or in "
+                                     f"batch {row.batch_id}")
+            new = [m for m in members if m.id not in existing]
+            await t.execute(
+                _RESTORE_ENTRIES, batch.id, receipt.uuid, receipt.log_index,
+                [m.id for m in new], [m.subject for m in new], [m.payload_hash for m in new],
+                [m.sig for m in new], [m.pubkey for m in new],
+                [fastjson.dumps(m.meta).decode() for m in new], [m.request_id for m in new],
+                [m.key_name for m in new], [m.key_version for m in new],
+                [m.statement for m in new], [m.submitted_at for m in new],
+                [m.content_sha256 for m in new], [m.content_leaf_hash() for m in new],
+                [m.created_at for m in new], [m.leaf_index for m in new],
+                [m.anchored_at for m in new],
+            )
+            status = await t.execute(
+                _RESTORE_ATTACH, batch.id, receipt.uuid, receipt.log_index,
+                [m.id for m in attach], [m.leaf_index for m in attach],
+                [m.anchored_at for m in attach])
+            if _affected(status) != len(attach):
+                raise ClaimRaced(f"attached {_affected(status)} of {len(attach)} rows")
+            await t.execute(
+                _RESTORE_BATCH, batch.id, batch.created_at, batch.size, batch.root_hash,
+                batch.manifest, batch.manifest_sha256, batch.anchor_sig,
+                batch.anchor_key_version, batch.anchor_pubkey, receipt.uuid, receipt.log_index,
+                receipt.log_id,
+                receipt.integrated_time if isinstance(receipt, RekorReceipt) else None,
+                receipt.model_dump_json(), batch.anchored_at,
+            )
+            return "restored"
+
+        return await self._db.transaction(tx)
 
 
 def _affected(status: str) -> int:

@@ -34,6 +34,8 @@ wrong. Its modules:
               one batch and its members (pure)
 ``report``    :class:`Problem` and :class:`AuditReport`: what was found, and its printed form
 ``scan``      :func:`run_audit`: reads the database in chunks and feeds the checkers
+``lost``      :func:`find_lost_batches`: with ``--online --events-topic``, the batches the
+              retained ``ledger.anchored`` events and Rekor hold but the database lost
 ``progress``  progress on stderr
 ``command``   :func:`configure` and :func:`cmd_audit`: the options, the pinned Rekor key
               (:func:`resolve_log_key`), the exit status

@@ -121,6 +121,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--online", action="store_true",
                    help="also fetch each batch's entry from Rekor (REKOR_SERVER_URL) and compare "
                         "it with the stored receipt (Rekor v1 batches)")
+    p.add_argument("--events-topic", default=None, metavar="TOPIC",
+                   help="with --online, also read this retained ledger.anchored topic to its "
+                        "end and name every batch it and Rekor hold that the database lost")
     p.add_argument("--rekor-key", default=None, metavar="PEM",
                    help="the Rekor log public key you pin (default: LEDGER_REKOR_PUBLIC_KEY, "
                         "else the pin in ledger.rekor_pins)")
@@ -166,6 +169,16 @@ async def _main(args: argparse.Namespace, out: TextIO | None, err: TextIO) -> Au
             report = await run_audit(repo, log_key, batch_id=args.batch, rekor=rekor,
                                      chunk=args.chunk_size, on_problem=show, progress=progress,
                                      v2_trust=v2_trust)
+            if rekor is not None and args.events_topic:
+                from .lost import find_lost_batches  # noqa: PLC0415
+
+                def lost(problem: Problem) -> None:
+                    report.problems.append(problem)
+                    show(problem)
+
+                report.lost_search = await find_lost_batches(
+                    settings, args.events_topic, db=repo, rekor=rekor, log_key=log_key,
+                    emit=lost)
         finally:
             if rekor is not None:
                 await rekor.close()
@@ -179,6 +192,10 @@ def cmd_audit(args: argparse.Namespace, *, out: TextIO | None = None,
               err: TextIO | None = None) -> int:
     """``ledger audit``: exit 0 clean, 1 problems found, 2 the audit could not run."""
     err = err or sys.stderr
+    if args.events_topic and not args.online:
+        print("ledger audit: error: --events-topic needs --online (each lost batch is "
+              "checked against Rekor)", file=err)
+        return EXIT_ERROR
     if args.chunk_size < 1:
         print("ledger audit: error: --chunk-size must be at least 1", file=err)
         return EXIT_ERROR

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol, TextIO
 
-__all__ = ["LineProgress", "NoProgress", "Progress", "RichProgress"]
+__all__ = ["LineProgress", "NoProgress", "Progress", "RichProgress", "StepProgress"]
 
 
 class Progress(Protocol):
@@ -102,3 +102,48 @@ class RichProgress:
 
     def stop(self) -> None:
         self._progress.stop()
+
+
+class StepProgress:
+    """Progress of a command made of steps (``ledger restore``, the audit's event scan): a
+    rich bar per step on a terminal, a line per step and at the end elsewhere."""
+
+    def __init__(self, stream: TextIO, name: str) -> None:
+        self._stream, self._name = stream, name
+        self._bar: Any = None
+        self._task: Any = None
+        self._step, self._done = "", 0
+        if stream.isatty():
+            from rich.console import Console  # noqa: PLC0415
+            from rich.progress import (  # noqa: PLC0415
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+            from rich.progress import Progress as Bar  # noqa: PLC0415
+
+            self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=Console(file=stream), transient=True)
+            self._bar.start()
+
+    def begin(self, step: str, total: int | None) -> None:
+        self._end_step()
+        self._step, self._done = step, 0
+        if self._bar is not None:
+            self._task = self._bar.add_task(f"{self._name}: {step}", total=total)
+
+    def advance(self, n: int) -> None:
+        self._done += n
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n)
+
+    def _end_step(self) -> None:
+        if self._step and self._bar is None:
+            print(f"{self._name}: {self._step}: {self._done}", file=self._stream, flush=True)
+
+    def stop(self) -> None:
+        self._end_step()
+        self._step = ""
+        if self._bar is not None:
+            self._bar.stop()

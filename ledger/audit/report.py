@@ -66,6 +66,8 @@ class AuditReport:
     rekor_log_id: str = ""
     online: bool = False
     whole_ledger: bool = True
+    #: with ``--events-topic``: how the batches the database lost were searched for
+    lost_search: str = ""
 
     @property
     def clean(self) -> bool:
@@ -88,6 +90,10 @@ class AuditReport:
             lines.append("unanchored entries: 0")
         if self.other_rows:
             lines.append(f"rows claiming a batch that does not exist: {self.other_rows}")
+        if self.lost_search:
+            lines.append(self.lost_search)
+        elif self.online and self.whole_ledger:
+            lines.append("lost batches: not searched (pass --events-topic ledger.anchored)")
         lines.append(f"Rekor key: log id {self.rekor_log_id} ({self.rekor_key_source})")
         if not self.whole_ledger:
             lines.append("scope: one batch (rows outside it were not checked)")
@@ -106,5 +112,6 @@ class AuditReport:
             "scope": "ledger" if self.whole_ledger else "batch",
             "online": self.online,
             "rekor_key": {"log_id": self.rekor_log_id, "source": self.rekor_key_source},
+            "lost_batches_search": self.lost_search or None,
             "problems": [p.as_json() for p in self.problems],
         }
