@@ -3,7 +3,8 @@
 Batches anchored in Rekor v2 are verified against the pinned v2 trust: the log key
 (``--rekor-v2-key``, default the pinned Rekor key above), the log's origin (``--rekor-origin``,
 default ``LEDGER_REKOR_ORIGIN``) and the TSA chain (``--tsa-chain``, default the file
-``LEDGER_TSA_CERT_CHAIN`` names). Without origin and chain, every v2 batch is a problem.
+``LEDGER_TSA_CERT_CHAIN`` names; from configuration alone, both or neither). Without origin
+and chain, every v2 batch is a problem.
 
 Exit status: 0 clean, 1 when any problem was found, 2 when the audit could not run (usage,
 configuration, no pinned Rekor key, database or Rekor unreachable). The only module of the
@@ -16,10 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import uuid
-from collections.abc import Mapping
 from typing import Protocol, TextIO
 
 from shared.errors import ConfigError, LedgerError, VerificationError
@@ -92,16 +91,23 @@ def resolve_v2_trust(
     v2_key_file: str | None,
     origin: str | None,
     tsa_chain_file: str | None,
-    environ: Mapping[str, str] = os.environ,
+    configured_origin: str = "",
+    configured_chain: str = "",
 ) -> V2Trust | None:
-    """The pinned Rekor v2 trust, or None when no origin and no TSA chain are given: the
-    key is ``--rekor-v2-key`` or else ``log_key``; the origin ``--rekor-origin`` or else
-    ``LEDGER_REKOR_ORIGIN``; the chain the file ``--tsa-chain`` or ``LEDGER_TSA_CERT_CHAIN``
-    names. Only one of origin and chain is a ConfigError naming the other."""
-    origin = origin or environ.get("LEDGER_REKOR_ORIGIN") or None
-    chain_file = tsa_chain_file or environ.get("LEDGER_TSA_CERT_CHAIN") or None
-    if origin is None and chain_file is None:
+    """The pinned Rekor v2 trust, or None when none is given: the key is ``--rekor-v2-key``
+    or else ``log_key``; the origin ``--rekor-origin`` or else ``LEDGER_REKOR_ORIGIN``
+    (``configured_origin``); the chain the file ``--tsa-chain`` or else
+    ``LEDGER_TSA_CERT_CHAIN`` (``configured_chain``) names.
+
+    An option given on the command line whose other half is missing is a ConfigError naming
+    it. From configuration alone both halves are needed, and one without the other is no
+    trust (an environment that names a timestamp authority for other uses, such as the local
+    stack's, does not make the audit fail; its v2 batches are then reported unverified).
+    """
+    if origin is None and tsa_chain_file is None and not (configured_origin and configured_chain):
         return None
+    origin = origin or configured_origin or None
+    chain_file = tsa_chain_file or configured_chain or None
     if origin is None:
         raise ConfigError("a TSA chain without a Rekor v2 origin: pass --rekor-origin ORIGIN "
                           "(or set LEDGER_REKOR_ORIGIN)")
@@ -155,7 +161,9 @@ async def _main(args: argparse.Namespace, out: TextIO | None, err: TextIO) -> Au
             repo, rekor_key_file=args.rekor_key, configured=settings.rekor_public_key,
             rekor_url=settings.rekor_server_url)
         v2_trust = resolve_v2_trust(log_key, v2_key_file=args.rekor_v2_key,
-                                    origin=args.rekor_origin, tsa_chain_file=args.tsa_chain)
+                                    origin=args.rekor_origin, tsa_chain_file=args.tsa_chain,
+                                    configured_origin=settings.rekor_origin,
+                                    configured_chain=settings.tsa_cert_chain)
         progress: Progress = RichProgress(err) if err.isatty() else LineProgress(err)
 
         def show(problem: Problem) -> None:

@@ -114,23 +114,29 @@ def test_receipt_problems_need_the_trust_of_the_receipts_version() -> None:
 
 def test_no_origin_and_no_chain_is_no_v2_trust() -> None:
     key = load_log_key((fx.DATA / "log-ed25519.pub.pem").read_bytes())
+    assert resolve_v2_trust(key, v2_key_file=None, origin=None, tsa_chain_file=None) is None
+
+
+def test_a_configured_tsa_chain_alone_is_no_v2_trust_and_no_error() -> None:
+    """The local stack's environment names its TSA chain (LEDGER_TSA_CERT_CHAIN) for every
+    process, and no origin unless it anchors in v2: the audit must still run."""
+    key = load_log_key((fx.DATA / "log-ed25519.pub.pem").read_bytes())
     assert resolve_v2_trust(key, v2_key_file=None, origin=None, tsa_chain_file=None,
-                            environ={}) is None
+                            configured_chain=str(fx.DATA / "tsa.chain.pem")) is None
 
 
 def test_the_v2_trust_from_options_or_the_environment() -> None:
     key = load_log_key((fx.DATA / "log-ed25519.pub.pem").read_bytes())
     chain = str(fx.DATA / "tsa.chain.pem")
     from_options = resolve_v2_trust(key, v2_key_file=None, origin=fx.ORIGIN,
-                                    tsa_chain_file=chain, environ={})
+                                    tsa_chain_file=chain)
     from_env = resolve_v2_trust(key, v2_key_file=None, origin=None, tsa_chain_file=None,
-                                environ={"LEDGER_REKOR_ORIGIN": fx.ORIGIN,
-                                         "LEDGER_TSA_CERT_CHAIN": chain})
+                                configured_origin=fx.ORIGIN, configured_chain=chain)
     assert from_options is not None and from_options == from_env
     assert from_options.key_id == fx.trust().key_id
     other = load_log_key((fx.DATA / "log-ecdsa.pub.pem").read_bytes())
     with_v2_key = resolve_v2_trust(other, v2_key_file=str(fx.DATA / "log-ed25519.pub.pem"),
-                                   origin=fx.ORIGIN, tsa_chain_file=chain, environ={})
+                                   origin=fx.ORIGIN, tsa_chain_file=chain)
     assert with_v2_key is not None and with_v2_key.key_id == fx.trust().key_id
 
 
@@ -146,5 +152,4 @@ def test_an_incomplete_or_unusable_v2_trust_is_a_config_error(
     key = load_log_key((fx.DATA / "log-ed25519.pub.pem").read_bytes())
     chain_file = str(Path(fx.DATA) / chain) if chain else None
     with pytest.raises(ConfigError, match=words):
-        resolve_v2_trust(key, v2_key_file=None, origin=origin, tsa_chain_file=chain_file,
-                         environ={})
+        resolve_v2_trust(key, v2_key_file=None, origin=origin, tsa_chain_file=chain_file)
