@@ -25,18 +25,17 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 
 from shared.errors import RekorConflict, RekorError, RekorUnavailable
+from shared.http_client import SessionClient
 from shared.settings import Settings
 
 __all__ = ["ConsistencyProof", "LogInfo", "RekorClient", "RekorEntry"]
 
 _UUID_RE = re.compile(r"\b([0-9a-fA-F]{80}|[0-9a-fA-F]{64})\b")
-_USER_AGENT = "signed-ledger/0.1 (rekor-client)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +76,10 @@ class ConsistencyProof:
     hashes: tuple[str, ...]
 
 
-class RekorClient:
+class RekorClient(SessionClient):
     """A Rekor v1 client. Use as ``async with RekorClient(...) as rekor:`` or call close()."""
+
+    user_agent = "signed-ledger/0.1 (rekor-client)"
 
     def __init__(
         self,
@@ -87,12 +88,8 @@ class RekorClient:
         timeout_s: float,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be positive")
         self._base = base_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session = session
-        self._owns_session = session is None
+        super().__init__(timeout_s=timeout_s, session=session)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RekorClient:
@@ -101,23 +98,6 @@ class RekorClient:
     @property
     def base_url(self) -> str:
         return self._base
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the session if this client made it; safe to call twice."""
-        session, self._session = self._session, None
-        if session is not None and self._owns_session and not session.closed:
-            await session.close()
 
     # --- the API ------------------------------------------------------------------------------
 
@@ -198,15 +178,6 @@ class RekorClient:
             raise RekorUnavailable(f"Rekor consistency proof is malformed: {exc!r}") from None
 
     # --- HTTP and error translation ----------------------------------------------------------
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            if not self._owns_session:
-                raise RuntimeError("the session given to RekorClient is closed")
-            self._session = aiohttp.ClientSession(
-                headers={"User-Agent": _USER_AGENT}, raise_for_status=False
-            )
-        return self._session
 
     async def _request_json(
         self,

@@ -32,22 +32,23 @@ import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from shared.errors import ConfigError, RekorConflict, RekorError, RekorUnavailable
+from shared.http_client import SessionClient
 from shared.settings import Settings
 from shared.tiles import Checkpoint, TileReader, parse_checkpoint
 from shared.trust import load_configured_key
 from shared.untrusted import read_bounded
+from shared.verify import load_log_key
+from shared.verify_v2 import note_key_id
 
 __all__ = ["RekorV2Client", "RekorV2Entry", "b64", "key_details", "log_id_for"]
 
-_USER_AGENT = "signed-ledger/0.1 (rekor-v2-client)"
 _ENTRIES = "/api/v2/log/entries"
 _MAX_TILE_BYTES = 1 << 20
 
@@ -62,25 +63,16 @@ class RekorV2Entry:
 
 
 def log_id_for(origin: str, public_key: object) -> bytes:
-    """The log id (checkpoint note key id, 32 bytes) rekor-tiles reports for its key.
-
-    Ed25519: ``SHA-256(origin "\\n" 0x01 raw key)`` (the C2SP signed-note key hash); ECDSA:
-    ``SHA-256(DER SubjectPublicKeyInfo)``; RSA: ``SHA-256(origin "\\n" 0xff
-    "PKIX-RSA-PKCS#1v1.5" DER SPKI)``. The note's 4-byte key hint is its prefix.
-    """
-    der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    digest = hashes.Hash(hashes.SHA256())
-    if isinstance(public_key, ed25519.Ed25519PublicKey):
-        raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        digest.update(origin.encode() + b"\n\x01" + raw)
-    elif isinstance(public_key, ec.EllipticCurvePublicKey):
-        digest.update(public_key.public_bytes(*der))
-    elif isinstance(public_key, rsa.RSAPublicKey):
-        rsa_id = b"\xffPKIX-RSA-PKCS#1v1.5"
-        digest.update(origin.encode() + b"\n" + rsa_id + public_key.public_bytes(*der))
-    else:
+    """The log id (checkpoint note key id, 32 bytes) rekor-tiles reports for its key: the
+    verifier's :func:`shared.verify_v2.note_key_id` (Ed25519: ``SHA-256(origin "\\n" 0x01
+    raw key)``; ECDSA: ``SHA-256(DER SubjectPublicKeyInfo)``). The note's 4-byte key hint is
+    its prefix."""
+    if not isinstance(public_key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+                      | rsa.RSAPublicKey):
         raise TypeError(f"no Rekor v2 log id for a {type(public_key).__name__}")
-    return digest.finalize()
+    der = public_key.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    return note_key_id(load_log_key(der), origin)
 
 
 def key_details(public_key_pem: bytes | str) -> tuple[bytes, str]:
@@ -102,13 +94,15 @@ def key_details(public_key_pem: bytes | str) -> tuple[bytes, str]:
                      "RSA (2048/3072/4096) public key")
 
 
-class RekorV2Client:
+class RekorV2Client(SessionClient):
     """A Rekor v2 client. Use as ``async with RekorV2Client(...) as rekor:`` or call close().
 
     ``log_id`` (32 bytes, see :func:`log_id_for`) is what :meth:`get_entry` writes as the
     rebuilt entry's ``logId``; :meth:`from_settings` derives it from the pinned key and
     origin.
     """
+
+    user_agent = "signed-ledger/0.1 (rekor-v2-client)"
 
     def __init__(
         self,
@@ -119,25 +113,20 @@ class RekorV2Client:
         session: aiohttp.ClientSession | None = None,
         log_id: bytes | None = None,
     ) -> None:
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be positive")
         self._base = base_url.rstrip("/")
         self._tiles = (tiles_url or base_url).rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session = session
-        self._owns_session = session is None
+        super().__init__(timeout_s=timeout_s, session=session)
         self._log_id = log_id
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RekorV2Client:
         """Write URL ``REKOR_SERVER_URL``, read URL ``LEDGER_REKOR_TILES_URL`` (default: the
         write URL), log id from ``REKOR_PUBLIC_KEY`` and ``LEDGER_REKOR_ORIGIN``."""
-        tiles = str(getattr(settings, "rekor_tiles_url", "") or settings.rekor_server_url)
-        origin = str(getattr(settings, "rekor_origin", ""))
         key = load_configured_key(settings.rekor_public_key)
-        log_id = log_id_for(origin, key.key) if key is not None and origin else None
-        return cls(settings.rekor_server_url, tiles, timeout_s=settings.rekor_timeout_s,
-                   log_id=log_id)
+        origin = settings.rekor_origin
+        log_id = note_key_id(key, origin) if key is not None and origin else None
+        return cls(settings.rekor_server_url, settings.rekor_read_url,
+                   timeout_s=settings.rekor_timeout_s, log_id=log_id)
 
     @property
     def base_url(self) -> str:
@@ -146,23 +135,6 @@ class RekorV2Client:
     @property
     def tiles_url(self) -> str:
         return self._tiles
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the session if this client made it; safe to call twice."""
-        session, self._session = self._session, None
-        if session is not None and self._owns_session and not session.closed:
-            await session.close()
 
     # --- the write API ----------------------------------------------------------------------
 
@@ -266,15 +238,6 @@ class RekorV2Client:
         return body
 
     # --- HTTP and error translation ---------------------------------------------------------
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            if not self._owns_session:
-                raise RuntimeError("the session given to RekorV2Client is closed")
-            self._session = aiohttp.ClientSession(
-                headers={"User-Agent": _USER_AGENT}, raise_for_status=False
-            )
-        return self._session
 
     async def _send(
         self, method: str, url: str, *, payload: Any = None

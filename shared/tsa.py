@@ -23,8 +23,6 @@ verifier's job (:mod:`shared.verify_v2`).
 from __future__ import annotations
 
 import hashlib
-from types import TracebackType
-from typing import Self
 
 import aiohttp
 from rfc3161_client import (
@@ -35,19 +33,21 @@ from rfc3161_client import (
 )
 
 from shared.errors import TsaError, TsaUnavailable
+from shared.http_client import SessionClient
 from shared.settings import Settings
 from shared.untrusted import read_bounded
 
 __all__ = ["TIMESTAMP_PATH", "TsaClient"]
 
 TIMESTAMP_PATH = "/api/v1/timestamp"
-_USER_AGENT = "signed-ledger/0.1 (tsa-client)"
 _MAX_RESPONSE = 64 * 1024
 _GRANTED = (PKIStatus.GRANTED, PKIStatus.GRANTED_WITH_MODS)
 
 
-class TsaClient:
+class TsaClient(SessionClient):
     """An RFC 3161 client. Use as ``async with TsaClient(...) as tsa:`` or call close()."""
+
+    user_agent = "signed-ledger/0.1 (tsa-client)"
 
     def __init__(
         self,
@@ -56,48 +56,17 @@ class TsaClient:
         timeout_s: float,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be positive")
         self._url = url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session = session
-        self._owns_session = session is None
+        super().__init__(timeout_s=timeout_s, session=session)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TsaClient:
         """``LEDGER_TSA_URL`` with ``LEDGER_TSA_TIMEOUT_S`` (default 10 s)."""
-        url = str(getattr(settings, "tsa_url", ""))
-        return cls(url, timeout_s=float(getattr(settings, "tsa_timeout_s", 10.0)))
+        return cls(settings.tsa_url, timeout_s=settings.tsa_timeout_s)
 
     @property
     def url(self) -> str:
         return self._url
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the session if this client made it; safe to call twice."""
-        session, self._session = self._session, None
-        if session is not None and self._owns_session and not session.closed:
-            await session.close()
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            if not self._owns_session:
-                raise RuntimeError("the session given to TsaClient is closed")
-            self._session = aiohttp.ClientSession(
-                headers={"User-Agent": _USER_AGENT}, raise_for_status=False
-            )
-        return self._session
 
     async def timestamp(self, data: bytes) -> bytes:
         """The DER TimeStampResp for the SHA-256 of ``data`` (random nonce, certReq true)."""

@@ -69,7 +69,9 @@ def test_thread_split_reports_worker_threads_apart() -> None:
         done.set()
         worker.join()
     assert delta["me.threads"] >= 0.25
-    assert delta["me"] >= delta["me.threads"]
+    # the process's and the threads' counters are read one after the other, in clock ticks
+    # (10 ms): a thread still leaving its spin between the two reads may add a tick or two
+    assert delta["me"] >= delta["me.threads"] - 0.03
 
 
 def test_peak_rss_and_busy_time_are_read() -> None:

@@ -105,9 +105,7 @@ BOUNDED_ELSEWHERE: dict[str, str] = {
         "HttpTransit's session: ClientTimeout(total=timeout_s)",
     # --- aiohttp sessions closed at shutdown: no request is made ------------------------
     "shared/health.py::close::_session.close": "closes local connections only",
-    "shared/rekor.py::close::session.close": "closes local connections only",
-    "shared/rekor_v2.py::close::session.close": "closes local connections only",
-    "shared/tsa.py::close::session.close": "closes local connections only",
+    "shared/http_client.py::close::session.close": "closes local connections only",
     "shared/vault.py::close::_session.close": "closes local connections only",
 }
 
